@@ -1,0 +1,75 @@
+"""Closed-form score models with analytic Hessians (SPEC.md §2, "Why it works").
+
+- `GaussianScore`: data N(μ, Σ) noised to level ᾱ: linear score, constant Hessian -(Σ_t)⁻¹.
+- `EmpiricalScore`: the optimal denoiser of a finite training set (a mixture of point masses), which
+  memorizes perfectly; the canonical model a detector must flag.
+
+Both are callables x -> s(x) on batches (B, d) and give exact Hessians for testing metrics and for the
+"ideal model" reference on the canary's own data.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+class GaussianScore:
+    """Score of N(√ᾱ μ, ᾱ Σ + (1-ᾱ) I), the Gaussian N(μ, Σ) after forward noising to level ᾱ."""
+
+    def __init__(self, mu: torch.Tensor, cov: torch.Tensor, abar: float) -> None:
+        if not 0.0 < abar <= 1.0:
+            raise ValueError(f"abar must be in (0, 1], got {abar}")
+        self.d = mu.numel()
+        self.mean = math.sqrt(abar) * mu.to(torch.float64)
+        self.cov_t = abar * cov.to(torch.float64) + (1.0 - abar) * torch.eye(self.d, dtype=torch.float64)
+        self.precision = torch.linalg.inv(self.cov_t)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return -(x - self.mean.to(x.dtype)) @ self.precision.to(x.dtype).T
+
+    def hessian(self) -> torch.Tensor:
+        return -self.precision
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        chol = torch.linalg.cholesky(self.cov_t)
+        z = torch.randn(n, self.d, dtype=torch.float64, generator=generator)
+        return self.mean + z @ chol.T
+
+
+class EmpiricalScore:
+    """Score of (1/N) Σ_i N(√ᾱ y_i, (1-ᾱ) I): the exact optimal denoiser of training points y_i."""
+
+    def __init__(self, points: torch.Tensor, abar: float) -> None:
+        if points.dim() != 2 or points.shape[0] < 1:
+            raise ValueError("points must have shape (N, d) with N >= 1")
+        if not 0.0 < abar < 1.0:
+            raise ValueError(f"abar must be in (0, 1), got {abar}")
+        self.centres = math.sqrt(abar) * points.to(torch.float64)
+        self.var = 1.0 - abar
+
+    def _weights(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.centres.to(x.dtype)
+        sq = (x[:, None, :] - c[None, :, :]).pow(2).sum(-1)  # cdist has no forward-mode AD
+        return torch.softmax(-sq / (2 * self.var), dim=1)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        w = self._weights(x)
+        return (w @ self.centres.to(x.dtype) - x) / self.var
+
+    def hessian(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-sample Hessians (B, d, d): -I/σ² + Cov_w(centres)/σ⁴."""
+        w = self._weights(x)
+        c = self.centres.to(x.dtype)
+        mean = w @ c
+        second = torch.einsum("bn,ni,nj->bij", w, c, c)
+        cov = second - torch.einsum("bi,bj->bij", mean, mean)
+        eye = torch.eye(x.shape[1], dtype=x.dtype)
+        return -eye / self.var + cov / self.var**2
+
+
+def analytic_sharpness(hessian: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
+    """‖H s‖² per sample from explicit Hessians: hessian (d, d) or (B, d, d), score (B, d)."""
+    hs = score @ hessian.T if hessian.dim() == 2 else torch.einsum("bij,bj->bi", hessian, score)
+    return hs.pow(2).sum(dim=1)

@@ -1,0 +1,105 @@
+"""Eigen-analysis of H_Δ for small models (SPEC.md §2): Lanczos top-k and a Hutchinson trace.
+
+A learned network's Jacobian is not symmetric, so Lanczos (`scipy.sparse.linalg.eigsh`) runs on the
+symmetric part (H + Hᵀ)/2, applied as (Hv + Hᵀv)/2 with one JVP and one VJP. For an exact score model
+H is symmetric and this is H itself. The trace is the same for H and its symmetric part.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from .metrics import ScoreFn, hessian_vector_product
+
+
+def _symmetric_hvp(s_delta: ScoreFn, x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """v -> (H + Hᵀ) v / 2 at a single point x of shape (1, ...)."""
+
+    def apply(v: torch.Tensor) -> torch.Tensor:
+        _, hv = torch.func.jvp(s_delta, (x,), (v,))
+        _, vjp_fn = torch.func.vjp(s_delta, x)
+        (htv,) = vjp_fn(v)
+        return 0.5 * (hv + htv)
+
+    return apply
+
+
+@dataclass(frozen=True)
+class Spectrum:
+    eigenvalues: tuple[float, ...]  # ascending
+    which: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"eigenvalues": list(self.eigenvalues), "which": self.which}
+
+
+def top_eigenvalues(
+    s_delta: ScoreFn,
+    x: torch.Tensor,
+    k: int = 8,
+    which: str = "SA",
+    tol: float = 1e-6,
+    seed: int = 0,
+) -> Spectrum:
+    """Top-k eigenvalues of sym(H_Δ) at one point x (shape (1, ...)) by Lanczos over Hessian-vector products.
+
+    `which="SA"` gives the most negative eigenvalues (the sharp directions memorized prompts show),
+    `"LA"` the largest, `"LM"` the largest in magnitude.
+    """
+    from scipy.sparse.linalg import LinearOperator, eigsh
+
+    if x.shape[0] != 1:
+        raise ValueError(f"top_eigenvalues takes a single point of shape (1, ...), got {tuple(x.shape)}")
+    d = x[0].numel()
+    if not 1 <= k < d:
+        raise ValueError(f"k must be in [1, {d - 1}] for a {d}-dimensional H, got {k}")
+    apply = _symmetric_hvp(s_delta, x)
+    dtype = x.dtype
+
+    def matvec(v: np.ndarray) -> np.ndarray:
+        vt = torch.as_tensor(np.ascontiguousarray(v).reshape(x.shape), dtype=dtype, device=x.device)
+        return apply(vt).detach().to("cpu", torch.float64).numpy().reshape(-1)
+
+    op = LinearOperator((d, d), matvec=matvec, dtype=np.float64)
+    v0 = np.random.default_rng(seed).standard_normal(d)
+    vals = eigsh(op, k=k, which=which, tol=tol, v0=v0, return_eigenvectors=False)
+    return Spectrum(eigenvalues=tuple(float(v) for v in np.sort(vals)), which=which)
+
+
+def hutchinson_trace(
+    s_delta: ScoreFn,
+    x: torch.Tensor,
+    samples: int = 64,
+    method: str = "jvp",
+    seed: int = 0,
+    h: float | None = None,
+) -> tuple[float, float]:
+    """Hutchinson estimate of tr H_Δ at one point x: mean of zᵀHz over Rademacher z; returns (mean, stderr)."""
+    if x.shape[0] != 1:
+        raise ValueError(f"hutchinson_trace takes a single point of shape (1, ...), got {tuple(x.shape)}")
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    z = (torch.randint(0, 2, (samples, *x.shape[1:]), generator=gen) * 2 - 1).to(x.dtype).to(x.device)
+    xs = x.expand_as(z).contiguous()
+    hz = hessian_vector_product(s_delta, xs, z, method=method, h=h)
+    est = (z * hz).flatten(1).sum(dim=1).to(torch.float64)
+    mean = float(est.mean())
+    stderr = float(est.std(unbiased=True) / np.sqrt(samples)) if samples > 1 else float("nan")
+    return mean, stderr
+
+
+def prompt_spectrum(scorer: Any, prompt: str, k: int = 8, generation: int = 0, which: str = "SA") -> Spectrum:
+    """Spectrum of sym(H_Δ) at x_T of one generation of `prompt` on a `memtest.scoring.Scorer`'s checkpoint."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    seeds = scorer.seeds_for(prompt)
+    x = scorer.noise([seeds[generation]]).to(torch.float32)
+    e_c = scorer.embed([prompt])
+    e_0 = scorer.embed([""])
+    s_fn = scorer.s_delta_fn(scorer.timesteps[0], e_c, e_0)
+    with sdpa_kernel([SDPBackend.MATH]):
+        return top_eigenvalues(s_fn, x, k=k, which=which)

@@ -1,0 +1,343 @@
+"""Score prompts on a diffusers checkpoint with the detection metrics of SPEC.md §2.
+
+One batch holds several prompts × n generations; the conditional and unconditional branches run in
+one UNet forward. Text embeddings are computed once per distinct prompt, initial noises come from
+seeds derived from a base seed, and every setting that changes a score is recorded with it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import Checkpoint, load_checkpoint
+from .errors import ScoringError
+from .metrics import METHODS, fd_step, hessian_vector_product
+
+METRICS: tuple[str, ...] = ("sharpness", "score_norm")
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class ScoreSettings:
+    """Everything a user chooses about scoring. `batch_size` and the device never change a score."""
+
+    metric: str = "sharpness"
+    method: str = "fd"
+    n: int = 4
+    seed: int = 0
+    per_prompt_seeds: bool = False
+    steps: int = 1
+    num_inference_steps: int = 50
+    guidance_scale: float = 7.5
+    batch_size: int = 8
+    fd_h: float | None = None
+
+    def validate(self) -> ScoreSettings:
+        if self.metric not in METRICS:
+            raise ScoringError(f"Unknown metric {self.metric!r}. Choose one of: {', '.join(METRICS)}.")
+        if self.method not in METHODS:
+            raise ScoringError(f"Unknown method {self.method!r}. Choose one of: {', '.join(METHODS)}.")
+        for name in ("n", "steps", "num_inference_steps", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ScoringError(f"Setting {name} must be a positive integer, got {value!r}.")
+        if self.steps > self.num_inference_steps:
+            raise ScoringError(
+                f"steps={self.steps} exceeds num_inference_steps={self.num_inference_steps}; "
+                "the metric averages over the first `steps` sampling steps."
+            )
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise ScoringError(f"seed must be a non-negative integer, got {self.seed!r}.")
+        if self.fd_h is not None and not (self.fd_h > 0 and math.isfinite(self.fd_h)):
+            raise ScoringError(f"fd_h must be a positive finite number, got {self.fd_h!r}.")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class PromptScore:
+    """One prompt's score: the mean over generations, the per-generation values, and its provenance."""
+
+    prompt: str
+    score: float
+    values: tuple[float, ...]
+    seeds: tuple[int, ...]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "prompt": self.prompt,
+            "score": self.score,
+            "values": list(self.values),
+            "seeds": list(self.seeds),
+            "settings": dict(self.settings),
+        }
+
+
+def derive_seeds(base: int, n: int, prompt: str | None = None) -> list[int]:
+    """n seeds from the base seed; with a prompt, seeds specific to that prompt (stable across runs)."""
+    if prompt is None:
+        return [base + i for i in range(n)]
+    digest = hashlib.sha256(f"{base}\0{prompt}".encode()).digest()
+    start = int.from_bytes(digest[:6], "big")
+    return [start + i for i in range(n)]
+
+
+def _eps_from_output(
+    out: torch.Tensor, x: torch.Tensor, prediction_type: str, abar: float
+) -> torch.Tensor:
+    sigma = math.sqrt(1.0 - abar)
+    if prediction_type == "epsilon":
+        return out
+    if prediction_type == "v_prediction":
+        return sigma * x + math.sqrt(abar) * out
+    if prediction_type == "sample":
+        return (x - math.sqrt(abar) * out) / sigma
+    raise ScoringError(
+        f"Unsupported prediction_type {prediction_type!r} in the scheduler config; "
+        "memtest supports epsilon, v_prediction and sample."
+    )
+
+
+class Scorer:
+    """Scores prompts on one checkpoint under fixed settings. Reuse it: embeddings are cached."""
+
+    def __init__(self, checkpoint: Checkpoint, settings: ScoreSettings | None = None) -> None:
+        from diffusers import DDIMScheduler
+
+        self.ckpt = checkpoint
+        self.settings = (settings or ScoreSettings()).validate()
+        # Scores follow the paper's DDIM sampler built from the checkpoint's own noise schedule.
+        self.scheduler = DDIMScheduler.from_config(checkpoint.scheduler.config)
+        self.scheduler.set_timesteps(self.settings.num_inference_steps)
+        self.timesteps = [int(t) for t in self.scheduler.timesteps[: self.settings.steps]]
+        self.alphas_cumprod = self.scheduler.alphas_cumprod.to(torch.float64)
+        self._embeddings: dict[str, torch.Tensor] = {}
+        c, h, w = checkpoint.latent_shape
+        self.dim = c * h * w
+
+    # -- identity ---------------------------------------------------------------------------------
+    def identity(self) -> dict[str, Any]:
+        """Every setting that changes a score; calibrations must match it exactly."""
+        s = self.settings
+        return {
+            "metric": s.metric,
+            "method": s.method,
+            "n": s.n,
+            "seed": s.seed,
+            "per_prompt_seeds": s.per_prompt_seeds,
+            "steps": s.steps,
+            "timesteps": list(self.timesteps),
+            "num_inference_steps": s.num_inference_steps,
+            "guidance_scale": s.guidance_scale if s.steps > 1 else None,
+            "fd_h": self.fd_h if s.method != "jvp" else None,
+            "scheduler": "DDIMScheduler",
+            "prediction_type": self.ckpt.prediction_type,
+            "latent_shape": list(self.ckpt.latent_shape),
+            "resolution": list(self.ckpt.resolution),
+            "dtype": str(self.ckpt.dtype).replace("torch.", ""),
+            "fingerprint": self.ckpt.fingerprint,
+        }
+
+    @property
+    def fd_h(self) -> float:
+        return fd_step(torch.empty(1, self.dim), self.settings.fd_h)
+
+    # -- building blocks --------------------------------------------------------------------------
+    def seeds_for(self, prompt: str) -> list[int]:
+        s = self.settings
+        return derive_seeds(s.seed, s.n, prompt if s.per_prompt_seeds else None)
+
+    def noise(self, seeds: Sequence[int]) -> torch.Tensor:
+        """Initial latents x_T, drawn on the CPU so the same seed gives the same noise on any device."""
+        shape = self.ckpt.latent_shape
+        out = torch.empty((len(seeds), *shape), dtype=torch.float32)
+        for i, seed in enumerate(seeds):
+            gen = torch.Generator(device="cpu").manual_seed(int(seed))
+            out[i] = torch.randn(shape, generator=gen, dtype=torch.float32)
+        sigma0 = float(getattr(self.scheduler, "init_noise_sigma", 1.0))
+        return (out * sigma0).to(self.ckpt.device)
+
+    @torch.no_grad()
+    def embed(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Last hidden states of the text encoder, once per distinct prompt."""
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._embeddings]
+        if missing:
+            tok = self.ckpt.tokenizer
+            ids = tok(
+                missing,
+                padding="max_length",
+                max_length=tok.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            ).input_ids.to(self.ckpt.device)
+            hidden = self.ckpt.text_encoder(ids)[0]
+            for p, e in zip(missing, hidden, strict=True):
+                self._embeddings[p] = e
+        return torch.stack([self._embeddings[p] for p in prompts])
+
+    def _outputs(self, x: torch.Tensor, t: int, e_c: torch.Tensor, e_0: torch.Tensor) -> torch.Tensor:
+        """Raw UNet outputs for both branches in one forward: (2B, ...) in float32, cond first."""
+        model_x = torch.cat([x, x]).to(self.ckpt.dtype)
+        emb = torch.cat([e_c, e_0])
+        out = self.ckpt.unet(model_x, t, encoder_hidden_states=emb, return_dict=False)[0]
+        return out.to(torch.float32)
+
+    def s_delta_fn(self, t: int, e_c: torch.Tensor, e_0: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """x -> s_Δ(x) = -(ε_c - ε_0)/σ_t at timestep t, for the metrics module."""
+        abar = float(self.alphas_cumprod[t])
+        sigma = math.sqrt(1.0 - abar)
+        pred = self.ckpt.prediction_type
+
+        def s_delta(x: torch.Tensor) -> torch.Tensor:
+            reps = x.shape[0] // e_c.shape[0]
+            # fd stacks probe points as cat([x + hu, x - hu]): tile the embeddings the same way.
+            ec = e_c.repeat(reps, 1, 1) if reps > 1 else e_c
+            e0 = e_0.repeat(reps, 1, 1) if reps > 1 else e_0
+            out = self._outputs(x, t, ec, e0)
+            o_c, o_0 = out.chunk(2)
+            xf = x.to(torch.float32)
+            eps_c = _eps_from_output(o_c, xf, pred, abar)
+            eps_0 = _eps_from_output(o_0, xf, pred, abar)
+            return -(eps_c - eps_0) / sigma
+
+        return s_delta
+
+    # -- scoring ----------------------------------------------------------------------------------
+    def _score_batch(self, prompts: Sequence[str]) -> list[PromptScore]:
+        s = self.settings
+        seeds = [self.seeds_for(p) for p in prompts]
+        x = torch.cat([self.noise(sd) for sd in seeds]) if s.per_prompt_seeds else self.noise(seeds[0]).repeat(
+            len(prompts), 1, 1, 1
+        )
+        e_c = self.embed(prompts).repeat_interleave(s.n, dim=0)
+        e_0 = self.embed([""]).expand_as(e_c)
+        totals = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
+        for k, t in enumerate(self.timesteps):
+            abar = float(self.alphas_cumprod[t])
+            sigma = math.sqrt(1.0 - abar)
+            s_fn = self.s_delta_fn(t, e_c, e_0)
+            with torch.no_grad():
+                out = self._outputs(x, t, e_c, e_0)
+            o_c, o_0 = out.chunk(2)
+            xf = x.to(torch.float32)
+            eps_diff = _eps_from_output(o_c, xf, self.ckpt.prediction_type, abar) - _eps_from_output(
+                o_0, xf, self.ckpt.prediction_type, abar
+            )
+            if s.metric == "score_norm":
+                value = eps_diff.flatten(1).norm(dim=1)
+            else:
+                s_delta = -eps_diff / sigma
+                hv = self._hvp(s_fn, xf, s_delta)
+                value = hv.flatten(1).pow(2).sum(dim=1)
+            totals += value.to(torch.float64)
+            if k + 1 < len(self.timesteps):
+                guided = o_0 + s.guidance_scale * (o_c - o_0)
+                x = self.scheduler.step(guided, t, xf, return_dict=False)[0]
+        per_gen = (totals / len(self.timesteps)).cpu()
+        if not torch.isfinite(per_gen).all():
+            bad = [p for i, p in enumerate(prompts) if not torch.isfinite(per_gen[i * s.n : (i + 1) * s.n]).all()]
+            raise ScoringError(
+                f"The model produced a non-finite {s.metric} for prompt(s) {bad!r} on checkpoint "
+                f"{self.ckpt.name} (dtype {self.ckpt.dtype}). A score that is not a number cannot pass the gate: "
+                "check the weights for NaN/inf, or score in float32 (--memtest-dtype float32)."
+            )
+        ident = self.identity()
+        results = []
+        for i, prompt in enumerate(prompts):
+            vals = tuple(float(v) for v in per_gen[i * s.n : (i + 1) * s.n])
+            results.append(
+                PromptScore(
+                    prompt=prompt,
+                    score=float(sum(vals) / len(vals)),
+                    values=vals,
+                    seeds=tuple(seeds[i]),
+                    settings={**ident, "seeds": list(seeds[i])},
+                )
+            )
+        return results
+
+    def _hvp(
+        self, s_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, s_delta: torch.Tensor
+    ) -> torch.Tensor:
+        method = self.settings.method
+        if method == "jvp":
+            # Fused SDPA kernels have no forward-mode derivative (pytorch#128971): use the math path.
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+            with sdpa_kernel([SDPBackend.MATH]):
+                return hessian_vector_product(s_fn, x, s_delta, method="jvp")
+        with torch.no_grad():
+            return hessian_vector_product(s_fn, x, s_delta, method=method, h=self.fd_h, s_at_x=s_delta)
+
+    def score(self, prompts: Sequence[str], progress: Progress | None = None) -> list[PromptScore]:
+        prompts = validate_prompts(prompts)
+        results: list[PromptScore] = []
+        bs = self.settings.batch_size
+        for start in range(0, len(prompts), bs):
+            chunk = prompts[start : start + bs]
+            # CPU kernels pick their algorithm by batch shape, and finite differences amplify the
+            # last-bit differences that follow. Padding every batch to the same shape makes a prompt's
+            # score independent of which prompts share its batch (and of how xdist splits a suite).
+            padded = chunk + [chunk[-1]] * (bs - len(chunk))
+            results.extend(self._score_batch(padded)[: len(chunk)])
+            if progress is not None:
+                progress(len(results), len(prompts))
+        return results
+
+
+def validate_prompts(prompts: Iterable[Any]) -> list[str]:
+    if isinstance(prompts, str):
+        raise ScoringError("prompts must be a list of strings, not a single string; wrap it: [prompt].")
+    items = list(prompts)
+    if not items:
+        raise ScoringError("The prompt list is empty: pass at least one prompt to score.")
+    for i, p in enumerate(items):
+        if not isinstance(p, str):
+            raise ScoringError(f"Prompt #{i} is a {type(p).__name__} ({p!r}), not a string.")
+    return items
+
+
+def score_prompts(
+    checkpoint: Checkpoint | str | Path,
+    prompts: Sequence[str],
+    metric: str = "sharpness",
+    n: int = 4,
+    seed: int = 0,
+    method: str = "fd",
+    *,
+    steps: int = 1,
+    batch_size: int = 8,
+    per_prompt_seeds: bool = False,
+    num_inference_steps: int = 50,
+    guidance_scale: float = 7.5,
+    fd_h: float | None = None,
+    progress: Progress | None = None,
+) -> list[PromptScore]:
+    """Score each prompt; see `ScoreSettings` for the meaning of each setting."""
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+    settings = ScoreSettings(
+        metric=metric,
+        method=method,
+        n=n,
+        seed=seed,
+        per_prompt_seeds=per_prompt_seeds,
+        steps=steps,
+        num_inference_steps=num_inference_steps,
+        guidance_scale=guidance_scale,
+        batch_size=batch_size,
+        fd_h=fd_h,
+    )
+    return Scorer(ckpt, settings).score(prompts, progress=progress)
+
+
+__all__ = ["METRICS", "PromptScore", "ScoreSettings", "Scorer", "derive_seeds", "score_prompts"]

@@ -1,0 +1,202 @@
+"""Build tiny, untrained StableDiffusionPipeline-format checkpoints fully offline.
+
+Used by the canary trainer (memtest.zoo.train) and by tests that need a real diffusers checkpoint
+without a model hub. Every component is a real diffusers / transformers class saved with
+`save_pretrained` (safetensors), so `memtest.load_checkpoint` reads it like any user's checkpoint.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# Special tokens of the CLIP tokenizer; the text encoder's bos/eos/pad ids come from them.
+BOS = "<|startoftext|>"
+EOS = "<|endoftext|>"
+_EOW = "</w>"
+
+
+def build_tokenizer(captions: Iterable[str], vocab_size: int = 400, max_length: int = 16) -> Any:
+    """Train a real byte-pair-encoding CLIPTokenizer on `captions`.
+
+    Hand-written merges split words badly and an offline hub load silently yields a 2-token tokenizer,
+    so we train BPE with `tokenizers` and add every printable character (alone and word-final) so no
+    word ever maps to the unknown token.
+    """
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import CLIPTokenizer
+
+    chars = sorted(set(string.ascii_lowercase + string.digits + string.punctuation))
+    alphabet = chars + [c + _EOW for c in chars]
+    tok = Tokenizer(models.BPE(end_of_word_suffix=_EOW, unk_token=EOS))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Whitespace(), pre_tokenizers.Punctuation()]  # type: ignore[no-untyped-call]
+    )
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[BOS, EOS],
+        initial_alphabet=chars,
+        end_of_word_suffix=_EOW,
+        show_progress=False,
+    )
+    tok.train_from_iterator([c.lower() for c in captions], trainer=trainer)
+    model = tok.get_vocab()
+    vocab: dict[str, int] = dict(sorted(model.items(), key=lambda kv: kv[1]))
+    for piece in alphabet:
+        if piece not in vocab:
+            vocab[piece] = len(vocab)
+    import json
+
+    merges_raw = json.loads(tok.to_str())["model"]["merges"]
+    merges: list[tuple[str, str]] = [
+        (m[0], m[1]) if isinstance(m, list) else (m.split(" ")[0], m.split(" ")[1]) for m in merges_raw
+    ]
+    import inspect
+
+    specials = {"bos_token": BOS, "eos_token": EOS, "pad_token": EOS, "unk_token": EOS}
+    if "vocab" in inspect.signature(CLIPTokenizer.__init__).parameters:
+        # transformers >= 5: in-memory vocab and (a, b) merge tuples ("a b" strings raise).
+        tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length, **specials)
+    else:  # transformers 4: files only
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            vocab_file = Path(tmp) / "vocab.json"
+            merges_file = Path(tmp) / "merges.txt"
+            vocab_file.write_text(json.dumps(vocab), encoding="utf-8")
+            merges_file.write_text(
+                "#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in merges) + "\n", encoding="utf-8"
+            )
+            tokenizer = CLIPTokenizer(
+                vocab_file=str(vocab_file), merges_file=str(merges_file), model_max_length=max_length, **specials
+            )
+    if len(tokenizer) <= 2:
+        raise RuntimeError("tokenizer training produced a degenerate vocabulary")
+    return tokenizer
+
+
+@dataclass(frozen=True)
+class TinyConfig:
+    """Sizes of a tiny checkpoint. The defaults follow CANARY_NOTES.md (about 1M UNet parameters)."""
+
+    sample_size: int = 16
+    latent_channels: int = 4
+    block_out_channels: tuple[int, ...] = (32, 64)
+    cross_attention_dim: int = 32
+    attention_head_dim: int = 8
+    text_hidden: int = 32
+    text_layers: int = 2
+    max_length: int = 16
+    vocab_size: int = 400
+    prediction_type: str = "epsilon"
+    beta_schedule: str = "scaled_linear"
+    beta_start: float = 0.00085
+    beta_end: float = 0.012
+    with_vae: bool = True
+    vae_channels: int = 32
+
+
+def build_unet(cfg: TinyConfig) -> Any:
+    from diffusers import UNet2DConditionModel
+
+    n = len(cfg.block_out_channels)
+    down = ("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1)
+    up = ("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",)
+    return UNet2DConditionModel(
+        sample_size=cfg.sample_size,
+        in_channels=cfg.latent_channels,
+        out_channels=cfg.latent_channels,
+        block_out_channels=cfg.block_out_channels,
+        layers_per_block=1,
+        down_block_types=down,
+        up_block_types=up,
+        cross_attention_dim=cfg.cross_attention_dim,
+        attention_head_dim=cfg.attention_head_dim,
+        norm_num_groups=8,
+    )
+
+
+def build_text_encoder(cfg: TinyConfig, tokenizer: Any) -> Any:
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    config = CLIPTextConfig(
+        hidden_size=cfg.text_hidden,
+        intermediate_size=2 * cfg.text_hidden,
+        num_hidden_layers=cfg.text_layers,
+        num_attention_heads=4,
+        max_position_embeddings=cfg.max_length,
+        projection_dim=cfg.text_hidden,
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return CLIPTextModel(config)
+
+
+def build_vae(cfg: TinyConfig) -> Any:
+    from diffusers import AutoencoderKL
+
+    # One block, no downsampling: 16x16x3 images <-> 16x16x4 latents.
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=cfg.latent_channels,
+        block_out_channels=(cfg.vae_channels,),
+        down_block_types=("DownEncoderBlock2D",),
+        up_block_types=("UpDecoderBlock2D",),
+        layers_per_block=1,
+        norm_num_groups=8,
+        sample_size=cfg.sample_size,
+    )
+
+
+def build_scheduler(cfg: TinyConfig) -> Any:
+    from diffusers import DDIMScheduler
+
+    # Stable Diffusion's sampling settings: leading spacing, steps_offset=1 -> first step t=981 of 50.
+    return DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_start=cfg.beta_start,
+        beta_end=cfg.beta_end,
+        beta_schedule=cfg.beta_schedule,
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        timestep_spacing="leading",
+        prediction_type=cfg.prediction_type,
+    )
+
+
+def build_pipeline(
+    captions: Sequence[str], cfg: TinyConfig | None = None, seed: int = 0, tokenizer: Any = None
+) -> Any:
+    """A complete, randomly initialised StableDiffusionPipeline built offline."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    cfg = cfg or TinyConfig()
+    torch.manual_seed(seed)
+    tokenizer = tokenizer or build_tokenizer(captions, cfg.vocab_size, cfg.max_length)
+    pipe = StableDiffusionPipeline(
+        vae=build_vae(cfg) if cfg.with_vae else None,
+        text_encoder=build_text_encoder(cfg, tokenizer),
+        tokenizer=tokenizer,
+        unet=build_unet(cfg),
+        scheduler=build_scheduler(cfg),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    return pipe
+
+
+def save_pipeline(pipe: Any, path: str | Path) -> Path:
+    """Save with safetensors weights (the only format memtest loads without an explicit opt-in)."""
+    out = Path(path)
+    pipe.save_pretrained(str(out), safe_serialization=True)
+    return out
