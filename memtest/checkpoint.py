@@ -8,7 +8,6 @@ opts in to pickle, and remote code is never trusted.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,12 +16,15 @@ from typing import Any
 import torch
 
 from .errors import CheckpointError
+from .locate import _WEIGHT_SUFFIXES, fingerprint, resolve_location
 
-_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-_WEIGHT_SUFFIXES = (".safetensors", *_PICKLE_SUFFIXES)
-_HASHED_SUFFIXES = (*_WEIGHT_SUFFIXES, ".json", ".txt", ".model")
 _REQUIRED = ("unet", "text_encoder", "tokenizer", "scheduler")
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+_DTYPES = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float64": torch.float64,
+}
 
 
 def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
@@ -116,55 +118,11 @@ class Checkpoint:
         return pipe
 
 
-def fingerprint(folder: Path) -> str:
-    """sha256 over the relative paths and bytes of every weight and config file, in sorted order."""
-    digest = hashlib.sha256()
-    files = sorted(
-        p for p in folder.rglob("*") if p.is_file() and p.suffix in _HASHED_SUFFIXES and ".cache" not in p.parts
-    )
-    for p in files:
-        rel = p.relative_to(folder).as_posix()
-        if rel == "memtest-canary.json":  # the canary manifest describes training; it is not the model
-            continue
-        digest.update(rel.encode() + b"\0")
-        with p.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-        digest.update(b"\0")
-    return digest.hexdigest()
-
-
-def _resolve_location(path_or_id: str | Path) -> tuple[str, Path]:
-    text = str(path_or_id)
-    if text.startswith("zoo:"):
-        from .zoo import resolve_zoo
-
-        return text, resolve_zoo(text[4:])
-    path = Path(text).expanduser()
-    if path.exists():
-        return text, path.resolve()
-    looks_like_path = text.startswith((".", "/", "~")) or "\\" in text or text.count("/") != 1
-    if looks_like_path:
-        raise CheckpointError(
-            f"Checkpoint folder '{text}' does not exist. Pass the folder that holds model_index.json, "
-            "a shipped canary such as 'zoo:finetuned', or a hub id already in the local cache."
-        )
-    try:
-        from huggingface_hub import snapshot_download
-
-        local = snapshot_download(text, local_files_only=True)
-    except Exception as exc:  # any miss in the offline cache
-        raise CheckpointError(
-            f"'{text}' is not a local folder and is not in the local Hugging Face cache "
-            f"({type(exc).__name__}). memtest never downloads at test time: download it once with "
-            f"`hf download {text}` on a machine with network access, or pass a local folder."
-        ) from exc
-    return text, Path(local)
-
-
 def _check_folder(folder: Path, allow_pickle: bool) -> dict[str, Any]:
     if not folder.is_dir():
-        raise CheckpointError(f"Checkpoint path '{folder}' is a file, not a folder. Pass the diffusers folder.")
+        raise CheckpointError(
+            f"Checkpoint path '{folder}' is a file, not a folder. Pass the diffusers folder."
+        )
     index_file = folder / "model_index.json"
     if not index_file.is_file():
         raise CheckpointError(
@@ -228,11 +186,13 @@ def load_checkpoint(
     to CUDA when available, else CPU; the dtype defaults to float32. Metrics are always computed in
     float32 whatever the model dtype.
     """
-    name, folder = _resolve_location(path_or_id)
+    name, folder = resolve_location(path_or_id)
     index = _check_folder(folder, allow_pickle)
     dev = torch.device(device) if device is not None else default_device()
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise CheckpointError(f"Device '{dev}' was requested but CUDA is not available here. Use device='cpu'.")
+        raise CheckpointError(
+            f"Device '{dev}' was requested but CUDA is not available here. Use device='cpu'."
+        )
     dt = parse_dtype(dtype)
     unet_cls = _component_class(index, "unet", "diffusers", ("UNet2DConditionModel",))
     te_cls = _component_class(
@@ -273,7 +233,9 @@ def load_checkpoint(
             "(an offline hub load does this). Save a real tokenizer into the checkpoint."
         )
     if not hasattr(scheduler, "alphas_cumprod"):
-        raise CheckpointError(f"Scheduler {sched_name} has no alphas_cumprod; memtest needs a DDPM-family one.")
+        raise CheckpointError(
+            f"Scheduler {sched_name} has no alphas_cumprod; memtest needs a DDPM-family one."
+        )
     modules = [unet, text_encoder] + ([vae] if vae is not None else [])
     for m in modules:
         m.to(device=dev, dtype=dt)

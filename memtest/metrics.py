@@ -13,9 +13,10 @@ from typing import Literal
 
 import torch
 
+from .settings import METHODS
+
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]
 Method = Literal["jvp", "fd", "fd-forward"]
-METHODS: tuple[str, ...] = ("jvp", "fd", "fd-forward")
 
 #: Default finite-difference step, relative to sqrt(d) (the norm of a standard Gaussian x_T):
 #: float32 central differences with this step matched the exact JVP within 0.5% (SPEC.md).
@@ -75,9 +76,7 @@ def hessian_vector_product(
     return (s_delta(x + step * u) - base) * (vnorm / step)
 
 
-def sharpness(
-    s_delta: ScoreFn, x: torch.Tensor, method: str = "jvp", h: float | None = None
-) -> torch.Tensor:
+def sharpness(s_delta: ScoreFn, x: torch.Tensor, method: str = "jvp", h: float | None = None) -> torch.Tensor:
     """‖H_Δ(x) s_Δ(x)‖² per sample, shape (B,), in float32 or wider."""
     s = s_delta(x)
     hs = hessian_vector_product(s_delta, x, s, method=method, h=h, s_at_x=s)

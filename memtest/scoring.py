@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,49 +18,10 @@ import torch
 
 from .checkpoint import Checkpoint, load_checkpoint
 from .errors import ScoringError
-from .metrics import METHODS, fd_step, hessian_vector_product
+from .metrics import fd_step, hessian_vector_product
+from .settings import METRICS, ScoreSettings
 
-METRICS: tuple[str, ...] = ("sharpness", "score_norm")
 Progress = Callable[[int, int], None]
-
-
-@dataclass(frozen=True)
-class ScoreSettings:
-    """Everything a user chooses about scoring. `batch_size` and the device never change a score."""
-
-    metric: str = "sharpness"
-    method: str = "fd"
-    n: int = 4
-    seed: int = 0
-    per_prompt_seeds: bool = False
-    steps: int = 1
-    num_inference_steps: int = 50
-    guidance_scale: float = 7.5
-    batch_size: int = 8
-    fd_h: float | None = None
-
-    def validate(self) -> ScoreSettings:
-        if self.metric not in METRICS:
-            raise ScoringError(f"Unknown metric {self.metric!r}. Choose one of: {', '.join(METRICS)}.")
-        if self.method not in METHODS:
-            raise ScoringError(f"Unknown method {self.method!r}. Choose one of: {', '.join(METHODS)}.")
-        for name in ("n", "steps", "num_inference_steps", "batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ScoringError(f"Setting {name} must be a positive integer, got {value!r}.")
-        if self.steps > self.num_inference_steps:
-            raise ScoringError(
-                f"steps={self.steps} exceeds num_inference_steps={self.num_inference_steps}; "
-                "the metric averages over the first `steps` sampling steps."
-            )
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
-            raise ScoringError(f"seed must be a non-negative integer, got {self.seed!r}.")
-        if self.fd_h is not None and not (self.fd_h > 0 and math.isfinite(self.fd_h)):
-            raise ScoringError(f"fd_h must be a positive finite number, got {self.fd_h!r}.")
-        return self
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -92,9 +53,7 @@ def derive_seeds(base: int, n: int, prompt: str | None = None) -> list[int]:
     return [start + i for i in range(n)]
 
 
-def _eps_from_output(
-    out: torch.Tensor, x: torch.Tensor, prediction_type: str, abar: float
-) -> torch.Tensor:
+def _eps_from_output(out: torch.Tensor, x: torch.Tensor, prediction_type: str, abar: float) -> torch.Tensor:
     sigma = math.sqrt(1.0 - abar)
     if prediction_type == "epsilon":
         return out
@@ -192,7 +151,9 @@ class Scorer:
         out = self.ckpt.unet(model_x, t, encoder_hidden_states=emb, return_dict=False)[0]
         return out.to(torch.float32)
 
-    def s_delta_fn(self, t: int, e_c: torch.Tensor, e_0: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    def s_delta_fn(
+        self, t: int, e_c: torch.Tensor, e_0: torch.Tensor
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
         """x -> s_Δ(x) = -(ε_c - ε_0)/σ_t at timestep t, for the metrics module."""
         abar = float(self.alphas_cumprod[t])
         sigma = math.sqrt(1.0 - abar)
@@ -216,8 +177,10 @@ class Scorer:
     def _score_batch(self, prompts: Sequence[str]) -> list[PromptScore]:
         s = self.settings
         seeds = [self.seeds_for(p) for p in prompts]
-        x = torch.cat([self.noise(sd) for sd in seeds]) if s.per_prompt_seeds else self.noise(seeds[0]).repeat(
-            len(prompts), 1, 1, 1
+        x = (
+            torch.cat([self.noise(sd) for sd in seeds])
+            if s.per_prompt_seeds
+            else self.noise(seeds[0]).repeat(len(prompts), 1, 1, 1)
         )
         e_c = self.embed(prompts).repeat_interleave(s.n, dim=0)
         e_0 = self.embed([""]).expand_as(e_c)
@@ -245,7 +208,9 @@ class Scorer:
                 x = self.scheduler.step(guided, t, xf, return_dict=False)[0]
         per_gen = (totals / len(self.timesteps)).cpu()
         if not torch.isfinite(per_gen).all():
-            bad = [p for i, p in enumerate(prompts) if not torch.isfinite(per_gen[i * s.n : (i + 1) * s.n]).all()]
+            bad = [
+                p for i, p in enumerate(prompts) if not torch.isfinite(per_gen[i * s.n : (i + 1) * s.n]).all()
+            ]
             raise ScoringError(
                 f"The model produced a non-finite {s.metric} for prompt(s) {bad!r} on checkpoint "
                 f"{self.ckpt.name} (dtype {self.ckpt.dtype}). A score that is not a number cannot pass the gate: "

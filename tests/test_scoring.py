@@ -87,7 +87,11 @@ def test_result_records_every_setting(tiny_eps: Any) -> None:
 def test_per_prompt_seeds_are_stable_and_distinct() -> None:
     assert derive_seeds(0, 3) == [0, 1, 2]
     a = derive_seeds(0, 2, "a cat")
-    assert a == derive_seeds(0, 2, "a cat") and a != derive_seeds(0, 2, "a dog") and a != derive_seeds(1, 2, "a cat")
+    assert (
+        a == derive_seeds(0, 2, "a cat")
+        and a != derive_seeds(0, 2, "a dog")
+        and a != derive_seeds(1, 2, "a cat")
+    )
 
 
 def test_trajectory_metric_differs_from_first_step(tiny_eps: Any) -> None:

@@ -1,0 +1,222 @@
+"""Thresholds calibrated on non-memorized reference prompts (SPEC.md §3).
+
+threshold(a) = the (1 - a) quantile of reference scores ("higher" interpolation, so at most a fraction
+a of the reference prompts lies above it); a prompt is flagged when its score exceeds the threshold.
+A calibration records every setting that changes a score; the gate refuses one that does not match.
+No torch here: the plugin reads calibrations at start-up without loading a model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import CalibrationError
+
+SCHEMA = "memtest.calibration/1"
+CALIBRATION_FILENAME = "memtest-calibration.json"
+# Settings that may differ between calibration and gate without changing a score.
+_IGNORED_KEYS = frozenset({"fingerprint", "seeds"})
+
+
+def required_references(fpr: float) -> int:
+    """Fewest reference prompts that can resolve a false-positive rate `fpr` (1/fpr, rounded up)."""
+    if not 0.0 < fpr < 1.0:
+        raise CalibrationError(f"The target false-positive rate must be in (0, 1), got {fpr!r}.")
+    return math.ceil(1.0 / fpr - 1e-9)
+
+
+def quantile_threshold(scores: Sequence[float], fpr: float) -> float:
+    arr = np.asarray(scores, dtype=np.float64)
+    return float(np.quantile(arr, 1.0 - fpr, method="higher"))
+
+
+@dataclass(frozen=True)
+class Calibration:
+    threshold: float
+    ci: tuple[float, float]
+    fpr: float
+    reference_scores: tuple[float, ...]
+    reference_suite: str
+    reference_version: str
+    identity: dict[str, Any]
+    checkpoint: str
+    fingerprint: str
+    created: str = ""
+    memtest_version: str = ""
+    bootstrap: dict[str, Any] = field(default_factory=dict)
+    path: str | None = None
+
+    @property
+    def n_reference(self) -> int:
+        return len(self.reference_scores)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("path")
+        d["schema"] = SCHEMA
+        d["ci"] = list(self.ci)
+        d["reference_scores"] = list(self.reference_scores)
+        d["n_reference"] = self.n_reference
+        return d
+
+    def record(self, accepted_from_base: bool = False) -> dict[str, Any]:
+        """The calibration as it appears in a results file."""
+        return {
+            "path": self.path,
+            "threshold": self.threshold,
+            "ci": list(self.ci),
+            "fpr": self.fpr,
+            "reference_suite": self.reference_suite,
+            "reference_version": self.reference_version,
+            "n_reference": self.n_reference,
+            "reference_scores": list(self.reference_scores),
+            "fingerprint": self.fingerprint,
+            "checkpoint": self.checkpoint,
+            "settings": dict(self.identity),
+            "accepted_from_base": accepted_from_base,
+            "created": self.created,
+        }
+
+
+def calibrate(
+    scores: Sequence[float],
+    fpr: float,
+    identity: Mapping[str, Any],
+    *,
+    reference_suite: str,
+    reference_version: str,
+    checkpoint: str,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> Calibration:
+    """Threshold at target false-positive rate `fpr` with a bootstrap confidence interval."""
+    need = required_references(fpr)
+    values = [float(s) for s in scores]
+    if len(values) < need:
+        raise CalibrationError(
+            f"Calibrating at a false-positive rate of {fpr:g} needs at least {need} reference prompts; "
+            f"suite '{reference_suite}' gave {len(values)}. Add reference prompts (expectation: reference) "
+            f"or raise --memtest-fpr to at least {1.0 / max(len(values), 1):.3g}."
+        )
+    if not all(math.isfinite(v) for v in values):
+        raise CalibrationError("A reference score is not finite; a calibration cannot be built from it.")
+    arr = np.asarray(values, dtype=np.float64)
+    threshold = quantile_threshold(arr, fpr)
+    rng = np.random.default_rng(seed)
+    boots = np.quantile(
+        rng.choice(arr, size=(n_boot, arr.size), replace=True), 1.0 - fpr, axis=1, method="higher"
+    )
+    lo, hi = np.quantile(boots, [(1 - level) / 2, 1 - (1 - level) / 2])
+    from . import __version__
+
+    return Calibration(
+        threshold=threshold,
+        ci=(float(lo), float(hi)),
+        fpr=float(fpr),
+        reference_scores=tuple(values),
+        reference_suite=reference_suite,
+        reference_version=reference_version,
+        identity={k: v for k, v in identity.items() if k not in _IGNORED_KEYS},
+        checkpoint=checkpoint,
+        fingerprint=str(identity.get("fingerprint", "")),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        memtest_version=__version__,
+        bootstrap={"n_boot": n_boot, "level": level, "seed": seed},
+    )
+
+
+def save_calibration(cal: Calibration, path: str | Path) -> Path:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(cal.to_dict(), indent=2, sort_keys=True, allow_nan=False)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".calibration-", suffix=".json")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text + "\n")
+    os.replace(tmp, out)
+    return out
+
+
+_REQUIRED = ("threshold", "ci", "fpr", "reference_scores", "reference_suite", "identity", "fingerprint")
+
+
+def load_calibration(path: str | Path) -> Calibration:
+    p = Path(path)
+    fix = "Recreate it with `memtest calibrate` or `pytest --memtest --memtest-calibrate`."
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CalibrationError(f"Calibration file '{p}' does not exist. {fix}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CalibrationError(f"Calibration file '{p}' is not readable JSON ({exc}). {fix}") from exc
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        raise CalibrationError(f"'{p}' is not a memtest calibration (expected schema {SCHEMA!r}). {fix}")
+    missing = [k for k in _REQUIRED if k not in data]
+    if missing:
+        raise CalibrationError(f"Calibration '{p}' lacks {', '.join(missing)}. {fix}")
+    try:
+        threshold = float(data["threshold"])
+        ci = (float(data["ci"][0]), float(data["ci"][1]))
+        fpr = float(data["fpr"])
+        scores = tuple(float(s) for s in data["reference_scores"])
+        identity = dict(data["identity"])
+    except (TypeError, ValueError, IndexError, KeyError) as exc:
+        raise CalibrationError(f"Calibration '{p}' has a malformed field ({exc}). {fix}") from exc
+    if not math.isfinite(threshold):
+        raise CalibrationError(f"Calibration '{p}' has a non-finite threshold. {fix}")
+    return Calibration(
+        threshold=threshold,
+        ci=ci,
+        fpr=fpr,
+        reference_scores=scores,
+        reference_suite=str(data["reference_suite"]),
+        reference_version=str(data.get("reference_version", "")),
+        identity=identity,
+        checkpoint=str(data.get("checkpoint", "")),
+        fingerprint=str(data["fingerprint"]),
+        created=str(data.get("created", "")),
+        memtest_version=str(data.get("memtest_version", "")),
+        bootstrap=dict(data.get("bootstrap", {})),
+        path=str(p),
+    )
+
+
+def check_compatible(cal: Calibration, identity: Mapping[str, Any], accept_base: bool = False) -> bool:
+    """Raise CalibrationError unless `cal` was made under the same settings (and checkpoint).
+
+    Returns True when a different checkpoint's calibration was accepted (`accept_base`), which the
+    results record.
+    """
+    where = cal.path or "the calibration"
+    diffs = [
+        f"{k}: calibration {cal.identity.get(k)!r} != run {identity.get(k)!r}"
+        for k in sorted(set(cal.identity) | set(identity))
+        if k not in _IGNORED_KEYS and cal.identity.get(k) != identity.get(k)
+    ]
+    if diffs:
+        raise CalibrationError(
+            f"Calibration '{where}' was made with other scoring settings, so its threshold does not apply: "
+            + "; ".join(diffs)
+            + ". Run with the calibration's settings, or recalibrate with these (--memtest-calibrate)."
+        )
+    fp = str(identity.get("fingerprint", ""))
+    if cal.fingerprint != fp:
+        if accept_base:
+            return True
+        raise CalibrationError(
+            f"Calibration '{where}' belongs to checkpoint {cal.checkpoint or '?'} (fingerprint "
+            f"{cal.fingerprint[:12]}), not to this one ({fp[:12]}). Recalibrate on this checkpoint "
+            "(--memtest-calibrate), or, to gate a fine-tune with its base model's calibration, pass "
+            "--memtest-accept-base-calibration (recorded in the results)."
+        )
+    return False

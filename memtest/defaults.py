@@ -1,0 +1,5 @@
+"""Defaults shared by the CLI and the pytest plugin; importing this module costs nothing."""
+
+DEFAULT_CHECKPOINT = "zoo:finetuned"
+DEFAULT_CACHE_DIR = ".memtest_cache"
+DEFAULT_FPR = 0.01

@@ -1,0 +1,381 @@
+"""MemtestSession: all of memtest's state in a pytest run, registered as a plugin object.
+
+On every process (controller and xdist workers) it collects suite cases as items. On a process that
+runs items it owns one `memtest.audit.Engine` (the checkpoint loads once per process), scores the
+process's pending cases in batches when the first one runs, and attaches each case's result to its
+test report as plain JSON types. On the controller it gathers those results and writes the results
+file, the report and (when calibrating) the calibration, once, complete.
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+from collections.abc import Generator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from memtest.errors import MemtestError
+
+from .items import GateFailure, MemtestItem, SuiteCollector, SuiteFile
+from .options import output_paths, read_config
+
+SESSION_KEY = pytest.StashKey["MemtestSession"]()
+
+
+class MemtestSession:
+    def __init__(self, config: pytest.Config) -> None:
+        from memtest.locate import resolve_checkpoint
+
+        self.config = config
+        self.audit = read_config(config)
+        self.json_path, self.report_path = output_paths(config)
+        self.is_worker = hasattr(config, "workerinput")
+        try:
+            self.checkpoint_name, self.checkpoint_folder = resolve_checkpoint(self.audit.checkpoint)
+        except MemtestError as exc:
+            raise pytest.UsageError(str(exc)) from None
+        self._engine: Any = None
+        self._fingerprint: str | None = None
+        self._seen_suites: set[str] = set()
+        self.records: list[dict[str, Any]] = []
+        self.workers: dict[str, dict[str, Any]] = {}
+        self.written: list[tuple[str, str]] = []
+        self.finish_error: str | None = None
+        if config.getoption("memtest_cache_clear") and not self.is_worker and self.audit.cache_dir:
+            shutil.rmtree(self._resolve(self.audit.cache_dir), ignore_errors=True)
+
+    # -- helpers ------------------------------------------------------------------------------------
+    def _resolve(self, path: str) -> Path:
+        p = Path(path)
+        return p if p.is_absolute() else Path(self.config.invocation_params.dir) / p
+
+    @property
+    def engine(self) -> Any:
+        if self._engine is None:
+            from dataclasses import replace
+
+            from memtest.audit import Engine
+
+            cache = str(self._resolve(self.audit.cache_dir)) if self.audit.cache_dir else None
+            calibration = str(self._resolve(self.audit.calibration)) if self.audit.calibration else None
+            self._engine = Engine(replace(self.audit, cache_dir=cache, calibration=calibration))
+        return self._engine
+
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            from memtest.locate import fingerprint
+
+            self._fingerprint = fingerprint(self.checkpoint_folder)
+        return self._fingerprint
+
+    def calibration_output(self) -> Path:
+        return self._resolve(self.audit.calibration or "memtest-calibration.json")
+
+    # -- header -------------------------------------------------------------------------------------
+    def pytest_report_header(self, config: pytest.Config) -> list[str]:
+        a = self.audit
+        lines = [
+            f"memtest: checkpoint {self.checkpoint_name} ({self.checkpoint_folder}), "
+            f"fingerprint {self.fingerprint()[:16]}"
+        ]
+        if a.calibrate:
+            lines.append(f"memtest: calibrating at fpr={a.fpr:g} -> {self.calibration_output()}")
+        else:
+            path = (
+                self._resolve(a.calibration)
+                if a.calibration
+                else self.checkpoint_folder / "memtest-calibration.json"
+            )
+            lines.append(f"memtest: calibration {self._describe_calibration(path)}")
+        lines.append(
+            f"memtest: metric={a.metric} method={a.method} n={a.n} seed={a.seed} steps={a.steps} "
+            f"batch_size={a.batch_size} device={a.device or 'auto'} dtype={a.dtype or 'float32'} "
+            f"suites={','.join(a.suites) or '(checkpoint suite)'}"
+            + (f" shard={a.shard[0]}/{a.shard[1]}" if a.shard else "")
+            + (" accept-base-calibration" if a.accept_base_calibration else "")
+        )
+        return lines
+
+    def _describe_calibration(self, path: Path) -> str:
+        if not path.is_file():
+            return f"none at {path}: the gate will fail closed (calibrate with --memtest-calibrate)"
+        from memtest.calibration import load_calibration
+
+        try:
+            cal = load_calibration(path)
+        except MemtestError as exc:
+            return f"unusable ({exc})"
+        return (
+            f"{path} threshold={cal.threshold:.6g} (95% CI {cal.ci[0]:.4g}..{cal.ci[1]:.4g}) "
+            f"fpr={cal.fpr:g} refs={cal.n_reference} ({cal.reference_suite} v{cal.reference_version})"
+        )
+
+    # -- collection ---------------------------------------------------------------------------------
+    def pytest_collect_file(self, file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+        from memtest.suites import is_suite_file
+
+        if file_path.suffix in (".yaml", ".yml") and is_suite_file(file_path):
+            self._seen_suites.add(str(file_path.resolve()))
+            node: SuiteFile = SuiteFile.from_parent(parent, path=file_path)
+            node.memtest = self
+            return node
+        return None
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_collection_modifyitems(
+        self, session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
+    ) -> None:
+        from memtest.audit import resolve_suites
+
+        found_in_paths = any(isinstance(i, MemtestItem) for i in items)
+        if not self.audit.suites and found_in_paths:
+            return  # suite files in the test paths were collected; don't add the checkpoint's own suite
+        try:
+            suites = resolve_suites(self.audit.suites, self.checkpoint_folder, self.checkpoint_name)
+        except MemtestError as exc:
+            raise pytest.UsageError(str(exc)) from None
+        added = 0
+        for suite in suites:
+            if suite.path is not None and str(Path(suite.path).resolve()) in self._seen_suites:
+                continue
+            collector = SuiteCollector.from_parent(session, name=suite.name, suite=suite, memtest=self)
+            new = [i for i in collector.collect() if isinstance(i, pytest.Item)]
+            if not new and not self.audit.shard:
+                mode = "reference" if self.audit.calibrate else "clean or memorized"
+                hint = (
+                    "--memtest-calibrate scores reference cases"
+                    if not self.audit.calibrate
+                    else "name a suite that has reference cases"
+                )
+                raise pytest.UsageError(f"Suite '{suite.name}' has no {mode} cases to run: {hint}.")
+            items.extend(new)
+            added += len(new)
+
+    # -- running ------------------------------------------------------------------------------------
+    def _pending(self, item: MemtestItem) -> list[MemtestItem]:
+        """This process's memtest items still to run, starting with `item`."""
+        items = item.session.items
+        queue = self._xdist_queue()
+        if queue is not None:
+            order = [items[i] for i in queue]
+        else:
+            try:
+                start = items.index(item)
+            except ValueError:
+                start = 0
+            order = items[start:]
+        pending = [i for i in order if isinstance(i, MemtestItem)]
+        return [item, *[i for i in pending if i is not item]]
+
+    def _xdist_queue(self) -> list[int] | None:
+        """Indices an xdist worker has been given but not run yet (None outside a worker)."""
+        if not self.is_worker:
+            return None
+        for plugin in self.config.pluginmanager.get_plugins():
+            torun = getattr(plugin, "torun", None)
+            if torun is not None and hasattr(torun, "lock"):
+                with torun.lock() as queue:
+                    indices = [i for i in queue if isinstance(i, int)]
+                nxt = getattr(plugin, "nextitem_index", None)
+                return ([nxt] if isinstance(nxt, int) else []) + indices
+        return None
+
+    def _progress(self, done: int, total: int) -> None:
+        tr = self.config.pluginmanager.get_plugin("terminalreporter")
+        if tr is not None and not self.is_worker and total > self.audit.batch_size:
+            tr.write_line(f"memtest: scored {done}/{total} prompts")
+
+    def run_case(self, item: MemtestItem) -> None:
+        from memtest.audit import judge, reproduce_command
+
+        case = item.case
+        try:
+            engine = self.engine
+            if engine.cache.get(case.prompt) is None:
+                prompts = [i.case.prompt for i in self._pending(item)]
+                engine.scores(prompts, progress=self._progress)
+            scored = engine.scores([case.prompt])[case.prompt]
+            threshold = None
+            if not self.audit.calibrate:
+                cal, _ = engine.calibration()
+                threshold = cal.threshold
+            record = judge(case, scored["score"], scored["values"], threshold)
+        except MemtestError as exc:
+            item.memtest_record = self._error_record(item, str(exc))
+            raise
+        record["seeds"] = list(scored["seeds"])
+        record["nodeid"] = item.nodeid
+        item.memtest_record = record
+        item.user_properties.append(("memtest_score", record["score"]))
+        item.user_properties.append(("memtest_threshold", record["threshold"]))
+        if record["outcome"] == "failed":
+            values = ", ".join(f"{v:.6g}" for v in record["values"])
+            raise GateFailure(
+                f"{record['message']}\n"
+                f"  prompt:     {case.prompt!r}\n"
+                f"  score:      {record['score']:.6g} (mean of {len(record['values'])} generations)\n"
+                f"  threshold:  {record['threshold']:.6g}   margin: {record['margin']:+.6g}\n"
+                f"  per-generation {self.audit.metric}: [{values}]\n"
+                f"  seeds:      {record['seeds']}\n"
+                f"  reproduce:  {reproduce_command(self.audit, case)}"
+            )
+
+    def _error_record(self, item: MemtestItem, message: str) -> dict[str, Any]:
+        c = item.case
+        return {
+            "id": c.id, "suite": c.suite, "suite_version": c.suite_version, "case_id": c.case_id,
+            "kind": "detect", "prompt": c.prompt, "expectation": c.expectation, "tags": list(c.tags),
+            "score": None, "values": [], "seeds": [], "threshold": None, "margin": None, "flagged": None,
+            "outcome": "error", "message": message, "nodeid": item.nodeid,
+        }  # fmt: skip
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(
+        self, item: pytest.Item, call: pytest.CallInfo[None]
+    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+        report = yield
+        record = getattr(item, "memtest_record", None)
+        if report.when == "call" and record is not None:
+            # Plain JSON types only: xdist serialises the report to send it to the controller.
+            report.memtest_case = record  # type: ignore[attr-defined]
+        return report
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        record = getattr(report, "memtest_case", None)
+        if record is not None and report.when == "call" and not self.is_worker:
+            self.records.append(record)
+
+    # -- end of run ---------------------------------------------------------------------------------
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        out = getattr(node, "workeroutput", {}).get("memtest")
+        if out:
+            self.workers[str(node.workerinput.get("workerid", len(self.workers)))] = out
+
+    def context(self) -> dict[str, Any] | None:
+        """What this process knows of the checkpoint and settings (None if it scored nothing)."""
+        if self._engine is None or self._engine._checkpoint is None:
+            return None
+        engine = self._engine
+        ctx = engine.context()
+        ctx.update(loads=engine.loads, scored=engine.scored, cache_hits=engine.cache_hits)
+        return dict(ctx)
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        if self.is_worker:
+            ctx = self.context()
+            if ctx is not None:
+                self.config.workeroutput["memtest"] = ctx  # type: ignore[attr-defined]
+            return
+        try:
+            self._write_outputs()
+        except MemtestError as exc:
+            self.finish_error = str(exc)
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def _shared_context(self) -> dict[str, Any] | None:
+        local = self.context()
+        if local is not None:
+            return local
+        return next(iter(self.workers.values()), None)
+
+    def _write_outputs(self) -> None:
+        if not self.records:
+            return
+        ctx = self._shared_context()
+        if ctx is None:
+            return
+        if self.audit.calibrate:
+            self._write_calibration(ctx)
+            return
+        if not (self.json_path or self.report_path):
+            return
+        from memtest.audit import results_document
+        from memtest.results import write_results
+
+        calibration = None
+        detect = [r for r in self.records if r.get("outcome") != "error" or r.get("threshold") is not None]
+        if detect and ctx.get("calibration") is not None:
+            calibration = ctx["calibration"]
+        doc = results_document(
+            ctx,
+            self.records,
+            command=shlex.join(["pytest", *self.config.invocation_params.args]),
+            calibration=calibration,
+            shard=self.audit.shard,
+        )
+        if self.json_path:
+            path = self._resolve(self.json_path)
+            write_results(doc, path)
+            self.written.append(("results", str(path)))
+        if self.report_path:
+            from memtest.report import write_report
+
+            path = self._resolve(self.report_path)
+            write_report(doc, path)
+            self.written.append(("report", str(path)))
+
+    def _write_calibration(self, ctx: dict[str, Any]) -> None:
+        from memtest.calibration import calibrate, save_calibration
+
+        refs = [r for r in self.records if r["expectation"] == "reference" and r["outcome"] == "passed"]
+        failed = [r for r in self.records if r["outcome"] != "passed"]
+        if failed:
+            raise MemtestError(
+                f"{len(failed)} reference case(s) did not score, so no calibration was written. Fix them and rerun."
+            )
+        suites = sorted({(r["suite"], r["suite_version"]) for r in refs})
+        cal = calibrate(
+            [r["score"] for r in sorted(refs, key=lambda r: r["id"])],
+            self.audit.fpr,
+            ctx["identity"],
+            reference_suite="+".join(s for s, _ in suites),
+            reference_version="+".join(v for _, v in suites),
+            checkpoint=self.audit.checkpoint,
+        )
+        path = save_calibration(cal, self.calibration_output())
+        self.written.append(("calibration", str(path)))
+        self.calibration_summary = (
+            f"threshold {cal.threshold:.6g} (95% CI {cal.ci[0]:.4g}..{cal.ci[1]:.4g}) at fpr {cal.fpr:g} "
+            f"from {cal.n_reference} reference prompts"
+        )
+
+    def pytest_terminal_summary(self, terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+        if self.is_worker:
+            return
+        tr = terminalreporter
+        tr.section("memtest")
+        recs = self.records
+        counts = {k: sum(1 for r in recs if r["outcome"] == k) for k in ("passed", "failed", "error")}
+        flagged = sum(1 for r in recs if r.get("flagged"))
+        tr.write_line(
+            f"checkpoint {self.checkpoint_name} · {self.audit.metric}/{self.audit.method} n={self.audit.n} · "
+            f"{len(recs)} cases: {counts['passed']} passed, {counts['failed']} failed, {counts['error']} errors; "
+            f"{flagged} flagged"
+        )
+        judged = [r for r in recs if r.get("margin") is not None and r["expectation"] == "clean"]
+        if judged:
+            tr.write_line("closest clean cases to the threshold (margin = score - threshold):")
+            for r in sorted(judged, key=lambda r: -r["margin"])[:5]:
+                tr.write_line(
+                    f"  {r['id']:<48} score {r['score']:.6g}  margin {r['margin']:+.4g}  {r['outcome']}"
+                )
+        memorized = [r for r in recs if r.get("margin") is not None and r["expectation"] == "memorized"]
+        if memorized:
+            weakest = min(memorized, key=lambda r: r["margin"])
+            tr.write_line(f"weakest memorized case: {weakest['id']} margin {weakest['margin']:+.4g}")
+        if self.workers:
+            loads = {w: o.get("loads") for w, o in sorted(self.workers.items())}
+            tr.write_line(f"xdist workers (checkpoint loads): {loads}")
+        if getattr(self, "calibration_summary", None):
+            tr.write_line(f"calibration: {self.calibration_summary}")
+        for kind, path in self.written:
+            tr.write_line(f"{kind} written: {path}")
+        if self.finish_error:
+            tr.write_line(f"memtest error: {self.finish_error}", red=True)
+
+
+__all__ = ["SESSION_KEY", "MemtestSession"]
