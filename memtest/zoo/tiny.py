@@ -72,7 +72,10 @@ def build_tokenizer(captions: Iterable[str], vocab_size: int = 400, max_length: 
                 "#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in merges) + "\n", encoding="utf-8"
             )
             tokenizer = CLIPTokenizer(
-                vocab_file=str(vocab_file), merges_file=str(merges_file), model_max_length=max_length, **specials
+                vocab_file=str(vocab_file),
+                merges_file=str(merges_file),
+                model_max_length=max_length,
+                **specials,
             )
     if len(tokenizer) <= 2:
         raise RuntimeError("tokenizer training produced a degenerate vocabulary")
