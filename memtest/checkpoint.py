@@ -238,7 +238,9 @@ def load_checkpoint(
         )
     modules = [unet, text_encoder] + ([vae] if vae is not None else [])
     for m in modules:
-        m.to(device=dev, dtype=dt)
+        m.to(device=dev)
+        if next(m.parameters()).dtype != dt:  # casting float32 -> float32 makes diffusers warn needlessly
+            m.to(dtype=dt)
         m.eval()
         m.requires_grad_(False)
     return Checkpoint(

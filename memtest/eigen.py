@@ -92,7 +92,9 @@ def hutchinson_trace(
     return mean, stderr
 
 
-def prompt_spectrum(scorer: Any, prompt: str, k: int = 8, generation: int = 0, which: str = "SA") -> Spectrum:
+def prompt_spectrum(
+    scorer: Any, prompt: str, k: int = 8, generation: int = 0, which: str = "SA", tol: float = 1e-3
+) -> Spectrum:
     """Spectrum of sym(H_Δ) at x_T of one generation of `prompt` on a `memtest.scoring.Scorer`'s checkpoint."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -102,4 +104,4 @@ def prompt_spectrum(scorer: Any, prompt: str, k: int = 8, generation: int = 0, w
     e_0 = scorer.embed([""])
     s_fn = scorer.s_delta_fn(scorer.timesteps[0], e_c, e_0)
     with sdpa_kernel([SDPBackend.MATH]):
-        return top_eigenvalues(s_fn, x, k=k, which=which)
+        return top_eigenvalues(s_fn, x, k=k, which=which, tol=tol)

@@ -1,0 +1,175 @@
+"""The `memtest` command: audit, calibrate, merge, report, zoo.
+
+`memtest audit` is the main job without pytest: it scores the suite on the checkpoint (default: the
+embedded canary), judges every case against the calibrated threshold, and writes the results file and
+the HTML report. Its flags are the pytest options without the `--memtest-` prefix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import MemtestError
+from .optspec import OPTIONS, config_from_values
+
+# Flags that only make sense inside pytest or are replaced by a subcommand.
+_NOT_IN_CLI = {"memtest_calibrate", "memtest_cache_clear", "memtest_json", "memtest_report"}
+
+
+def _add_settings(parser: argparse.ArgumentParser) -> None:
+    for opt in OPTIONS:
+        if opt.dest in _NOT_IN_CLI:
+            continue
+        flag = "--" + opt.flag[len("--memtest-") :]
+        if opt.action in ("store_true", "append"):
+            parser.add_argument(flag, action=opt.action, dest=opt.dest, default=None, help=opt.help)
+        else:
+            parser.add_argument(flag, dest=opt.dest, type=opt.type, default=None, help=opt.help)
+
+
+def _config(ns: argparse.Namespace, calibrate: bool = False) -> Any:
+    values = {opt.dest: getattr(ns, opt.dest, None) for opt in OPTIONS}
+    values["memtest_calibrate"] = calibrate
+    return config_from_values(values)
+
+
+def _progress(done: int, total: int) -> None:
+    print(f"\rmemtest: scored {done}/{total} prompts", end="\n" if done == total else "", file=sys.stderr, flush=True)
+
+
+def cmd_audit(ns: argparse.Namespace) -> int:
+    from .audit import Engine, judge, resolve_suites, results_document, select_cases
+    from .locate import resolve_checkpoint
+    from .report import write_report
+    from .results import write_results
+
+    cfg = _config(ns)
+    name, folder = resolve_checkpoint(cfg.checkpoint)
+    cases = select_cases(resolve_suites(cfg.suites, folder, name), calibrate=False, shard=cfg.shard)
+    if not cases:
+        raise MemtestError("The selected suites have no clean or memorized cases to audit.")
+    engine = Engine(cfg)
+    started = time.perf_counter()
+    cal, _ = engine.calibration()
+    scores = engine.scores([c.prompt for c in cases], progress=_progress)
+    records = []
+    for case in cases:
+        rec = judge(case, scores[case.prompt]["score"], scores[case.prompt]["values"], cal.threshold)
+        rec["seeds"] = list(scores[case.prompt]["seeds"])
+        records.append(rec)
+    spectra = _spectra(engine, records, ns.spectrum) if ns.spectrum else []
+    ctx = engine.context()
+    doc = results_document(
+        ctx,
+        records,
+        command=shlex.join(["memtest", *sys.argv[1:]]) if sys.argv else "memtest audit",
+        calibration=ctx["calibration"],
+        shard=cfg.shard,
+        spectra=spectra,
+    )
+    write_results(doc, ns.json)
+    write_report(doc, ns.report)
+    s = doc["summary"]
+    verdict = "PASS" if s["failed"] == 0 and s["errors"] == 0 else "FAIL"
+    print(
+        f"memtest audit {verdict}: {s['passed']} passed, {s['failed']} failed, {s['errors']} errors, "
+        f"{s['flagged']} flagged of {s['total']} cases on {name} "
+        f"(threshold {cal.threshold:.6g}, {time.perf_counter() - started:.1f}s)"
+    )
+    for rec in records:
+        if rec["outcome"] != "passed":
+            print(f"  FAILED {rec['id']}: {rec['message']}")
+    print(f"results: {ns.json}\nreport:  {ns.report}")
+    return 0 if verdict == "PASS" else 1
+
+
+def _spectra(engine: Any, records: list[dict[str, Any]], k: int) -> list[dict[str, Any]]:
+    """Hessian spectra of the most-flagged prompts (small models only: it costs ~2k products each)."""
+    from .eigen import prompt_spectrum
+
+    top = sorted(records, key=lambda r: -r["score"])[:3]
+    return [
+        {"id": r["id"], "prompt": r["prompt"], **prompt_spectrum(engine.scorer, r["prompt"], k=k).to_dict()}
+        for r in top
+    ]
+
+
+def cmd_calibrate(ns: argparse.Namespace) -> int:
+    from .audit import Engine, resolve_suites, select_cases
+    from .calibration import save_calibration
+    from .locate import resolve_checkpoint
+
+    cfg = _config(ns, calibrate=True)
+    name, folder = resolve_checkpoint(cfg.checkpoint)
+    cases = select_cases(resolve_suites(cfg.suites, folder, name), calibrate=True, shard=None)
+    engine = Engine(cfg)
+    scores = engine.scores([c.prompt for c in cases], progress=_progress)
+    cal = engine.build_calibration(cases, scores)
+    out = save_calibration(cal, ns.output)
+    print(
+        f"calibration written: {out}\n  threshold {cal.threshold:.6g} (95% CI {cal.ci[0]:.4g}..{cal.ci[1]:.4g}) "
+        f"at fpr {cal.fpr:g} from {cal.n_reference} reference prompts of {cal.reference_suite}"
+    )
+    return 0
+
+
+def cmd_merge(ns: argparse.Namespace) -> int:
+    from .results import load_results, merge_results, write_results
+
+    docs = [load_results(p) for p in ns.inputs]
+    merged = merge_results(docs, [str(p) for p in ns.inputs])
+    write_results(merged, ns.output)
+    print(f"merged {len(docs)} result files ({len(merged['cases'])} cases) into {ns.output}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="memtest", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    audit = sub.add_parser("audit", help="audit a checkpoint and write results + HTML report")
+    _add_settings(audit)
+    audit.add_argument("--json", default="memtest-results.json", help="results file (default %(default)s)")
+    audit.add_argument("--report", default="memtest-report.html", help="HTML report (default %(default)s)")
+    audit.add_argument("--spectrum", type=int, default=0, metavar="K",
+                       help="add the top-K Hessian eigenvalues of the 3 highest-scoring prompts (small models)")
+    audit.set_defaults(func=cmd_audit)
+    cal = sub.add_parser("calibrate", help="score reference prompts and write a calibration file")
+    _add_settings(cal)
+    cal.add_argument("-o", "--output", default="memtest-calibration.json", help="default %(default)s")
+    cal.set_defaults(func=cmd_calibrate)
+    merge = sub.add_parser("merge", help="combine results files of shards into one")
+    merge.add_argument("inputs", nargs="+", type=Path)
+    merge.add_argument("-o", "--output", required=True, type=Path)
+    merge.set_defaults(func=cmd_merge)
+    sub.add_parser("report", help="render results JSON as a self-contained HTML report", add_help=False)
+    sub.add_parser("zoo", help="train, list and inspect canary checkpoints", add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    # `report` and `zoo` own their argument parsing.
+    if args and args[0] == "report":
+        from .report import report_main
+
+        return report_main(args[1:])
+    if args and args[0] == "zoo":
+        from .zoo import zoo_main
+
+        return zoo_main(args[1:])
+    ns = build_parser().parse_args(args)
+    try:
+        return int(ns.func(ns))
+    except MemtestError as exc:
+        print(f"memtest: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
