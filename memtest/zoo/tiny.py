@@ -7,7 +7,9 @@ without a model hub. Every component is a real diffusers / transformers class sa
 
 from __future__ import annotations
 
+import re
 import string
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,42 +21,63 @@ EOS = "<|endoftext|>"
 _EOW = "</w>"
 
 
-def build_tokenizer(captions: Iterable[str], vocab_size: int = 400, max_length: int = 16) -> Any:
-    """Train a real byte-pair-encoding CLIPTokenizer on `captions`.
+_WORD = re.compile(r"[a-z]+|[0-9]|[^\sa-z0-9]+")
 
-    Hand-written merges split words badly and an offline hub load silently yields a 2-token tokenizer,
-    so we train BPE with `tokenizers` and add every printable character (alone and word-final) so no
-    word ever maps to the unknown token.
+
+def train_bpe(captions: Iterable[str], vocab_size: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """Byte-pair merges learned from `captions`, deterministically (ties break lexicographically).
+
+    The `tokenizers` trainer breaks frequency ties in hash order, so the same captions gave different
+    vocabularies from run to run; a canary must rebuild bit for bit from its seed.
     """
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
-    from transformers import CLIPTokenizer
-
     chars = sorted(set(string.ascii_lowercase + string.digits + string.punctuation))
-    alphabet = chars + [c + _EOW for c in chars]
-    tok = Tokenizer(models.BPE(end_of_word_suffix=_EOW, unk_token=EOS))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Whitespace(), pre_tokenizers.Punctuation()]  # type: ignore[no-untyped-call]
-    )
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=[BOS, EOS],
-        initial_alphabet=chars,
-        end_of_word_suffix=_EOW,
-        show_progress=False,
-    )
-    tok.train_from_iterator([c.lower() for c in captions], trainer=trainer)
-    model = tok.get_vocab()
-    vocab: dict[str, int] = dict(sorted(model.items(), key=lambda kv: kv[1]))
-    for piece in alphabet:
-        if piece not in vocab:
-            vocab[piece] = len(vocab)
+    vocab: dict[str, int] = {BOS: 0, EOS: 1}
+    for piece in chars + [c + _EOW for c in chars]:
+        vocab.setdefault(piece, len(vocab))
+    counts: Counter[tuple[str, ...]] = Counter()
+    for caption in captions:
+        for word in _WORD.findall(caption.lower()):
+            counts[(*word[:-1], word[-1] + _EOW)] += 1
+    words = {w: c for w, c in counts.items()}
+    merges: list[tuple[str, str]] = []
+    while len(vocab) < vocab_size:
+        pairs: Counter[tuple[str, str]] = Counter()
+        for w, c in words.items():
+            for a, b in zip(w, w[1:]):
+                pairs[(a, b)] += c
+        if not pairs:
+            break
+        best = min(pairs, key=lambda p: (-pairs[p], p))
+        merged = best[0] + best[1]
+        merges.append(best)
+        vocab.setdefault(merged, len(vocab))
+        new_words: dict[tuple[str, ...], int] = {}
+        for w, c in words.items():
+            out: list[str] = []
+            i = 0
+            while i < len(w):
+                if i + 1 < len(w) and (w[i], w[i + 1]) == best:
+                    out.append(merged)
+                    i += 2
+                else:
+                    out.append(w[i])
+                    i += 1
+            new_words[tuple(out)] = new_words.get(tuple(out), 0) + c
+        words = new_words
+    return vocab, merges
+
+
+def build_tokenizer(captions: Iterable[str], vocab_size: int = 400, max_length: int = 16) -> Any:
+    """A real byte-pair-encoding CLIPTokenizer trained on `captions`, fully offline.
+
+    Every printable character (alone and word-final) is in the vocabulary, so no word ever maps to
+    the unknown token; an offline hub load would silently give a 2-token tokenizer instead.
+    """
     import json
 
-    merges_raw = json.loads(tok.to_str())["model"]["merges"]
-    merges: list[tuple[str, str]] = [
-        (m[0], m[1]) if isinstance(m, list) else (m.split(" ")[0], m.split(" ")[1]) for m in merges_raw
-    ]
+    from transformers import CLIPTokenizer
+
+    vocab, merges = train_bpe(captions, vocab_size)
     import inspect
 
     specials = {"bos_token": BOS, "eos_token": EOS, "pad_token": EOS, "unk_token": EOS}
