@@ -257,6 +257,7 @@ class Engine:
         self.loads = 0
         self.scored = 0
         self.cache_hits = 0
+        self._served: set[str] = set()
         self._checkpoint: Any = None
         self._scorer: Any = None
         self._cache: ResultsCache | None = None
@@ -308,12 +309,14 @@ class Engine:
     def scores(self, prompts: Sequence[str], progress: Progress | None = None) -> dict[str, dict[str, Any]]:
         """Scores for `prompts` (from the cache where present), as plain-JSON records."""
         todo = list(dict.fromkeys(p for p in prompts if self.cache.get(p) is None))
-        self.cache_hits += len(set(prompts)) - len(todo)
+        # A cache hit is a prompt this process needed for the first time and found already scored.
+        first_time = set(prompts) - self._served
+        self.cache_hits += len(first_time - set(todo))
+        self._served |= first_time
         if todo:
             fresh = [r.to_dict() for r in self.scorer.score(todo, progress=progress)]
             records = [
-                {"prompt": r["prompt"], "score": r["score"], "values": r["values"], "seeds": r["seeds"]}
-                for r in fresh
+                {"prompt": r["prompt"], "score": r["score"], "values": r["values"], "seeds": r["seeds"]} for r in fresh
             ]
             self.cache.put(records)
             self.scored += len(records)

@@ -27,13 +27,9 @@ def add_options(parser: pytest.Parser) -> None:
         elif opt.action == "append":
             group.addoption(opt.flag, action="append", dest=opt.dest, default=None, help=opt.help)
         else:
-            group.addoption(
-                opt.flag, action="store", dest=opt.dest, default=None, type=opt.type, help=opt.help
-            )
+            group.addoption(opt.flag, action="store", dest=opt.dest, default=None, type=opt.type, help=opt.help)
         if opt.ini:
-            ini_type = (
-                "bool" if opt.action == "store_true" else "linelist" if opt.action == "append" else "string"
-            )
+            ini_type = "bool" if opt.action == "store_true" else "linelist" if opt.action == "append" else "string"
             parser.addini(opt.dest, opt.help, type=ini_type, default=None)
 
 

@@ -37,6 +37,7 @@ class MemtestSession:
             self.checkpoint_name, self.checkpoint_folder = resolve_checkpoint(self.audit.checkpoint)
         except MemtestError as exc:
             raise pytest.UsageError(str(exc)) from None
+        self.suites = self._resolve_suites()
         self._engine: Any = None
         self._fingerprint: str | None = None
         self._seen_suites: set[str] = set()
@@ -85,9 +86,7 @@ class MemtestSession:
             lines.append(f"memtest: calibrating at fpr={a.fpr:g} -> {self.calibration_output()}")
         else:
             path = (
-                self._resolve(a.calibration)
-                if a.calibration
-                else self.checkpoint_folder / "memtest-calibration.json"
+                self._resolve(a.calibration) if a.calibration else self.checkpoint_folder / "memtest-calibration.json"
             )
             lines.append(f"memtest: calibration {self._describe_calibration(path)}")
         lines.append(
@@ -124,35 +123,54 @@ class MemtestSession:
             return node
         return None
 
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_collection_modifyitems(
-        self, session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
-    ) -> None:
-        from memtest.audit import resolve_suites
+    def _resolve_suites(self) -> list[Any]:
+        """Named suites (or the checkpoint's own), checked at start-up so that a bad name stops the run
+        on the controller too (under xdist only workers collect)."""
+        from memtest.audit import resolve_suites, suite_cases
 
-        found_in_paths = any(isinstance(i, MemtestItem) for i in items)
-        if not self.audit.suites and found_in_paths:
-            return  # suite files in the test paths were collected; don't add the checkpoint's own suite
+        if not self.audit.suites and self._suite_files_in_args():
+            return []
         try:
             suites = resolve_suites(self.audit.suites, self.checkpoint_folder, self.checkpoint_name)
         except MemtestError as exc:
             raise pytest.UsageError(str(exc)) from None
-        added = 0
         for suite in suites:
-            if suite.path is not None and str(Path(suite.path).resolve()) in self._seen_suites:
-                continue
-            collector = SuiteCollector.from_parent(session, name=suite.name, suite=suite, memtest=self)
-            new = [i for i in collector.collect() if isinstance(i, pytest.Item)]
-            if not new and not self.audit.shard:
+            if not suite_cases(suite, self.audit.calibrate):
                 mode = "reference" if self.audit.calibrate else "clean or memorized"
                 hint = (
-                    "--memtest-calibrate scores reference cases"
-                    if not self.audit.calibrate
-                    else "name a suite that has reference cases"
+                    "name a suite that has reference cases"
+                    if self.audit.calibrate
+                    else ("reference cases only calibrate: add --memtest-calibrate")
                 )
                 raise pytest.UsageError(f"Suite '{suite.name}' has no {mode} cases to run: {hint}.")
-            items.extend(new)
-            added += len(new)
+        return suites
+
+    def _suite_files_in_args(self) -> bool:
+        """Whether the command line names suite YAML files (or folders holding them) to collect."""
+        from memtest.suites import is_suite_file
+
+        for arg in self.config.args:
+            path = Path(self.config.invocation_params.dir, arg.split("::")[0])
+            if path.is_file() and is_suite_file(path):
+                return True
+            if path.is_dir() and any(is_suite_file(p) for p in path.rglob("*.y*ml")):
+                return True
+        return False
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_collection_modifyitems(
+        self, session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
+    ) -> None:
+        if not self.audit.suites and any(isinstance(i, MemtestItem) for i in items):
+            return  # suite files in the test paths were collected; don't add the checkpoint's own suite
+        for suite in self.suites:
+            if suite.path is not None and str(Path(suite.path).resolve()) in self._seen_suites:
+                continue
+            collector = SuiteCollector.from_parent(
+                session, name=suite.name, nodeid=suite.name, suite=suite, memtest=self
+            )
+            # genitems runs the collect hooks, so the terminal counts and -k/--deselect see these items.
+            items.extend(session.genitems(collector))
 
     # -- running ------------------------------------------------------------------------------------
     def _pending(self, item: MemtestItem) -> list[MemtestItem]:
@@ -360,13 +378,16 @@ class MemtestSession:
         if judged:
             tr.write_line("closest clean cases to the threshold (margin = score - threshold):")
             for r in sorted(judged, key=lambda r: -r["margin"])[:5]:
-                tr.write_line(
-                    f"  {r['id']:<48} score {r['score']:.6g}  margin {r['margin']:+.4g}  {r['outcome']}"
-                )
+                tr.write_line(f"  {r['id']:<48} score {r['score']:.6g}  margin {r['margin']:+.4g}  {r['outcome']}")
         memorized = [r for r in recs if r.get("margin") is not None and r["expectation"] == "memorized"]
         if memorized:
             weakest = min(memorized, key=lambda r: r["margin"])
             tr.write_line(f"weakest memorized case: {weakest['id']} margin {weakest['margin']:+.4g}")
+        contexts = [c for c in [self.context(), *self.workers.values()] if c]
+        if contexts:
+            scored = sum(int(c.get("scored", 0)) for c in contexts)
+            hits = sum(int(c.get("cache_hits", 0)) for c in contexts)
+            tr.write_line(f"scored {scored} prompts, {hits} from the cache")
         if self.workers:
             loads = {w: o.get("loads") for w, o in sorted(self.workers.items())}
             tr.write_line(f"xdist workers (checkpoint loads): {loads}")

@@ -39,3 +39,62 @@ def tiny_eps(tiny_eps_path: Path) -> Any:
     import memtest
 
     return memtest.load_checkpoint(tiny_eps_path, device="cpu")
+
+
+POOL = [
+    f"a {style} of a {what}"
+    for style in ("photo", "sketch", "print")
+    for what in ("digit", "red digit", "blue digit", "small number", "large number", "even number", "odd number")
+]
+POOL += ["zorblax poster of 3", "quux poster of 8", "a render of 7"]
+
+
+@pytest.fixture(scope="session")
+def gate_env(tiny_eps_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A tiny checkpoint, a suite and a calibration whose outcomes are known in advance.
+
+    Scores are deterministic, so the fixture scores candidates directly and builds a suite where a
+    clean case passes, a clean case fails (above the threshold) and a memorized case is flagged.
+    """
+    import memtest
+    from memtest.calibration import calibrate, save_calibration
+    from memtest.scoring import Scorer, ScoreSettings
+
+    root = tmp_path_factory.mktemp("gate")
+    ckpt = memtest.load_checkpoint(tiny_eps_path, device="cpu")
+    scorer = Scorer(ckpt, ScoreSettings(n=1))
+    ranked = sorted(scorer.score(POOL), key=lambda r: r.score)
+    assert len({r.score for r in ranked}) == len(ranked)
+    # The two lowest-scoring prompts lie below every reference, the highest ones above all of them:
+    # the outcomes follow whatever the random weights are.
+    refs = ranked[2:16]
+    cal = calibrate(
+        [r.score for r in refs], 0.1, scorer.identity(), reference_suite="mini", reference_version="1",
+        checkpoint=str(tiny_eps_path),
+    )  # fmt: skip
+    cal_path = save_calibration(cal, root / "cal.json")
+    cases = [
+        ("clean-ok", ranked[0], "clean", "passed"),
+        ("clean-bad", ranked[-2], "clean", "failed"),
+        ("mem-caught", ranked[-1], "memorized", "passed"),
+        ("mem-missed", ranked[1], "memorized", "failed"),
+    ]
+    lines = [
+        "memtest_suite: 1", "name: mini", 'version: "1"', "card:", "  description: plugin test suite",
+        "cases:",
+    ]  # fmt: skip
+    for cid, r, exp, _ in cases:
+        lines.append(f'  - {{id: {cid}, prompt: "{r.prompt}", expectation: {exp}}}')
+    for i, r in enumerate(refs):
+        lines.append(f'  - {{id: ref-{i:02d}, prompt: "{r.prompt}", expectation: reference}}')
+    suite = root / "mini.yaml"
+    suite.write_text("\n".join(lines) + "\n")
+    return {
+        "checkpoint": tiny_eps_path,
+        "suite": suite,
+        "calibration": cal_path,
+        "threshold": cal.threshold,
+        "expected": {cid: outcome for cid, _, _, outcome in cases},
+        "scores": {cid: r.score for cid, r, _, _ in cases},
+        "reference_scores": [r.score for r in refs],
+    }

@@ -1,0 +1,280 @@
+"""End-to-end runs of `pytest --memtest` through pytester, each without xdist and with `-n 2`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+XDIST = [pytest.param(False, id="single"), pytest.param(True, id="xdist")]
+
+
+def run(pytester: pytest.Pytester, xdist: bool, *args: str) -> pytest.RunResult:
+    args = ("-p", "no:cacheprovider", *args)
+    if xdist:
+        return pytester.runpytest_subprocess("-n", "2", *args)
+    return pytester.runpytest(*args)
+
+
+def base_args(env: dict[str, Any], *extra: str) -> list[str]:
+    return [
+        "--memtest",
+        f"--memtest-checkpoint={env['checkpoint']}",
+        f"--memtest-suite={env['suite']}",
+        "--memtest-n=1",
+        "--memtest-fpr=0.1",
+        *extra,
+    ]
+
+
+def outcomes(doc: dict[str, Any]) -> dict[str, str]:
+    return {c["case_id"]: c["outcome"] for c in doc["cases"]}
+
+
+@pytest.mark.parametrize("xdist", XDIST)
+def test_gate_gives_expected_outcome_per_case(pytester: pytest.Pytester, gate_env: dict[str, Any], xdist: bool) -> None:
+    result = run(
+        pytester,
+        xdist,
+        *base_args(gate_env, f"--memtest-calibration={gate_env['calibration']}", "--memtest-json=r.json"),
+        "--junitxml=junit.xml",
+        "-rA",
+    )
+    result.assert_outcomes(passed=2, failed=2)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    doc = json.loads((pytester.path / "r.json").read_text())
+    assert outcomes(doc) == gate_env["expected"]
+    # Same scores as scoring directly in one process, bit for bit (xdist included).
+    assert {c["case_id"]: c["score"] for c in doc["cases"]} == gate_env["scores"]
+    assert all(c["threshold"] == gate_env["threshold"] for c in doc["cases"])
+    assert doc["summary"] == {"passed": 2, "failed": 2, "errors": 0, "flagged": 2, "total": 4} | {
+        k: v for k, v in doc["summary"].items() if k not in ("passed", "failed", "errors", "flagged", "total")
+    }
+    out = result.stdout.str()
+    assert "mini::clean-bad scored" in out and "above the threshold" in out
+    assert "reproduce:  pytest --memtest" in out and "-k clean-bad" in out
+    assert "mem-missed is a known memorized prompt" in out
+    junit = (pytester.path / "junit.xml").read_text()
+    assert 'name="memtest_score"' in junit and 'name="memtest_threshold"' in junit
+    if xdist:
+        assert "xdist workers (checkpoint loads): {'gw0': 1, 'gw1': 1}" in out
+
+
+@pytest.mark.parametrize("xdist", XDIST)
+def test_calibration_round_trip(pytester: pytest.Pytester, gate_env: dict[str, Any], xdist: bool) -> None:
+    result = run(pytester, xdist, *base_args(gate_env, "--memtest-calibrate", "--memtest-calibration=cal.json"))
+    result.assert_outcomes(passed=len(gate_env["reference_scores"]))
+    cal = json.loads((pytester.path / "cal.json").read_text())
+    assert cal["schema"] == "memtest.calibration/1"
+    assert sorted(cal["reference_scores"]) == sorted(gate_env["reference_scores"])
+    fixture_cal = json.loads(Path(gate_env["calibration"]).read_text())
+    assert cal["threshold"] == fixture_cal["threshold"]
+    assert cal["ci"][0] <= cal["threshold"] <= cal["ci"][1]
+    assert cal["fpr"] == 0.1 and cal["n_reference"] == 14
+    assert cal["reference_suite"] == "mini" and cal["reference_version"] == "1"
+    assert cal["identity"]["n"] == 1 and cal["identity"]["timesteps"] == [981]
+    assert len(cal["fingerprint"]) == 64
+    # The gate accepts the fresh calibration ...
+    gate = run(pytester, xdist, *base_args(gate_env, "--memtest-calibration=cal.json"))
+    gate.assert_outcomes(passed=2, failed=2)
+    # ... and refuses it under other settings, failing closed on every case.
+    other = run(pytester, xdist, *base_args(gate_env, "--memtest-calibration=cal.json", "--memtest-seed=1"))
+    other.assert_outcomes(failed=4)
+    other.stdout.fnmatch_lines(["*other scoring settings*seed: calibration 0 != run 1*"])
+
+
+def test_too_few_references_is_an_error_that_says_how_many(pytester: pytest.Pytester, gate_env: dict[str, Any]) -> None:
+    args = base_args(gate_env, "--memtest-calibrate", "--memtest-calibration=cal.json")
+    args[-3] = "--memtest-fpr=0.01"
+    result = run(pytester, False, *args)
+    assert result.ret != 0
+    result.stdout.fnmatch_lines(["*needs at least 100 reference prompts*gave 14*"])
+    assert not (pytester.path / "cal.json").exists()
+
+
+@pytest.mark.parametrize("xdist", XDIST)
+def test_missing_calibration_fails_closed(pytester: pytest.Pytester, gate_env: dict[str, Any], xdist: bool) -> None:
+    result = run(pytester, xdist, *base_args(gate_env))
+    result.assert_outcomes(failed=4)
+    result.stdout.fnmatch_lines(["*No calibration for checkpoint*--memtest-calibrate*"])
+
+
+@pytest.mark.parametrize("xdist", XDIST)
+def test_calibration_of_another_checkpoint_needs_opt_in(
+    pytester: pytest.Pytester, gate_env: dict[str, Any], xdist: bool
+) -> None:
+    cal = json.loads(Path(gate_env["calibration"]).read_text())
+    cal["fingerprint"] = "0" * 64
+    cal["checkpoint"] = "base-model"
+    (pytester.path / "base.json").write_text(json.dumps(cal))
+    refused = run(pytester, xdist, *base_args(gate_env, "--memtest-calibration=base.json"))
+    refused.assert_outcomes(failed=4)
+    refused.stdout.fnmatch_lines(["*belongs to checkpoint base-model*--memtest-accept-base-calibration*"])
+    accepted = run(
+        pytester,
+        xdist,
+        *base_args(
+            gate_env, "--memtest-calibration=base.json", "--memtest-accept-base-calibration", "--memtest-json=r.json"
+        ),
+    )
+    accepted.assert_outcomes(passed=2, failed=2)
+    doc = json.loads((pytester.path / "r.json").read_text())
+    assert doc["calibration"]["accepted_from_base"] is True
+    assert doc["calibration"]["fingerprint"] == "0" * 64
+
+
+@pytest.mark.parametrize("xdist", XDIST)
+def test_non_finite_score_fails_closed(
+    pytester: pytest.Pytester, gate_env: dict[str, Any], tmp_path: Path, xdist: bool
+) -> None:
+    from safetensors.torch import load_file, save_file
+
+    broken = Path(shutil.copytree(gate_env["checkpoint"], tmp_path / "nan-ckpt"))
+    weights = broken / "unet" / "diffusion_pytorch_model.safetensors"
+    state = load_file(weights)
+    state["conv_out.bias"].fill_(float("nan"))
+    save_file(state, weights)
+    args = base_args(gate_env, f"--memtest-calibration={gate_env['calibration']}", "--memtest-accept-base-calibration")
+    args[1] = f"--memtest-checkpoint={broken}"
+    result = run(pytester, xdist, *args)
+    result.assert_outcomes(failed=4)
+    result.stdout.fnmatch_lines(["*non-finite sharpness*cannot pass the gate*"])
+
+
+@pytest.mark.parametrize("xdist", XDIST)
+def test_unknown_suite_and_unreadable_checkpoint_are_usage_errors(
+    pytester: pytest.Pytester, gate_env: dict[str, Any], xdist: bool
+) -> None:
+    result = run(pytester, xdist, "--memtest", f"--memtest-checkpoint={gate_env['checkpoint']}",
+                 "--memtest-suite=sd1-memorised")  # fmt: skip
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*Unknown suite 'sd1-memorised'. Did you mean 'sd1-memorized'?*"])
+    missing = run(pytester, xdist, "--memtest", "--memtest-checkpoint=./no/such/folder")
+    assert missing.ret == pytest.ExitCode.USAGE_ERROR
+    missing.stderr.fnmatch_lines(["*Checkpoint folder './no/such/folder' does not exist*"])
+    broken = pytester.mkdir("not-a-checkpoint")
+    result = run(pytester, xdist, *base_args(gate_env, f"--memtest-calibration={gate_env['calibration']}"))
+    assert result.ret == pytest.ExitCode.TESTS_FAILED  # sanity: the same args with a real checkpoint run
+    bad = run(
+        pytester,
+        xdist,
+        "--memtest",
+        f"--memtest-checkpoint={broken}",
+        f"--memtest-suite={gate_env['suite']}",
+        f"--memtest-calibration={gate_env['calibration']}",
+    )
+    bad.assert_outcomes(failed=4)
+    bad.stdout.fnmatch_lines(["*has no model_index.json*"])
+
+
+def test_plugin_is_inert_without_memtest(pytester: pytest.Pytester, gate_env: dict[str, Any]) -> None:
+    shutil.copy(gate_env["suite"], pytester.path / "mini.yaml")
+    pytester.makepyfile(
+        test_plain="""
+        import sys
+
+        def test_nothing_heavy_was_imported():
+            heavy = {"torch", "diffusers", "transformers", "numpy", "yaml", "jinja2"} & set(sys.modules)
+            assert not heavy, heavy
+        """
+    )
+    for extra in ([], ["-n", "2"]):
+        result = pytester.runpytest_subprocess("-p", "no:cacheprovider", *extra)
+        result.assert_outcomes(passed=1)  # the suite file is not collected without --memtest
+        assert "memtest:" not in result.stdout.str()
+    # Importing the plugin module itself stays light, so start-up is not slower.
+    code = (
+        "import sys, pytest_memtest.plugin; "
+        "print(sorted({'torch','diffusers','numpy','yaml','jinja2','sklearn'} & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_every_builtin_suite_parses_and_collects(pytester: pytest.Pytester, gate_env: dict[str, Any]) -> None:
+    from memtest.suites import builtin_suites, resolve_suite
+
+    names = sorted(builtin_suites())
+    assert {"sd1-memorized", "sd1-unmemorized", "sd2-memorized", "generic-nonmemorized", "coco-10k"} <= set(names)
+    for name in names:
+        suite = resolve_suite(name)
+        has_gate_cases = any(c.expectation != "reference" for c in suite.cases)
+        extra = [] if has_gate_cases else ["--memtest-calibrate"]
+        result = pytester.runpytest(
+            "--memtest", f"--memtest-checkpoint={gate_env['checkpoint']}", f"--memtest-suite={name}",
+            "--collect-only", "-q", *extra,
+        )  # fmt: skip
+        assert result.ret == pytest.ExitCode.OK, (name, result.stdout.str()[-2000:])
+        wanted = [c for c in suite.cases if (c.expectation == "reference") == (not has_gate_cases)]
+        first = wanted[0]
+        assert f"{name}::{first.id}" in result.stdout.str()
+        result.stdout.fnmatch_lines([f"{len(wanted)} tests collected*"])
+
+
+def test_suite_files_in_test_paths_are_collected(pytester: pytest.Pytester, gate_env: dict[str, Any]) -> None:
+    shutil.copy(gate_env["suite"], pytester.path / "audit_suite.yaml")
+    result = pytester.runpytest(
+        "--memtest", f"--memtest-checkpoint={gate_env['checkpoint']}", "--memtest-n=1",
+        f"--memtest-calibration={gate_env['calibration']}", "--memtest-fpr=0.1", "-v",
+    )  # fmt: skip
+    result.assert_outcomes(passed=2, failed=2)
+    result.stdout.fnmatch_lines(["audit_suite.yaml::clean-ok PASSED*"])
+
+
+def test_results_cache_resumes_without_rescoring(pytester: pytest.Pytester, gate_env: dict[str, Any]) -> None:
+    args = base_args(gate_env, f"--memtest-calibration={gate_env['calibration']}", "--memtest-json=r.json")
+    first = run(pytester, False, *args)
+    first.stdout.fnmatch_lines(["*scored 4 prompts, 0 from the cache*"])
+    second = run(pytester, False, *args)
+    second.stdout.fnmatch_lines(["*scored 0 prompts, 4 from the cache*"])
+    assert outcomes(json.loads((pytester.path / "r.json").read_text())) == gate_env["expected"]
+    cleared = run(pytester, False, *args, "--memtest-cache-clear")
+    cleared.stdout.fnmatch_lines(["*scored 4 prompts, 0 from the cache*"])
+
+
+def test_shards_partition_cases_and_merge_back(pytester: pytest.Pytester, gate_env: dict[str, Any]) -> None:
+    from memtest.cli import main
+
+    cal = f"--memtest-calibration={gate_env['calibration']}"
+    whole = run(pytester, False, *base_args(gate_env, cal, "--memtest-json=whole.json"))
+    whole.assert_outcomes(passed=2, failed=2)
+    ids: list[set[str]] = []
+    for i in (1, 2):
+        run(pytester, False, *base_args(gate_env, cal, f"--memtest-shard={i}/2", f"--memtest-json=s{i}.json"))
+        ids.append({c["id"] for c in json.loads((pytester.path / f"s{i}.json").read_text())["cases"]})
+    assert not ids[0] & ids[1] and len(ids[0] | ids[1]) == 4 and ids[0] and ids[1]
+    p = pytester.path
+    assert main(["merge", str(p / "s1.json"), str(p / "s2.json"), "-o", str(p / "merged.json")]) == 0
+    merged = json.loads((p / "merged.json").read_text())
+    single = json.loads((p / "whole.json").read_text())
+    strip = ("nodeid",)
+    assert [{k: v for k, v in c.items() if k not in strip} for c in merged["cases"]] == [
+        {k: v for k, v in c.items() if k not in strip} for c in single["cases"]
+    ]
+    assert merged["summary"] == single["summary"]
+
+
+def test_memtest_case_fixture_for_custom_assertions(pytester: pytest.Pytester, gate_env: dict[str, Any]) -> None:
+    pytester.makepyfile(
+        test_custom=f"""
+        import pytest
+
+        @pytest.mark.memtest_suite({str(gate_env["suite"])!r})
+        def test_within_twice_threshold(memtest_case, memtest_checkpoint):
+            result = memtest_case.score()
+            assert memtest_checkpoint.loads == 1
+            assert result["score"] == pytest.approx(sum(result["values"]) / len(result["values"]))
+            assert result["score"] < 1e9 * memtest_case.threshold
+        """
+    )
+    result = pytester.runpytest(
+        f"--memtest-checkpoint={gate_env['checkpoint']}", "--memtest-n=1", "--memtest-fpr=0.1",
+        f"--memtest-calibration={gate_env['calibration']}", "-v",
+    )  # fmt: skip
+    result.assert_outcomes(passed=4)
+    result.stdout.fnmatch_lines(["*test_within_twice_threshold?clean-ok? PASSED*"])
