@@ -351,9 +351,9 @@ class Engine:
             cal = load_calibration(path)
             accepted = check_compatible(cal, self.identity(), accept_base=self.config.accept_base_calibration)
             self._calibration = (cal, accepted)
-        cal, accepted = self._calibration
-        assert cal is not None
-        return cal, accepted
+        found, accepted = self._calibration
+        assert found is not None
+        return found, accepted
 
     def build_calibration(self, cases: Sequence[AuditCase], scores: dict[str, dict[str, Any]]) -> Calibration:
         refs = [c for c in cases if c.expectation == "reference"]

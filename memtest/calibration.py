@@ -35,7 +35,7 @@ def required_references(fpr: float) -> int:
     return math.ceil(1.0 / fpr - 1e-9)
 
 
-def quantile_threshold(scores: Sequence[float], fpr: float) -> float:
+def quantile_threshold(scores: Sequence[float] | np.ndarray[Any, Any], fpr: float) -> float:
     arr = np.asarray(scores, dtype=np.float64)
     return float(np.quantile(arr, 1.0 - fpr, method="higher"))
 
@@ -114,9 +114,7 @@ def calibrate(
     arr = np.asarray(values, dtype=np.float64)
     threshold = quantile_threshold(arr, fpr)
     rng = np.random.default_rng(seed)
-    boots = np.quantile(
-        rng.choice(arr, size=(n_boot, arr.size), replace=True), 1.0 - fpr, axis=1, method="higher"
-    )
+    boots = np.quantile(rng.choice(arr, size=(n_boot, arr.size), replace=True), 1.0 - fpr, axis=1, method="higher")
     lo, hi = np.quantile(boots, [(1 - level) / 2, 1 - (1 - level) / 2])
     from . import __version__
 

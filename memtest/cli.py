@@ -30,7 +30,7 @@ def _add_settings(parser: argparse.ArgumentParser) -> None:
         if opt.action in ("store_true", "append"):
             parser.add_argument(flag, action=opt.action, dest=opt.dest, default=None, help=opt.help)
         else:
-            parser.add_argument(flag, dest=opt.dest, type=opt.type, default=None, help=opt.help)
+            parser.add_argument(flag, dest=opt.dest, type=opt.type or str, default=None, help=opt.help)
 
 
 def _config(ns: argparse.Namespace, calibrate: bool = False) -> Any:
@@ -136,8 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings(audit)
     audit.add_argument("--json", default="memtest-results.json", help="results file (default %(default)s)")
     audit.add_argument("--report", default="memtest-report.html", help="HTML report (default %(default)s)")
-    audit.add_argument("--spectrum", type=int, default=0, metavar="K",
-                       help="add the top-K Hessian eigenvalues of the 3 highest-scoring prompts (small models)")
+    audit.add_argument(
+        "--spectrum",
+        type=int,
+        default=0,
+        metavar="K",
+        help="add the top-K Hessian eigenvalues of the 3 highest-scoring prompts (small models)",
+    )
     audit.set_defaults(func=cmd_audit)
     cal = sub.add_parser("calibrate", help="score reference prompts and write a calibration file")
     _add_settings(cal)

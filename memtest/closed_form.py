@@ -27,15 +27,18 @@ class GaussianScore:
         self.precision = torch.linalg.inv(self.cov_t)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return -(x - self.mean.to(x.dtype)) @ self.precision.to(x.dtype).T
+        out: torch.Tensor = -(x - self.mean.to(x.dtype)) @ self.precision.to(x.dtype).T
+        return out
 
     def hessian(self) -> torch.Tensor:
-        return -self.precision
+        out: torch.Tensor = -self.precision
+        return out
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         chol = torch.linalg.cholesky(self.cov_t)
         z = torch.randn(n, self.d, dtype=torch.float64, generator=generator)
-        return self.mean + z @ chol.T
+        out: torch.Tensor = self.mean + z @ chol.T
+        return out
 
 
 class EmpiricalScore:

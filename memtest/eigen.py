@@ -21,9 +21,9 @@ def _symmetric_hvp(s_delta: ScoreFn, x: torch.Tensor) -> Callable[[torch.Tensor]
     """v -> (H + Hᵀ) v / 2 at a single point x of shape (1, ...)."""
 
     def apply(v: torch.Tensor) -> torch.Tensor:
-        _, hv = torch.func.jvp(s_delta, (x,), (v,))
-        _, vjp_fn = torch.func.vjp(s_delta, x)
-        (htv,) = vjp_fn(v)
+        hv: torch.Tensor = torch.func.jvp(s_delta, (x,), (v,))[1]
+        vjp_fn = torch.func.vjp(s_delta, x)[1]
+        htv: torch.Tensor = vjp_fn(v)[0]
         return 0.5 * (hv + htv)
 
     return apply

@@ -25,7 +25,7 @@ DEFAULT_FD_H = 1e-3
 
 def _flat_norm(t: torch.Tensor) -> torch.Tensor:
     """Per-sample L2 norm, shaped to broadcast against t."""
-    norms = t.flatten(1).norm(dim=1)
+    norms: torch.Tensor = t.flatten(1).norm(dim=1)
     return norms.view(-1, *([1] * (t.dim() - 1)))
 
 
@@ -63,7 +63,7 @@ def hessian_vector_product(
     if x.shape != v.shape:
         raise ValueError(f"x and v must have the same shape, got {tuple(x.shape)} and {tuple(v.shape)}")
     if method == "jvp":
-        _, hv = torch.func.jvp(s_delta, (x,), (v,))
+        hv: torch.Tensor = torch.func.jvp(s_delta, (x,), (v,))[1]
         return hv
     step = fd_step(x, h)
     vnorm = _flat_norm(v)

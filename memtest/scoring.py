@@ -148,12 +148,10 @@ class Scorer:
         """Raw UNet outputs for both branches in one forward: (2B, ...) in float32, cond first."""
         model_x = torch.cat([x, x]).to(self.ckpt.dtype)
         emb = torch.cat([e_c, e_0])
-        out = self.ckpt.unet(model_x, t, encoder_hidden_states=emb, return_dict=False)[0]
+        out: torch.Tensor = self.ckpt.unet(model_x, t, encoder_hidden_states=emb, return_dict=False)[0]
         return out.to(torch.float32)
 
-    def s_delta_fn(
-        self, t: int, e_c: torch.Tensor, e_0: torch.Tensor
-    ) -> Callable[[torch.Tensor], torch.Tensor]:
+    def s_delta_fn(self, t: int, e_c: torch.Tensor, e_0: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
         """x -> s_Δ(x) = -(ε_c - ε_0)/σ_t at timestep t, for the metrics module."""
         abar = float(self.alphas_cumprod[t])
         sigma = math.sqrt(1.0 - abar)
@@ -208,9 +206,7 @@ class Scorer:
                 x = self.scheduler.step(guided, t, xf, return_dict=False)[0]
         per_gen = (totals / len(self.timesteps)).cpu()
         if not torch.isfinite(per_gen).all():
-            bad = [
-                p for i, p in enumerate(prompts) if not torch.isfinite(per_gen[i * s.n : (i + 1) * s.n]).all()
-            ]
+            bad = [p for i, p in enumerate(prompts) if not torch.isfinite(per_gen[i * s.n : (i + 1) * s.n]).all()]
             raise ScoringError(
                 f"The model produced a non-finite {s.metric} for prompt(s) {bad!r} on checkpoint "
                 f"{self.ckpt.name} (dtype {self.ckpt.dtype}). A score that is not a number cannot pass the gate: "

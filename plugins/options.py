@@ -29,8 +29,12 @@ def add_options(parser: pytest.Parser) -> None:
         else:
             group.addoption(opt.flag, action="store", dest=opt.dest, default=None, type=opt.type, help=opt.help)
         if opt.ini:
-            ini_type = "bool" if opt.action == "store_true" else "linelist" if opt.action == "append" else "string"
-            parser.addini(opt.dest, opt.help, type=ini_type, default=None)
+            if opt.action == "store_true":
+                parser.addini(opt.dest, opt.help, type="bool", default=None)
+            elif opt.action == "append":
+                parser.addini(opt.dest, opt.help, type="linelist", default=None)
+            else:
+                parser.addini(opt.dest, opt.help, type="string", default=None)
 
 
 def _value(config: pytest.Config, opt: Option) -> Any:

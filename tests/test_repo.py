@@ -23,7 +23,11 @@ def _readme_commands() -> list[str]:
 def test_ci_runs_the_readme_test_command() -> None:
     commands = _readme_commands()
     assert len(commands) == 2, commands
-    ci = [ln for ln in (ROOT / ".ci" / "run").read_text().splitlines() if ln and not ln.startswith(("#", "set ", "cd ", "export "))]
+    ci = [
+        ln
+        for ln in (ROOT / ".ci" / "run").read_text().splitlines()
+        if ln and not ln.startswith(("#", "set ", "cd ", "export "))
+    ]
     assert ci == [commands[1]]
     assert "pytest" in commands[1] and "memtest audit" in commands[0]
 
@@ -31,7 +35,18 @@ def test_ci_runs_the_readme_test_command() -> None:
 @pytest.mark.slow
 def test_wheel_ships_plugin_suites_templates_and_canaries(tmp_path: Path) -> None:
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
         check=True,
         capture_output=True,
     )

@@ -87,11 +87,7 @@ def test_result_records_every_setting(tiny_eps: Any) -> None:
 def test_per_prompt_seeds_are_stable_and_distinct() -> None:
     assert derive_seeds(0, 3) == [0, 1, 2]
     a = derive_seeds(0, 2, "a cat")
-    assert (
-        a == derive_seeds(0, 2, "a cat")
-        and a != derive_seeds(0, 2, "a dog")
-        and a != derive_seeds(1, 2, "a cat")
-    )
+    assert a == derive_seeds(0, 2, "a cat") and a != derive_seeds(0, 2, "a dog") and a != derive_seeds(1, 2, "a cat")
 
 
 def test_trajectory_metric_differs_from_first_step(tiny_eps: Any) -> None:
@@ -141,5 +137,5 @@ def test_non_finite_model_output_is_an_error(tiny_eps_path: Path) -> None:
     ckpt = memtest.load_checkpoint(tiny_eps_path, device="cpu")
     with torch.no_grad():
         ckpt.unet.conv_out.bias.fill_(float("nan"))
-    with pytest.raises(ScoringError, match="non-finite sharpness.*zorblax poster of 3"):
+    with pytest.raises(ScoringError, match=r"non-finite sharpness.*zorblax poster of 3"):
         memtest.score_prompts(ckpt, PROMPTS[:1], n=1)

@@ -7,6 +7,7 @@ without a model hub. Every component is a real diffusers / transformers class sa
 
 from __future__ import annotations
 
+import itertools
 import re
 import string
 from collections import Counter
@@ -43,7 +44,7 @@ def train_bpe(captions: Iterable[str], vocab_size: int) -> tuple[dict[str, int],
     while len(vocab) < vocab_size:
         pairs: Counter[tuple[str, str]] = Counter()
         for w, c in words.items():
-            for a, b in zip(w, w[1:]):
+            for a, b in itertools.pairwise(w):
                 pairs[(a, b)] += c
         if not pairs:
             break
@@ -198,9 +199,7 @@ def build_scheduler(cfg: TinyConfig) -> Any:
     )
 
 
-def build_pipeline(
-    captions: Sequence[str], cfg: TinyConfig | None = None, seed: int = 0, tokenizer: Any = None
-) -> Any:
+def build_pipeline(captions: Sequence[str], cfg: TinyConfig | None = None, seed: int = 0, tokenizer: Any = None) -> Any:
     """A complete, randomly initialised StableDiffusionPipeline built offline."""
     import torch
     from diffusers import StableDiffusionPipeline
