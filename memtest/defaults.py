@@ -3,3 +3,4 @@
 DEFAULT_CHECKPOINT = "zoo:finetuned"
 DEFAULT_CACHE_DIR = ".memtest_cache"
 DEFAULT_FPR = 0.01
+DEFAULT_MITIGATION_STEPS = 100  # SAIL's step budget per prompt

@@ -30,3 +30,7 @@ class ZooError(MemtestError):
 
 class ResultsError(MemtestError):
     """A results file is unreadable or results cannot be merged."""
+
+
+class MitigationError(MemtestError):
+    """A mitigation could not run: bad settings, no threshold, or nothing to generate with."""

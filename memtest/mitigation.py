@@ -1,0 +1,1072 @@
+"""Inference-time mitigation of memorization (SPEC.md §4): SAIL, and the baselines it is compared with.
+
+SAIL (sharpness-aware initialization for latent diffusion, Jeon et al., ICML 2025) keeps the prompt and
+the weights and chooses the initial noise x_T instead: memorization shows as a sharp landscape at the
+first sampling step, and a deterministic sampler maps x_T one-to-one to the image, so an x_T where the
+landscape is flat gives an image that is not the memorized one. memtest follows the paper, not the
+published code:
+
+    L(x) = ‖s_Δ(x + δ s_Δ(x)) − s_Δ(x)‖² + α ‖x‖²
+
+- the probe direction s_Δ(x) is re-evaluated at the current x every step (and differentiated through);
+- squared norms, as written (the first term is a finite-difference form of δ² ‖H_Δ s_Δ‖²);
+- a batch of B candidates optimised in parallel with Adam (lr 0.05), each candidate with its own Adam
+  state, so restarting one does not disturb the others;
+- a candidate is accepted once its sharpness ‖H_Δ s_Δ‖², measured exactly as the detector measures it
+  (same method and finite-difference step), falls below the acceptance threshold (default: the
+  checkpoint's calibrated detection threshold); accepted latents are stored as independent copies;
+- candidates that are not accepted after `restart_after` steps restart from fresh seeds that never
+  repeat; the whole run stops at a step budget, and running out of it is a reported outcome
+  (`succeeded=False` with a reason), not an exception.
+
+Scale-dependent defaults (SPEC.md §4: the paper's α = 0.05 and loss thresholds belong to SD's latent size):
+
+- δ: the detector's finite-difference step divided by the median ‖s_Δ‖ of the first candidates, so the
+  probe point x + δ s_Δ(x) lies as far from x as the detector's own probes
+  (`memtest.metrics.DEFAULT_FD_H` · √d) and the first term is δ² ‖H_Δ s_Δ‖² to the detector's accuracy.
+- α: chosen so that on the Gaussian shell (‖x‖² = d σ₀², σ₀ = init_noise_sigma) the norm term equals
+  `ALPHA_RATIO` (0.1) times the first term at the acceptance threshold τ:
+  α = ALPHA_RATIO · δ² τ / (d σ₀²). The norm term then never dominates while a candidate is still sharper
+  than the threshold (α = 0.01 on a 1,024-dimensional model swamped a sharpness of 1e-2 and collapsed x
+  toward 0), yet it still penalises drifting off the shell.
+- `renormalize=True` instead projects every candidate back onto the shell ‖x‖ = √d σ₀ after each step.
+
+`sail` is model-agnostic: it takes any batched callable x -> s_Δ(x) (closed-form models test it).
+`mitigate` runs SAIL or a baseline on a checkpoint through `memtest.scoring.Scorer` and generates the
+images before and after through the checkpoint's own pipeline. Baselines with the same interface:
+random token addition (`rta`) and random number addition (`rna`) to the prompt (Somepalli et al., 2023),
+and prompt-embedding optimisation of the first-step score-difference norm ‖ε_c − ε_0‖ (`embedding`,
+Wen et al., ICLR 2024). This mitigation acts at inference only: it does not change the weights, so it
+does not protect a checkpoint whose weights are released.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import io
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from .defaults import DEFAULT_MITIGATION_STEPS
+from .errors import MitigationError
+from .metrics import fd_step, hessian_vector_product
+
+if TYPE_CHECKING:
+    from .checkpoint import Checkpoint
+    from .scoring import Scorer
+
+ScoreFn = Callable[[torch.Tensor], torch.Tensor]
+NoiseFn = Callable[[Sequence[int]], torch.Tensor]
+
+#: Adam learning rate of the paper.
+DEFAULT_LR = 0.05
+#: Norm term / first term at the acceptance threshold, on the Gaussian shell (see the module docstring).
+ALPHA_RATIO = 0.1
+#: Optimisation steps (of the whole batch) before SAIL gives up.
+DEFAULT_MAX_STEPS = DEFAULT_MITIGATION_STEPS
+#: Steps a candidate may take before it restarts from a fresh seed (the paper's code: 10).
+DEFAULT_RESTART_AFTER = 20
+#: Baselines: words (RTA) or numbers (RNA) added to the prompt.
+DEFAULT_ADDITIONS = 2
+#: Prompt-embedding optimisation (Wen et al.): Adam learning rate and step budget.
+DEFAULT_EMBEDDING_LR = 0.1
+DEFAULT_EMBEDDING_STEPS = 50
+#: Longest side of the thumbnails stored in results records.
+THUMBNAIL_SIZE = 64
+
+METHODS: tuple[str, ...] = ("sail", "rta", "rna", "embedding")
+
+
+# --------------------------------------------------------------------------------------------------
+# seeds
+
+
+def fresh_seed(salt: str, k: int) -> int:
+    """The k-th fresh seed of a run: 48 bits of sha256(salt, k), stable across runs and machines."""
+    digest = hashlib.sha256(f"memtest-sail\0{salt}\0{k}".encode()).digest()
+    return int.from_bytes(digest[:6], "big")
+
+
+class SeedStream:
+    """Seeds in order: `first`, then fresh ones (`fresh_seed(salt, k)`); never the same seed twice."""
+
+    def __init__(self, first: Sequence[int], salt: str) -> None:
+        self._first = [int(s) for s in first]
+        self._salt = salt
+        self._k = 0
+        self.used: list[int] = []
+        self._seen: set[int] = set()
+
+    def __iter__(self) -> Iterator[int]:
+        return self
+
+    def __next__(self) -> int:
+        while True:
+            if self._first:
+                seed = self._first.pop(0)
+            else:
+                seed = fresh_seed(self._salt, self._k)
+                self._k += 1
+            if seed not in self._seen:
+                self._seen.add(seed)
+                self.used.append(seed)
+                return seed
+
+
+def gaussian_noise(shape: Sequence[int], sigma: float = 1.0, device: str | torch.device = "cpu") -> NoiseFn:
+    """seeds -> x_T of shape (len(seeds), *shape): N(0, σ² I), one CPU generator per seed."""
+    shape = tuple(int(s) for s in shape)
+
+    def noise(seeds: Sequence[int]) -> torch.Tensor:
+        out = torch.empty((len(seeds), *shape), dtype=torch.float32)
+        for i, seed in enumerate(seeds):
+            gen = torch.Generator(device="cpu").manual_seed(int(seed))
+            out[i] = torch.randn(shape, generator=gen, dtype=torch.float32)
+        return (out * sigma).to(device)
+
+    return noise
+
+
+# --------------------------------------------------------------------------------------------------
+# SAIL, model-agnostic
+
+
+@dataclass(frozen=True)
+class AcceptedLatent:
+    """One accepted initial noise: an independent tensor, its seed, and its sharpness before and after."""
+
+    seed: int
+    latent: torch.Tensor
+    sharpness_before: float  # at the seed's own x_T, before any step
+    sharpness_after: float  # at `latent`, where the candidate was accepted
+    steps: int  # this candidate's own optimisation steps
+
+
+@dataclass(frozen=True)
+class SailResult:
+    """What `sail` found. `succeeded` is False (with `reason`) when the step budget ran out first."""
+
+    accepted: tuple[AcceptedLatent, ...]
+    wanted: int
+    steps: int  # optimisation steps of the batch
+    seeds_tried: tuple[int, ...]  # every seed a candidate started from, in order; no repeats
+    succeeded: bool
+    reason: str
+    threshold: float
+    initial_sharpness: dict[int, float]  # sharpness of every tried seed's x_T that was measured
+    history: tuple[tuple[float, ...], ...]  # per step: each slot's loss L(x) before the step
+    final_sharpness: tuple[float, ...] = ()  # every slot's sharpness at the last check
+    settings: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+    evaluations: int = 0  # calls of s_delta
+
+    @property
+    def latents(self) -> torch.Tensor:
+        """The accepted latents stacked, (k, ...), k = len(accepted) (<= wanted)."""
+        if not self.accepted:
+            raise MitigationError(f"SAIL accepted no latent: {self.reason}")
+        return torch.stack([a.latent for a in self.accepted])
+
+    @property
+    def sharpness_before(self) -> list[float]:
+        return [a.sharpness_before for a in self.accepted]
+
+    @property
+    def sharpness_after(self) -> list[float]:
+        return [a.sharpness_after for a in self.accepted]
+
+
+@dataclass(frozen=True)
+class SailStep:
+    """Passed to `sail(callback=...)` after every check: the state the acceptance decision saw."""
+
+    step: int
+    x: torch.Tensor  # a copy of the candidates at the check
+    seeds: tuple[int, ...]
+    sharpness: tuple[float, ...]
+    accepted: tuple[int, ...]  # slots accepted at this check
+
+
+class _BatchAdam:
+    """torch.optim.Adam applied row by row, with a step count per row so one row can restart alone."""
+
+    def __init__(self, x: torch.Tensor, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        self.lr, self.b1, self.b2, self.eps = lr, betas[0], betas[1], eps
+        self.m = torch.zeros_like(x)
+        self.v = torch.zeros_like(x)
+        self.t = [0] * x.shape[0]
+
+    def reset(self, i: int) -> None:
+        self.m[i].zero_()
+        self.v[i].zero_()
+        self.t[i] = 0
+
+    def step(self, x: torch.Tensor, grad: torch.Tensor, rows: Sequence[int]) -> None:
+        for i in rows:
+            self.t[i] += 1
+            g = grad[i]
+            self.m[i].mul_(self.b1).add_(g, alpha=1 - self.b1)
+            self.v[i].mul_(self.b2).addcmul_(g, g, value=1 - self.b2)
+            bc1 = 1 - self.b1 ** self.t[i]
+            bc2 = 1 - self.b2 ** self.t[i]
+            denom = (self.v[i].sqrt() / math.sqrt(bc2)).add_(self.eps)
+            x[i].addcdiv_(self.m[i], denom, value=-self.lr / bc1)
+
+
+def _flat_sq(t: torch.Tensor) -> torch.Tensor:
+    return t.flatten(1).to(torch.promote_types(t.dtype, torch.float32)).pow(2).sum(dim=1)
+
+
+def _hvp_context(method: str) -> contextlib.AbstractContextManager[Any]:
+    if method != "jvp":
+        return contextlib.nullcontext()
+    # Fused SDPA kernels have no forward-mode derivative (pytorch#128971): use the math path.
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.MATH])
+
+
+def measure_sharpness(
+    s_delta: ScoreFn, x: torch.Tensor, method: str = "fd", h: float | None = None, s_at_x: torch.Tensor | None = None
+) -> torch.Tensor:
+    """‖H_Δ s_Δ‖² per row of x, as the detector computes it; `s_at_x` reuses s_Δ(x) when known."""
+    with torch.no_grad():
+        s = s_delta(x) if s_at_x is None else s_at_x
+    with _hvp_context(method):
+        if method == "jvp":
+            hv = hessian_vector_product(s_delta, x, s, method="jvp")
+        else:
+            with torch.no_grad():
+                hv = hessian_vector_product(s_delta, x, s, method=method, h=h, s_at_x=s)
+    return _flat_sq(hv.detach())
+
+
+def sail_loss(s_delta: ScoreFn, x: torch.Tensor, delta: float, alpha: float) -> torch.Tensor:
+    """L(x) per row: ‖s_Δ(x + δ s_Δ(x)) − s_Δ(x)‖² + α ‖x‖² (differentiable in x)."""
+    s = s_delta(x)
+    return _flat_sq(s_delta(x + delta * s) - s) + alpha * _flat_sq(x)
+
+
+def default_alpha(delta: float, threshold: float, dim: int, init_noise_sigma: float = 1.0) -> float:
+    """α = ALPHA_RATIO · δ² τ / (d σ₀²): on the Gaussian shell the norm term is ALPHA_RATIO times the first
+    term at the acceptance threshold τ."""
+    if threshold <= 0 or not math.isfinite(threshold):
+        return 0.0
+    return ALPHA_RATIO * delta**2 * threshold / (dim * init_noise_sigma**2)
+
+
+def _check_positive_int(name: str, value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise MitigationError(f"SAIL setting {name} must be a positive integer, got {value!r}.")
+    return value
+
+
+def sail(
+    s_delta: ScoreFn,
+    noise: NoiseFn,
+    seeds: Sequence[int],
+    threshold: float,
+    *,
+    n: int | None = None,
+    batch_size: int | None = None,
+    lr: float = DEFAULT_LR,
+    alpha: float | None = None,
+    delta: float | None = None,
+    renormalize: bool = False,
+    init_noise_sigma: float = 1.0,
+    max_steps: int = DEFAULT_MAX_STEPS,
+    restart_after: int = DEFAULT_RESTART_AFTER,
+    method: str = "fd",
+    h: float | None = None,
+    salt: str | None = None,
+    callback: Callable[[SailStep], None] | None = None,
+) -> SailResult:
+    """Find `n` initial noises whose sharpness is below `threshold` (SPEC.md §4).
+
+    `s_delta` maps a batch x (B, ...) to s_Δ(x); `noise(seeds)` draws x_T for seeds. Candidates start
+    from `seeds` (the unmitigated generations' seeds), then from fresh seeds derived from `salt`.
+    `n` defaults to len(seeds), `batch_size` (candidates optimised in parallel) to n. `method` and `h` are
+    the detector's Hessian-vector-product settings, used for the acceptance check. Returns a
+    `SailResult`; when `max_steps` runs out first, `succeeded` is False and `reason` says why.
+    """
+    if not seeds:
+        raise MitigationError("SAIL needs at least one seed to start from.")
+    want = _check_positive_int("n", n if n is not None else len(seeds))
+    slots = _check_positive_int("batch_size", batch_size if batch_size is not None else want)
+    _check_positive_int("restart_after", restart_after)
+    if not isinstance(max_steps, int) or isinstance(max_steps, bool) or max_steps < 0:
+        raise MitigationError(f"SAIL setting max_steps must be a non-negative integer, got {max_steps!r}.")
+    if not math.isfinite(threshold):
+        raise MitigationError(f"The acceptance threshold must be a finite number, got {threshold!r}.")
+    if not (lr > 0 and math.isfinite(lr)):
+        raise MitigationError(f"SAIL's learning rate must be positive, got {lr!r}.")
+    for name, value in (("alpha", alpha), ("delta", delta)):
+        if value is not None and not (value >= 0 and math.isfinite(value)):
+            raise MitigationError(f"SAIL setting {name} must be a non-negative finite number, got {value!r}.")
+    started = time.perf_counter()
+    stream = SeedStream(seeds, salt if salt is not None else ",".join(str(int(s)) for s in seeds))
+    slot_seed = [next(stream) for _ in range(slots)]
+    x = noise(slot_seed).detach().clone()
+    dim = x[0].numel()
+    h_abs = fd_step(x, h)
+    radius = math.sqrt(dim) * init_noise_sigma
+    adam = _BatchAdam(x, lr)
+    own = [0] * slots
+    before: list[float | None] = [None] * slots
+    initial: dict[int, float] = {}
+    accepted: list[AcceptedLatent] = []
+    history: list[tuple[float, ...]] = []
+    evaluations = 0
+    steps = 0
+    best_open = math.inf
+    reason = ""
+
+    def counted(z: torch.Tensor) -> torch.Tensor:
+        nonlocal evaluations
+        evaluations += 1
+        return s_delta(z)
+
+    while True:
+        with torch.no_grad():
+            s_now = counted(x)
+        sharp = measure_sharpness(counted, x, method=method, h=h_abs, s_at_x=s_now).tolist()
+        newly: list[int] = []
+        restart: list[int] = []
+        for i, value in enumerate(sharp):
+            if own[i] == 0:
+                before[i] = value
+                initial[slot_seed[i]] = value
+            if math.isfinite(value) and value < threshold:
+                newly.append(i)
+                if len(accepted) < want:
+                    b = before[i]
+                    accepted.append(
+                        AcceptedLatent(
+                            seed=slot_seed[i],
+                            latent=x[i].detach().clone(),
+                            sharpness_before=float(b if b is not None else value),
+                            sharpness_after=float(value),
+                            steps=own[i],
+                        )
+                    )
+            elif not math.isfinite(value) or own[i] >= restart_after:
+                restart.append(i)
+        if callback is not None:
+            callback(SailStep(steps, x.detach().clone(), tuple(slot_seed), tuple(sharp), tuple(newly)))
+        if len(accepted) >= want:
+            reason = f"accepted {want} latent(s) below the threshold {threshold:.6g} after {steps} step(s)"
+            break
+        open_values = [v for i, v in enumerate(sharp) if i not in newly and math.isfinite(v)]
+        best_open = min(open_values, default=best_open)
+        if steps >= max_steps:
+            reason = (
+                f"step budget of {max_steps} exhausted with {len(accepted)} of {want} latent(s) below the "
+                f"threshold {threshold:.6g} ({len(stream.used)} seeds tried; lowest sharpness of an unfinished "
+                f"candidate {best_open:.6g}). Raise max_steps (pytest: --memtest-mitigation-steps), try "
+                "renormalize=True, or accept at a higher threshold."
+            )
+            break
+        stepping = [i for i in range(slots) if i not in newly and i not in restart]
+        if stepping:
+            if delta is None:
+                norms = s_now.flatten(1).norm(dim=1)
+                med = float(norms[torch.isfinite(norms)].median()) if torch.isfinite(norms).any() else 0.0
+                delta = h_abs / med if med > 0 else h_abs
+            if alpha is None:
+                alpha = default_alpha(delta, threshold, dim, init_noise_sigma)
+            xl = x.detach().clone().requires_grad_(True)
+            with torch.enable_grad():
+                loss = sail_loss(counted, xl, delta, alpha)
+                (grad,) = torch.autograd.grad(loss.sum(), xl)
+            losses = loss.detach().tolist()
+            history.append(tuple(float(v) for v in losses))
+            finite = torch.isfinite(grad.flatten(1)).all(dim=1).tolist()
+            for i in list(stepping):
+                if not (math.isfinite(losses[i]) and finite[i]):
+                    stepping.remove(i)
+                    restart.append(i)
+            with torch.no_grad():
+                adam.step(x, grad.detach(), stepping)
+                if renormalize:
+                    for i in stepping:
+                        x[i].mul_(radius / max(float(x[i].norm()), 1e-30))
+            for i in stepping:
+                own[i] += 1
+        steps += 1
+        for i in sorted(set(newly) | set(restart)):
+            seed = next(stream)
+            slot_seed[i] = seed
+            x[i] = noise([seed])[0].to(x.device, x.dtype)
+            adam.reset(i)
+            own[i] = 0
+            before[i] = None
+    return SailResult(
+        accepted=tuple(accepted),
+        wanted=want,
+        steps=steps,
+        seeds_tried=tuple(stream.used),
+        succeeded=len(accepted) >= want,
+        reason=reason,
+        threshold=float(threshold),
+        initial_sharpness=initial,
+        history=tuple(history),
+        final_sharpness=tuple(float(v) for v in sharp),
+        settings={
+            "lr": lr,
+            "alpha": alpha,
+            "delta": delta,
+            "renormalize": renormalize,
+            "init_noise_sigma": init_noise_sigma,
+            "batch_size": slots,
+            "max_steps": max_steps,
+            "restart_after": restart_after,
+            "method": method,
+            "fd_h": h_abs,
+        },
+        seconds=time.perf_counter() - started,
+        evaluations=evaluations,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# images: generation, thumbnails, copy distance
+
+
+def generate_images(
+    checkpoint: Checkpoint,
+    latents: torch.Tensor,
+    *,
+    prompt: str | None = None,
+    prompt_embeds: torch.Tensor | None = None,
+    guidance_scale: float = 7.5,
+    num_inference_steps: int = 50,
+) -> np.ndarray:
+    """Images (n, H, W, 3) in [0, 1] from initial noises x_T (n, C, h, w) through the checkpoint's pipeline.
+
+    DDIM from the checkpoint's own noise schedule (the scorer's sampler, so the first step is the one the
+    detector looks at), classifier-free guidance against the empty prompt. Give `prompt` or `prompt_embeds`
+    (one prompt's embedding, (1, L, D)).
+    """
+    from diffusers import DDIMScheduler
+
+    if (prompt is None) == (prompt_embeds is None):
+        raise MitigationError("generate_images needs exactly one of prompt= and prompt_embeds=.")
+    pipe = checkpoint.pipeline()
+    pipe.scheduler = DDIMScheduler.from_config(checkpoint.scheduler.config)
+    sigma0 = float(getattr(pipe.scheduler, "init_noise_sigma", 1.0))
+    n = int(latents.shape[0])
+    kwargs: dict[str, Any] = {}
+    if prompt_embeds is not None:
+        kwargs["prompt_embeds"] = prompt_embeds.detach().to(checkpoint.device, checkpoint.dtype)
+        empty = checkpoint.tokenizer(
+            [""], padding="max_length", max_length=checkpoint.tokenizer.model_max_length, return_tensors="pt"
+        ).input_ids.to(checkpoint.device)
+        with torch.no_grad():
+            kwargs["negative_prompt_embeds"] = checkpoint.text_encoder(empty)[0].to(checkpoint.dtype)
+    else:
+        kwargs["prompt"] = prompt
+    with torch.no_grad():
+        out = pipe(
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            num_images_per_prompt=n,
+            # the pipeline multiplies given latents by init_noise_sigma; ours already carry it
+            latents=(latents.detach() / sigma0).to(checkpoint.device, checkpoint.dtype),
+            output_type="np",
+            **kwargs,
+        )
+    return np.asarray(out.images, dtype=np.float32)
+
+
+def png_thumbnails(images: np.ndarray, size: int = THUMBNAIL_SIZE) -> list[str]:
+    """(N, H, W, 3) in [0, 1] -> base64 PNGs (no data: prefix), shrunk so the longer side is <= size."""
+    from PIL import Image
+
+    out = []
+    for img in np.asarray(images, dtype=np.float32):
+        pil = Image.fromarray(np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8), mode="RGB")
+        if max(pil.size) > size:
+            pil.thumbnail((size, size))
+        buf = io.BytesIO()
+        pil.save(buf, format="PNG", optimize=True)
+        out.append(base64.b64encode(buf.getvalue()).decode("ascii"))
+    return out
+
+
+def image_distances(images: np.ndarray, references: np.ndarray) -> np.ndarray:
+    """RMSE in [0, 1] pixel units between every image (N, H, W, 3) and every reference (M, H, W, 3): (N, M)."""
+    a = np.asarray(images, dtype=np.float64).reshape(len(images), -1)
+    b = np.asarray(references, dtype=np.float64).reshape(len(references), -1)
+    if a.shape[1] != b.shape[1]:
+        raise MitigationError(f"Images {np.shape(images)} and references {np.shape(references)} differ in size.")
+    sq = (a**2).sum(1)[:, None] + (b**2).sum(1)[None, :] - 2.0 * a @ b.T
+    return np.asarray(np.sqrt(np.maximum(sq, 0.0) / a.shape[1]), dtype=np.float64)
+
+
+def nearest_distances(images: np.ndarray, references: np.ndarray) -> np.ndarray:
+    """Nearest-neighbour RMSE of every image to a set of references, (N,)."""
+    return np.asarray(image_distances(images, references).min(axis=1), dtype=np.float64)
+
+
+def planted_image(checkpoint_folder: str | Path, prompt: str) -> np.ndarray | None:
+    """The training image a canary checkpoint memorised for `prompt` ((H, W, 3) in [0, 1]), else None."""
+    from .zoo.manifest import MANIFEST_NAME, load_manifest
+
+    folder = Path(checkpoint_folder)
+    if not (folder / MANIFEST_NAME).is_file():
+        return None
+    for p in load_manifest(folder).planted:
+        if p.caption == prompt:
+            return p.image()
+    return None
+
+
+# --------------------------------------------------------------------------------------------------
+# checkpoint level: SAIL and the baselines, one interface
+
+
+@dataclass(frozen=True)
+class Mitigation:
+    """One prompt's mitigation on a checkpoint, whatever the method.
+
+    `sharpness_before` are the detector's per-generation values at the original seeds' x_T;
+    `sharpness_after` are measured the same way on what the method changed: SAIL at the accepted x_T,
+    the prompt baselines at the original x_T under the new prompt or embedding. Images are (n, H, W, 3)
+    in [0, 1]: `images_before` from the original seeds and prompt (unmitigated), `images_after` the
+    mitigated generations. `seconds` is the mitigation alone; `generation_seconds` one full generation of
+    the n unmitigated images, measured in the same run (the cost ratio is their quotient).
+    """
+
+    method: str
+    prompt: str
+    threshold: float
+    succeeded: bool
+    reason: str
+    seeds: tuple[int, ...]
+    sharpness_before: tuple[float, ...]
+    sharpness_after: tuple[float, ...]
+    latents_before: torch.Tensor
+    latents_after: torch.Tensor | None
+    prompt_after: str | None = None
+    steps: int | None = None
+    seconds: float = 0.0
+    images_before: np.ndarray | None = None
+    images_after: np.ndarray | None = None
+    generation_seconds: float | None = None
+    sail: SailResult | None = None
+    embedding_after: torch.Tensor | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def cost_ratio(self) -> float | None:
+        """Mitigation time over the time of one full generation of the same n images."""
+        if not self.generation_seconds:
+            return None
+        return self.seconds / self.generation_seconds
+
+    def record(
+        self,
+        id: str,
+        *,
+        copy_distance_before: float | None = None,
+        copy_distance_after: float | None = None,
+        thumbnail_size: int = THUMBNAIL_SIZE,
+    ) -> dict[str, Any]:
+        """The results document's `mitigation` entry (plain JSON types; images as small base64 PNGs)."""
+        before, after = self.images_before, self.images_after
+        return {
+            "id": id,
+            "prompt": self.prompt,
+            "method": self.method,
+            "threshold": float(self.threshold),
+            "succeeded": bool(self.succeeded),
+            "reason": self.reason,
+            "steps": self.steps,
+            "seeds": [int(s) for s in self.seeds],
+            "seeds_tried": [int(s) for s in self.sail.seeds_tried] if self.sail is not None else [],
+            "prompt_after": self.prompt_after,
+            "sharpness_before": [float(v) for v in self.sharpness_before],
+            "sharpness_after": [float(v) for v in self.sharpness_after],
+            "images_before": png_thumbnails(before, thumbnail_size) if before is not None else [],
+            "images_after": png_thumbnails(after, thumbnail_size) if after is not None else [],
+            "copy_distance_before": None if copy_distance_before is None else float(copy_distance_before),
+            "copy_distance_after": None if copy_distance_after is None else float(copy_distance_after),
+            "seconds": float(self.seconds),
+            "generation_seconds": None if self.generation_seconds is None else float(self.generation_seconds),
+        }
+
+
+def _scorer(target: Scorer | Checkpoint | str | Path) -> Scorer:
+    from .checkpoint import Checkpoint, load_checkpoint
+    from .scoring import Scorer
+
+    if isinstance(target, Scorer):
+        return target
+    ckpt = target if isinstance(target, Checkpoint) else load_checkpoint(target)
+    return Scorer(ckpt)
+
+
+def resolve_threshold(scorer: Scorer, threshold: float | None) -> float:
+    """`threshold` if given, else the checkpoint's own calibrated sharpness threshold (checked to match)."""
+    if threshold is not None:
+        if not math.isfinite(threshold):
+            raise MitigationError(f"The acceptance threshold must be a finite number, got {threshold!r}.")
+        return float(threshold)
+    from .calibration import CALIBRATION_FILENAME, check_compatible, load_calibration
+
+    ckpt = scorer.ckpt
+    path = Path(ckpt.path) / CALIBRATION_FILENAME
+    if not path.is_file():
+        raise MitigationError(
+            f"Checkpoint {ckpt.name} has no {CALIBRATION_FILENAME}, so SAIL has no acceptance threshold. Pass "
+            "threshold= (for example a calibration's threshold), or calibrate first (`memtest calibrate`)."
+        )
+    cal = load_calibration(path)
+    check_compatible(cal, scorer.identity())
+    _check_sharpness_settings(scorer)
+    return float(cal.threshold)
+
+
+def _check_sharpness_settings(scorer: Scorer) -> None:
+    s = scorer.settings
+    if s.metric != "sharpness" or s.steps != 1:
+        raise MitigationError(
+            f"Mitigation accepts on first-step sharpness, but the scorer measures {s.metric} over {s.steps} "
+            "step(s), so its calibrated threshold does not apply. Score with metric=sharpness, steps=1, or pass "
+            "a sharpness threshold explicitly."
+        )
+
+
+def _first_step(scorer: Scorer, prompt: str) -> tuple[int, torch.Tensor, torch.Tensor]:
+    t = scorer.timesteps[0]
+    return t, scorer.embed([prompt]), scorer.embed([""])
+
+
+def _seed_images(
+    scorer: Scorer, prompt: str, latents: torch.Tensor, guidance_scale: float, steps: int | None
+) -> tuple[np.ndarray, float]:
+    started = time.perf_counter()
+    images = generate_images(
+        scorer.ckpt,
+        latents,
+        prompt=prompt,
+        guidance_scale=guidance_scale,
+        num_inference_steps=steps or scorer.settings.num_inference_steps,
+    )
+    return images, time.perf_counter() - started
+
+
+def mitigate_sail(
+    target: Scorer | Checkpoint | str | Path,
+    prompt: str,
+    *,
+    threshold: float | None = None,
+    n: int | None = None,
+    batch_size: int | None = None,
+    lr: float = DEFAULT_LR,
+    alpha: float | None = None,
+    delta: float | None = None,
+    renormalize: bool = False,
+    max_steps: int = DEFAULT_MAX_STEPS,
+    restart_after: int = DEFAULT_RESTART_AFTER,
+    images: bool = True,
+    guidance_scale: float = 7.5,
+    num_inference_steps: int | None = None,
+) -> Mitigation:
+    """SAIL on a checkpoint: the detector's seeds, timestep, method and fd step; images before and after.
+
+    `n` defaults to the scorer's n, and the first candidates start from the detector's seeds for the
+    prompt, so `sharpness_before` are exactly the values the gate compared with the threshold.
+    """
+    scorer = _scorer(target)
+    thr = resolve_threshold(scorer, threshold)
+    seeds = scorer.seeds_for(prompt)
+    want = n if n is not None else len(seeds)
+    if want > len(seeds):
+        from .scoring import derive_seeds
+
+        seeds = derive_seeds(scorer.settings.seed, want, prompt if scorer.settings.per_prompt_seeds else None)
+    seeds = seeds[:want]
+    t, e_c, e_0 = _first_step(scorer, prompt)
+    s_fn = scorer.s_delta_fn(t, e_c, e_0)
+    sigma0 = float(getattr(scorer.scheduler, "init_noise_sigma", 1.0))
+    result = sail(
+        s_fn,
+        scorer.noise,
+        seeds,
+        thr,
+        n=want,
+        batch_size=batch_size,
+        lr=lr,
+        alpha=alpha,
+        delta=delta,
+        renormalize=renormalize,
+        init_noise_sigma=sigma0,
+        max_steps=max_steps,
+        restart_after=restart_after,
+        method=scorer.settings.method,
+        h=scorer.fd_h,
+        salt=f"{scorer.settings.seed}\0{prompt}",
+    )
+    originals = scorer.noise(seeds)
+    missing = [s for s in seeds if s not in result.initial_sharpness]
+    measured = dict(result.initial_sharpness)
+    if missing:
+        values = measure_sharpness(s_fn, scorer.noise(missing), scorer.settings.method, scorer.fd_h).tolist()
+        measured.update(zip(missing, values, strict=True))
+    before_imgs = after_imgs = None
+    gen_seconds = None
+    if images:
+        before_imgs, gen_seconds = _seed_images(scorer, prompt, originals, guidance_scale, num_inference_steps)
+        if result.accepted:
+            after_imgs = generate_images(
+                scorer.ckpt,
+                result.latents,
+                prompt=prompt,
+                guidance_scale=guidance_scale,
+                num_inference_steps=num_inference_steps or scorer.settings.num_inference_steps,
+            )
+    return Mitigation(
+        method="sail",
+        prompt=prompt,
+        threshold=thr,
+        succeeded=result.succeeded,
+        reason=result.reason,
+        seeds=tuple(seeds),
+        sharpness_before=tuple(measured[s] for s in seeds),
+        sharpness_after=tuple(result.sharpness_after),
+        latents_before=originals,
+        latents_after=result.latents if result.accepted else None,
+        steps=result.steps,
+        seconds=result.seconds,
+        images_before=before_imgs,
+        images_after=after_imgs,
+        generation_seconds=gen_seconds,
+        sail=result,
+        details=dict(result.settings),
+    )
+
+
+def _word_pool(tokenizer: Any) -> list[str]:
+    """Whole words of the tokenizer's vocabulary (tokens that end a word and are letters only)."""
+    words = set()
+    for tok in tokenizer.get_vocab():
+        if tok.endswith("</w>") and tok[:-4].isalpha() and len(tok) > 5:
+            words.add(tok[:-4])
+    return sorted(words)
+
+
+def insert_words(prompt: str, words: Sequence[str], rng: np.random.Generator) -> str:
+    """`prompt` with each of `words` inserted at a random word boundary."""
+    parts = prompt.split()
+    for word in words:
+        parts.insert(int(rng.integers(0, len(parts) + 1)), str(word))
+    return " ".join(parts)
+
+
+def _rng(prompt: str, method: str, seed: int) -> np.random.Generator:
+    digest = hashlib.sha256(f"{method}\0{seed}\0{prompt}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "big"))
+
+
+def _prompt_baseline(
+    method: str,
+    scorer: Scorer,
+    prompt: str,
+    new_prompt_fn: Callable[[np.random.Generator], str],
+    threshold: float | None,
+    seed: int,
+    images: bool,
+    guidance_scale: float,
+    num_inference_steps: int | None,
+) -> Mitigation:
+    thr = resolve_threshold(scorer, threshold)
+    seeds = scorer.seeds_for(prompt)
+    x = scorer.noise(seeds)
+    t, e_c, e_0 = _first_step(scorer, prompt)
+    before = measure_sharpness(scorer.s_delta_fn(t, e_c, e_0), x, scorer.settings.method, scorer.fd_h).tolist()
+    started = time.perf_counter()
+    new_prompt = new_prompt_fn(_rng(prompt, method, seed))
+    seconds = time.perf_counter() - started
+    after = measure_sharpness(
+        scorer.s_delta_fn(t, scorer.embed([new_prompt]), e_0), x, scorer.settings.method, scorer.fd_h
+    ).tolist()
+    before_imgs = after_imgs = None
+    gen_seconds = None
+    if images:
+        before_imgs, gen_seconds = _seed_images(scorer, prompt, x, guidance_scale, num_inference_steps)
+        after_imgs, _ = _seed_images(scorer, new_prompt, x, guidance_scale, num_inference_steps)
+    ok = all(v < thr for v in after)
+    return Mitigation(
+        method=method,
+        prompt=prompt,
+        threshold=thr,
+        succeeded=ok,
+        reason=(
+            f"the altered prompt {new_prompt!r} is "
+            + ("below" if ok else "not below")
+            + f" the threshold {thr:.6g} at every original x_T"
+        ),
+        seeds=tuple(seeds),
+        sharpness_before=tuple(before),
+        sharpness_after=tuple(after),
+        latents_before=x,
+        latents_after=x,
+        prompt_after=new_prompt,
+        steps=None,
+        seconds=seconds,
+        images_before=before_imgs,
+        images_after=after_imgs,
+        generation_seconds=gen_seconds,
+    )
+
+
+def mitigate_rta(
+    target: Scorer | Checkpoint | str | Path,
+    prompt: str,
+    *,
+    threshold: float | None = None,
+    additions: int = DEFAULT_ADDITIONS,
+    seed: int = 0,
+    images: bool = True,
+    guidance_scale: float = 7.5,
+    num_inference_steps: int | None = None,
+) -> Mitigation:
+    """Random token addition: `additions` random word-final tokens of the tokenizer's vocabulary (letters
+    only), each inserted at a random word boundary of the prompt."""
+    scorer = _scorer(target)
+    words = _word_pool(scorer.ckpt.tokenizer)
+    if not words:
+        raise MitigationError(f"The tokenizer of {scorer.ckpt.name} has no whole-word tokens to add (RTA).")
+
+    def new_prompt(rng: np.random.Generator) -> str:
+        return insert_words(prompt, [words[int(i)] for i in rng.integers(0, len(words), additions)], rng)
+
+    return _prompt_baseline(
+        "rta", scorer, prompt, new_prompt, threshold, seed, images, guidance_scale, num_inference_steps
+    )
+
+
+def mitigate_rna(
+    target: Scorer | Checkpoint | str | Path,
+    prompt: str,
+    *,
+    threshold: float | None = None,
+    additions: int = DEFAULT_ADDITIONS,
+    digits: int = 3,
+    seed: int = 0,
+    images: bool = True,
+    guidance_scale: float = 7.5,
+    num_inference_steps: int | None = None,
+) -> Mitigation:
+    """Random number addition: `additions` random integers below 10**digits, each inserted at a random word
+    boundary of the prompt."""
+    scorer = _scorer(target)
+
+    def new_prompt(rng: np.random.Generator) -> str:
+        return insert_words(prompt, [str(int(rng.integers(0, 10**digits))) for _ in range(additions)], rng)
+
+    return _prompt_baseline(
+        "rna", scorer, prompt, new_prompt, threshold, seed, images, guidance_scale, num_inference_steps
+    )
+
+
+def mitigate_embedding(
+    target: Scorer | Checkpoint | str | Path,
+    prompt: str,
+    *,
+    threshold: float | None = None,
+    lr: float = DEFAULT_EMBEDDING_LR,
+    max_steps: int = DEFAULT_EMBEDDING_STEPS,
+    images: bool = True,
+    guidance_scale: float = 7.5,
+    num_inference_steps: int | None = None,
+) -> Mitigation:
+    """Wen et al.: optimise the prompt embedding with Adam to shrink ‖ε_c − ε_0‖² at the first step.
+
+    The loss is averaged over the detector's n initial noises; the optimisation stops once the
+    sharpness at every one of them falls below the threshold (SAIL's acceptance rule, so the methods are
+    compared on one criterion), or after `max_steps`. Generation uses the optimised embedding.
+    """
+    from .scoring import _eps_from_output
+
+    scorer = _scorer(target)
+    thr = resolve_threshold(scorer, threshold)
+    seeds = scorer.seeds_for(prompt)
+    x = scorer.noise(seeds)
+    t, e_c, e_0 = _first_step(scorer, prompt)
+    method, h = scorer.settings.method, scorer.fd_h
+    before = measure_sharpness(scorer.s_delta_fn(t, e_c, e_0), x, method, h).tolist()
+    ckpt = scorer.ckpt
+    abar = float(scorer.alphas_cumprod[t])
+    pred = ckpt.prediction_type
+    started = time.perf_counter()
+    with torch.no_grad():
+        o_0 = ckpt.unet(x.to(ckpt.dtype), t, encoder_hidden_states=e_0.expand(len(x), -1, -1), return_dict=False)[0]
+        eps_0 = _eps_from_output(o_0.float(), x.float(), pred, abar)
+    emb = e_c.detach().clone().float().requires_grad_(True)
+    opt = torch.optim.Adam([emb], lr=lr)
+    after = before
+    steps = 0
+    while True:
+        after = measure_sharpness(scorer.s_delta_fn(t, emb.detach().to(e_c.dtype), e_0), x, method, h).tolist()
+        if all(v < thr for v in after) or steps >= max_steps:
+            break
+        with torch.enable_grad():
+            o_c = ckpt.unet(
+                x.to(ckpt.dtype), t, encoder_hidden_states=emb.to(ckpt.dtype).expand(len(x), -1, -1), return_dict=False
+            )[0]
+            eps_c = _eps_from_output(o_c.float(), x.float(), pred, abar)
+            loss = (eps_c - eps_0).flatten(1).pow(2).sum(1).mean()
+            opt.zero_grad(set_to_none=True)
+            torch.autograd.backward(loss)
+        opt.step()
+        steps += 1
+    seconds = time.perf_counter() - started
+    ok = all(v < thr for v in after)
+    before_imgs = after_imgs = None
+    gen_seconds = None
+    if images:
+        before_imgs, gen_seconds = _seed_images(scorer, prompt, x, guidance_scale, num_inference_steps)
+        after_imgs = generate_images(
+            ckpt,
+            x,
+            prompt_embeds=emb.detach(),
+            guidance_scale=guidance_scale,
+            num_inference_steps=num_inference_steps or scorer.settings.num_inference_steps,
+        )
+    return Mitigation(
+        method="embedding",
+        prompt=prompt,
+        threshold=thr,
+        succeeded=ok,
+        reason=(
+            f"sharpness below the threshold {thr:.6g} at every original x_T after {steps} step(s)"
+            if ok
+            else f"step budget of {max_steps} exhausted: sharpness still {max(after):.6g} >= threshold {thr:.6g}"
+        ),
+        seeds=tuple(seeds),
+        sharpness_before=tuple(before),
+        sharpness_after=tuple(after),
+        latents_before=x,
+        latents_after=x,
+        steps=steps,
+        seconds=seconds,
+        images_before=before_imgs,
+        images_after=after_imgs,
+        generation_seconds=gen_seconds,
+        embedding_after=emb.detach(),
+        details={"lr": lr, "max_steps": max_steps},
+    )
+
+
+def judge_mitigation(
+    case: Any, mitigation: Mitigation, unmitigated: float, *, folder: str | Path | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A `mitigate` case record and the results' `mitigation` entry for a suite case (an `AuditCase`).
+
+    The case passes when the method succeeded, every accepted x_T is below the threshold, and their mean
+    sharpness is below `unmitigated` (the detector's score of the prompt). With a canary `folder`, the
+    entry also carries the mean distance of the images before and after to the memorised training image.
+    """
+    after = [float(v) for v in mitigation.sharpness_after]
+    thr = float(mitigation.threshold)
+    # With nothing accepted, the score is the lowest sharpness any candidate reached at the end.
+    final = [v for v in (mitigation.sail.final_sharpness if mitigation.sail else ()) if math.isfinite(v)]
+    score = sum(after) / len(after) if after else min(final, default=float(unmitigated))
+    problems = []
+    if not mitigation.succeeded:
+        problems.append(f"SAIL did not finish: {mitigation.reason}")
+    above = [v for v in after if not v < thr]
+    if above:
+        problems.append(f"{len(above)} accepted x_T at or above the threshold {thr:.6g}: {above}")
+    if not after:
+        problems.append("no latent was accepted")
+    elif not score < unmitigated:
+        problems.append(f"mean sharpness after {score:.6g} is not below the unmitigated {unmitigated:.6g}")
+    record: dict[str, Any] = {
+        "id": f"{case.id}[mitigate]",
+        "suite": case.suite,
+        "suite_version": case.suite_version,
+        "case_id": case.case_id,
+        "kind": "mitigate",
+        "prompt": case.prompt,
+        "expectation": case.expectation,
+        "tags": list(case.tags),
+        "score": score,
+        "values": after,
+        "seeds": [a.seed for a in mitigation.sail.accepted] if mitigation.sail is not None else list(mitigation.seeds),
+        "threshold": thr,
+        "margin": score - thr,
+        "flagged": None,
+        "unmitigated": float(unmitigated),
+        "outcome": "failed" if problems else "passed",
+        "message": (
+            f"{case.id}: mitigation ({mitigation.method}) failed: " + "; ".join(problems)
+            if problems
+            else f"{case.id}: {len(after)} flat x_T found in {mitigation.steps} step(s), mean sharpness "
+            f"{unmitigated:.6g} -> {score:.6g} (threshold {thr:.6g})"
+        ),
+    }
+    before_d = after_d = None
+    target = planted_image(folder, case.prompt) if folder is not None else None
+    if target is not None and mitigation.images_before is not None:
+        before_d = float(image_distances(mitigation.images_before, target[None]).mean())
+        if mitigation.images_after is not None:
+            after_d = float(image_distances(mitigation.images_after, target[None]).mean())
+    entry = mitigation.record(case.id, copy_distance_before=before_d, copy_distance_after=after_d)
+    return record, entry
+
+
+_METHODS: dict[str, Callable[..., Mitigation]] = {
+    "sail": mitigate_sail,
+    "rta": mitigate_rta,
+    "rna": mitigate_rna,
+    "embedding": mitigate_embedding,
+}
+
+
+def mitigate(target: Scorer | Checkpoint | str | Path, prompt: str, method: str = "sail", **options: Any) -> Mitigation:
+    """Mitigate `prompt` on a checkpoint (or a `Scorer`, whose settings and caches are reused) with `method`:
+    sail (default), rta, rna or embedding; `options` go to `mitigate_<method>`."""
+    fn = _METHODS.get(method)
+    if fn is None:
+        raise MitigationError(f"Unknown mitigation method {method!r}. Choose one of: {', '.join(METHODS)}.")
+    return fn(target, prompt, **options)
+
+
+__all__ = [
+    "ALPHA_RATIO",
+    "METHODS",
+    "AcceptedLatent",
+    "Mitigation",
+    "SailResult",
+    "SailStep",
+    "SeedStream",
+    "default_alpha",
+    "fresh_seed",
+    "gaussian_noise",
+    "generate_images",
+    "image_distances",
+    "judge_mitigation",
+    "measure_sharpness",
+    "mitigate",
+    "mitigate_embedding",
+    "mitigate_rna",
+    "mitigate_rta",
+    "mitigate_sail",
+    "nearest_distances",
+    "planted_image",
+    "png_thumbnails",
+    "sail",
+    "sail_loss",
+]
