@@ -93,7 +93,7 @@ def _spectra(engine: Any, records: list[dict[str, Any]], k: int) -> list[dict[st
     """Hessian spectra of the most-flagged prompts (small models only: it costs ~2k products each)."""
     from .eigen import prompt_spectrum
 
-    top = sorted(records, key=lambda r: -r["score"])[:3]
+    top = sorted(records, key=lambda r: -r["score"])[:3]  # the most-flagged prompts
     return [
         {"id": r["id"], "prompt": r["prompt"], **prompt_spectrum(engine.scorer, r["prompt"], k=k).to_dict()}
         for r in top

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,7 +15,14 @@ from memtest.closed_form import EmpiricalScore, GaussianScore, analytic_sharpnes
 from memtest.eigen import hutchinson_trace, top_eigenvalues
 from memtest.metrics import hessian_vector_product, sharpness
 
-torch.set_default_dtype(torch.float64)
+
+@pytest.fixture(autouse=True)
+def _float64_default() -> Any:
+    # Closed-form checks run in float64; restore the default so other modules are unaffected.
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 def _gaussian(seed: int, d: int, abar: float) -> GaussianScore:
@@ -116,3 +124,29 @@ def test_hutchinson_trace_estimates_trace() -> None:
     exact = float(torch.trace(model.hessian()))
     assert stderr > 0
     assert abs(mean - exact) < 5 * stderr + 1e-9
+
+
+def test_block_iteration_matches_largest_magnitude_eigenvalues() -> None:
+    from memtest.eigen import block_eigenvalues
+
+    g = torch.Generator().manual_seed(3)
+    q = torch.linalg.qr(torch.randn(30, 30, generator=g))[0]
+    spectrum = torch.cat([-torch.tensor([40.0, 25.0, 12.0]), -torch.rand(27, generator=g)])
+    h = q @ torch.diag(spectrum) @ q.T
+
+    def s_delta(x: torch.Tensor) -> torch.Tensor:
+        return x @ h.T
+
+    got = block_eigenvalues(s_delta, torch.randn(1, 30, generator=g), k=3, iters=40)
+    np.testing.assert_allclose(got.eigenvalues, [-40.0, -25.0, -12.0], rtol=1e-6)
+
+
+def test_prompt_spectrum_on_a_real_unet(tiny_eps: object) -> None:
+    torch.set_default_dtype(torch.float32)
+    from memtest.eigen import prompt_spectrum
+    from memtest.scoring import Scorer, ScoreSettings
+
+    scorer = Scorer(tiny_eps, ScoreSettings(n=1))
+    spec = prompt_spectrum(scorer, "zorblax poster of 3", k=2, iters=3)
+    assert len(spec.eigenvalues) == 2 and all(math.isfinite(v) for v in spec.eigenvalues)
+    assert list(spec.eigenvalues) == sorted(spec.eigenvalues)
