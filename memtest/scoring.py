@@ -144,9 +144,15 @@ class Scorer:
                 self._embeddings[p] = e
         return torch.stack([self._embeddings[p] for p in prompts])
 
-    def _outputs(self, x: torch.Tensor, t: int, e_c: torch.Tensor, e_0: torch.Tensor) -> torch.Tensor:
-        """Raw UNet outputs for both branches in one forward: (2B, ...) in float32, cond first."""
-        model_x = torch.cat([x, x]).to(self.ckpt.dtype)
+    def _outputs(
+        self, x: torch.Tensor, t: int, e_c: torch.Tensor, e_0: torch.Tensor, x_0: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Raw UNet outputs for both branches in one forward, in float32, cond first.
+
+        The unconditional branch runs at `x_0` (default: `x`) with `e_0` matching it: (B + len(x_0), ...) rows.
+        """
+        x_0 = x if x_0 is None else x_0
+        model_x = torch.cat([x, x_0]).to(self.ckpt.dtype)
         emb = torch.cat([e_c, e_0])
         out: torch.Tensor = self.ckpt.unet(model_x, t, encoder_hidden_states=emb, return_dict=False)[0]
         return out.to(torch.float32)
@@ -183,27 +189,30 @@ class Scorer:
         e_c = self.embed(prompts).repeat_interleave(s.n, dim=0)
         e_0 = self.embed([""]).expand_as(e_c)
         totals = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
+        pred = self.ckpt.prediction_type
         for k, t in enumerate(self.timesteps):
             abar = float(self.alphas_cumprod[t])
             sigma = math.sqrt(1.0 - abar)
-            s_fn = self.s_delta_fn(t, e_c, e_0)
-            with torch.no_grad():
-                out = self._outputs(x, t, e_c, e_0)
-            o_c, o_0 = out.chunk(2)
             xf = x.to(torch.float32)
-            eps_diff = _eps_from_output(o_c, xf, self.ckpt.prediction_type, abar) - _eps_from_output(
-                o_0, xf, self.ckpt.prediction_type, abar
-            )
-            if s.metric == "score_norm":
-                value = eps_diff.flatten(1).norm(dim=1)
-            else:
-                s_delta = -eps_diff / sigma
-                hv = self._hvp(s_fn, xf, s_delta)
+            with torch.inference_mode():
+                if k == 0 and not s.per_prompt_seeds and len(prompts) > 1:
+                    # Every prompt starts from the same n noises, so the unconditional branch at x_T is the
+                    # same for all of them: run it once per noise (n rows, not len(prompts) * n).
+                    out = self._outputs(x, t, e_c, e_0[: s.n], x_0=x[: s.n])
+                    o_c, o_0 = out[: x.shape[0]], out[x.shape[0] :].repeat(len(prompts), 1, 1, 1)
+                else:
+                    o_c, o_0 = self._outputs(x, t, e_c, e_0).chunk(2)
+                eps_diff = _eps_from_output(o_c, xf, pred, abar) - _eps_from_output(o_0, xf, pred, abar)
+                if s.metric == "score_norm":
+                    value = eps_diff.flatten(1).norm(dim=1)
+            if s.metric != "score_norm":
+                hv = self._hvp(t, e_c, e_0, xf, -eps_diff / sigma)
                 value = hv.flatten(1).pow(2).sum(dim=1)
             totals += value.to(torch.float64)
             if k + 1 < len(self.timesteps):
-                guided = o_0 + s.guidance_scale * (o_c - o_0)
-                x = self.scheduler.step(guided, t, xf, return_dict=False)[0]
+                with torch.inference_mode():
+                    guided = o_0 + s.guidance_scale * (o_c - o_0)
+                    x = self.scheduler.step(guided, t, xf, return_dict=False)[0]
         per_gen = (totals / len(self.timesteps)).cpu()
         if not torch.isfinite(per_gen).all():
             bad = [p for i, p in enumerate(prompts) if not torch.isfinite(per_gen[i * s.n : (i + 1) * s.n]).all()]
@@ -228,17 +237,21 @@ class Scorer:
         return results
 
     def _hvp(
-        self, s_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, s_delta: torch.Tensor
+        self, t: int, e_c: torch.Tensor, e_0: torch.Tensor, x: torch.Tensor, s_delta: torch.Tensor
     ) -> torch.Tensor:
+        """H_Δ(x) s_Δ(x) by the configured method; x, s_delta, e_c and e_0 have one row per generation."""
         method = self.settings.method
-        if method == "jvp":
-            # Fused SDPA kernels have no forward-mode derivative (pytorch#128971): use the math path.
-            from torch.nn.attention import SDPBackend, sdpa_kernel
+        if method != "jvp":
+            with torch.inference_mode():
+                s_fn = self.s_delta_fn(t, e_c, e_0)
+                return hessian_vector_product(s_fn, x, s_delta, method=method, h=self.fd_h, s_at_x=s_delta)
+        # Fused SDPA kernels have no forward-mode derivative (pytorch#128971), and the math path holds the
+        # full attention weights and their tangents (GiBs per generation at SD's size, most of the time on a
+        # CPU): jvp_attention() keeps the fused kernel for the output and adds the tangent block by block.
+        from ._jvp_attention import jvp_attention
 
-            with sdpa_kernel([SDPBackend.MATH]):
-                return hessian_vector_product(s_fn, x, s_delta, method="jvp")
-        with torch.no_grad():
-            return hessian_vector_product(s_fn, x, s_delta, method=method, h=self.fd_h, s_at_x=s_delta)
+        with jvp_attention():
+            return hessian_vector_product(self.s_delta_fn(t, e_c, e_0), x, s_delta, method="jvp")
 
     def score(self, prompts: Sequence[str], progress: Progress | None = None) -> list[PromptScore]:
         prompts = validate_prompts(prompts)
