@@ -3,6 +3,7 @@
     .venv/bin/python scripts/benchmark.py [--model tiny|canary|sd] [--device cpu|cuda] [--dtype float32|bfloat16]
                                           [--prompts 1,4,16] [--n 1,4] [--methods fd,fd-forward,jvp,score_norm]
                                           [--reps 5] [--threads N] [--quick] [--json out.json]
+                                          [--checkpoint zoo:finetuned]
 
 The floor is what any first-step sharpness detector must spend: two bare batched UNet forwards of 2n rows per
 prompt (conditional and unconditional, at x and at one probe point) on precomputed inputs under
@@ -138,14 +139,53 @@ def build_sd(device: Any, dtype: Any) -> Any:
     return _checkpoint("sd", unet, text_encoder, tokenizer, build_scheduler(TinyConfig()), device, dtype)
 
 
-def build_model(kind: str, device: Any, dtype: Any, quick: bool) -> Any:
+def build_model(kind: str, device: Any, dtype: Any, quick: bool, checkpoint: str) -> Any:
     if kind == "tiny":
         return build_tiny(device, dtype, quick)
     if kind == "sd":
         return build_sd(device, dtype)
     from memtest.checkpoint import load_checkpoint
 
-    return load_checkpoint("zoo:finetuned", device=device, dtype=dtype)
+    return load_checkpoint(checkpoint, device=device, dtype=dtype)
+
+
+def canary_accuracy(ckpt: Any, n: int, heldout: int, batch: int) -> dict[str, Any] | None:
+    """fd and fd-forward against the exact jvp on a canary's planted and held-out captions.
+
+    Per-generation relative errors by group, and each method's AUC and TPR at FPR <= 1% (planted vs
+    held-out): whether the cheaper method would change a verdict.
+    """
+    from memtest.scoring import Scorer
+    from memtest.zoo.manifest import MANIFEST_NAME, load_manifest
+
+    if not (ckpt.path / MANIFEST_NAME).is_file():
+        return None
+    manifest = load_manifest(ckpt.path / MANIFEST_NAME)
+    groups = {"planted": list(manifest.planted_captions), "heldout": list(manifest.heldout[:heldout])}
+    prompts = groups["planted"] + groups["heldout"]
+    scores = {m: Scorer(ckpt, settings_for(m, n, batch)).score(prompts) for m in ("jvp", "fd", "fd-forward")}
+    out: dict[str, Any] = {"n": n, "planted": len(groups["planted"]), "heldout": len(groups["heldout"])}
+    planted = len(groups["planted"])
+    for m, res in scores.items():
+        entry: dict[str, Any] = roc_numbers([r.score for r in res[:planted]], [r.score for r in res[planted:]])
+        if m != "jvp":
+            exact = scores["jvp"]
+            for name, part in (("planted", slice(0, planted)), ("heldout", slice(planted, None))):
+                values = [v for r in res[part] for v in r.values]
+                entry[name] = rel_errors(values, [v for r in exact[part] for v in r.values])
+        out[m] = entry
+    return out
+
+
+def roc_numbers(pos: Sequence[float], neg: Sequence[float], fpr_max: float = 0.01) -> dict[str, float]:
+    """AUC, and the largest TPR whose FPR does not exceed fpr_max (SPEC.md §3)."""
+    import numpy as np
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
+    scores = np.r_[pos, neg]
+    fpr, tpr, _ = roc_curve(y, scores)
+    return {"auc": float(roc_auc_score(y, scores)), "tpr_at_1pct_fpr": float(tpr[fpr <= fpr_max].max())}
 
 
 # -- measuring -----------------------------------------------------------------------------------------
@@ -414,6 +454,14 @@ def print_table(report: dict[str, Any]) -> None:
             print(f"{'':>3} {'':>2} {name:<11} {r['per_prompt_s']:>10.4f} {r['ratio']:>6.2f} {first:>7} "
                   f"{gib(r['peak_memory_bytes']):>8} {err:>8}")  # fmt: skip
     print(f"process peak RSS: {gib(report['memory']['process_peak_rss_bytes'])} GiB")
+    acc = report.get("canary_accuracy")
+    if acc:
+        print(f"\ncanary: {acc['planted']} planted vs {acc['heldout']} held-out captions, n={acc['n']}")
+        for m in ("jvp", "fd", "fd-forward"):
+            errs = "".join(
+                f"  {g} max err {acc[m][g]['max_rel_err_vs_jvp']:.1e}" for g in ("planted", "heldout") if g in acc[m]
+            )
+            print(f"{m:<11} AUC {acc[m]['auc']:.3f}  TPR@1% {acc[m]['tpr_at_1pct_fpr']:.3f}{errs}")
 
 
 def int_list(text: str) -> list[int]:
@@ -439,6 +487,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--model", choices=("tiny", "canary", "sd"), default="tiny",
                    help="tiny: the canaries' architecture, random weights; canary: zoo:finetuned; "
                         "sd: Stable Diffusion v1's UNet and text encoder, random weights")  # fmt: skip
+    p.add_argument("--checkpoint", default="zoo:finetuned",
+                   help="with --model canary: the checkpoint (a zoo name or a diffusers folder)")  # fmt: skip
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     p.add_argument("--prompts", type=int_list, default=None,
@@ -475,7 +525,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     report: dict[str, Any] = {"schema": SCHEMA, "command": [Path(sys.argv[0]).name, *sys.argv[1:]]}
     report["machine"] = machine_info(device)
     build_s = time.perf_counter()
-    ckpt = build_model(args.model, device, dtype, args.quick)
+    ckpt = build_model(args.model, device, dtype, args.quick, args.checkpoint)
     report["build_s"] = time.perf_counter() - build_s
     report["model"] = model_info(ckpt)
     report["settings"] = {
@@ -498,6 +548,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 configs.append(measure_config(ckpt, prompts, n, args.methods, args.reps, mem, not args.no_first_call))
                 print(f"measured P={P} n={n}", file=sys.stderr, flush=True)
         report["configs"] = configs
+        if args.model == "canary":
+            accuracy = canary_accuracy(ckpt, n=4, heldout=40, batch=8)
+            if accuracy is not None:
+                report["canary_accuracy"] = accuracy
     finally:
         mem.close()
     report["memory"] = {
