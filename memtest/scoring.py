@@ -246,11 +246,12 @@ class Scorer:
                 s_fn = self.s_delta_fn(t, e_c, e_0)
                 return hessian_vector_product(s_fn, x, s_delta, method=method, h=self.fd_h, s_at_x=s_delta)
         # Fused SDPA kernels have no forward-mode derivative (pytorch#128971), and the math path holds the
-        # full attention weights and their tangents (GiBs per generation at SD's size, most of the time on a
-        # CPU): jvp_attention() keeps the fused kernel for the output and adds the tangent block by block.
-        from ._jvp_attention import jvp_attention
+        # full attention weights and their tangents (GiBs per generation at SD's size); PyTorch's own formulas
+        # also convolve with the weights' zero tangents and unroll normalisation into many small operations.
+        # lean_jvp() keeps the fused kernel and computes the same exact tangents without that waste.
+        from ._lean_jvp import lean_jvp
 
-        with jvp_attention():
+        with lean_jvp():
             return hessian_vector_product(self.s_delta_fn(t, e_c, e_0), x, s_delta, method="jvp")
 
     def score(self, prompts: Sequence[str], progress: Progress | None = None) -> list[PromptScore]:
