@@ -3,7 +3,7 @@
     .venv/bin/python scripts/benchmark.py [--model tiny|canary|sd] [--device cpu|cuda] [--dtype float32|bfloat16]
                                           [--prompts 1,4,16] [--n 1,4] [--methods fd,fd-forward,jvp,score_norm]
                                           [--reps 5] [--threads N] [--quick] [--json out.json]
-                                          [--checkpoint zoo:finetuned]
+                                          [--checkpoint zoo:finetuned] [--channels-last] [--no-first-call]
 
 The floor is what any first-step sharpness detector must spend: two bare batched UNet forwards of 2n rows per
 prompt (conditional and unconditional, at x and at one probe point) on precomputed inputs under
@@ -308,19 +308,20 @@ def measure_config(
 
     P = len(prompts)
     floor = floor_fn(ckpt, prompts, n)
-    floor_first, _, _ = timed(floor, mem)  # warms the kernels for this shape
     scorers = {m: Scorer(ckpt, settings_for(m, n, P)) for m in methods}
     embed_s, _, _ = timed(lambda: Scorer(ckpt, settings_for("fd", n, P)).embed([*prompts, ""]), mem)
     out: dict[str, Any] = {"prompts": P, "n": n, "unet_rows_per_forward": 2 * P * n, "embed_s": embed_s}
     results: dict[str, dict[str, Any]] = {m: {"evaluations": EVALUATIONS[m]} for m in methods}
     values: dict[str, list[float]] = {}
-    for m in methods:
-        if first_call:  # a fresh Scorer: encodes the prompts, then scores
+    if first_call:  # warm-up: the floor once, and each method's first call on a fresh Scorer (encodes prompts)
+        out["floor_first_s"] = timed(floor, mem)[0]
+        for m in methods:
             secs, peak, res = timed(lambda m=m: scorers[m].score(prompts), mem)
             results[m].update(first_call_s=secs, first_call_per_prompt_s=secs / P, first_call_peak_memory_bytes=peak)
-        else:  # still warm the scorer (embeddings cached), untimed
-            res = scorers[m].score(prompts)
-        values[m] = [v for r in res for v in r.values]
+            values[m] = [v for r in res for v in r.values]
+    else:  # no warm-up calls (at SD scale one costs minutes); embeddings still cached before timing
+        for m in methods:
+            scorers[m].embed([*prompts, ""])
     times: dict[str, list[float]] = {k: [] for k in ("floor", *methods)}
     peaks: dict[str, int] = dict.fromkeys(times, 0)
     ratios: dict[str, list[float]] = {m: [] for m in methods}
@@ -332,7 +333,9 @@ def measure_config(
             order.reverse()
         round_times: dict[str, float] = {}
         for key in order:
-            secs, peak, _ = timed(calls[key], mem)
+            secs, peak, res = timed(calls[key], mem)
+            if key != "floor":
+                values[key] = [v for r in res for v in r.values]
             round_times[key] = secs
             times[key].append(secs)
             peaks[key] = max(peaks[key], peak)
@@ -343,7 +346,6 @@ def measure_config(
         "evaluations": EVALUATIONS["floor"],
         "median_s": floor_med,
         "per_prompt_s": floor_med / P,
-        "first_s": floor_first,
         "times_s": times["floor"],
         "peak_memory_bytes": peaks["floor"],
     }
@@ -439,7 +441,8 @@ def print_table(report: dict[str, Any]) -> None:
     m = report["model"]
     print(f"\n{m['name']}: UNet {m['unet_parameters'] / 1e6:.2f}M parameters, latents {m['latent_shape']}, "
           f"{m['dtype']} on {report['machine']['device']}, {report['machine']['torch_threads']} threads")  # fmt: skip
-    print(f"first Scorer.score call in the process: {report['process_first_call_s']:.3f} s")
+    if "process_first_call_s" in report:
+        print(f"first Scorer.score call in the process: {report['process_first_call_s']:.3f} s")
     head = f"{'P':>3} {'n':>2} {'method':<11} {'s/prompt':>10} {'ratio':>6} {'first':>7} {'peak GiB':>8} {'err/jvp':>8}"
     print(head)
     print("-" * len(head))
@@ -497,7 +500,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--methods", type=method_list, default=list(METHODS), help="default: " + ",".join(METHODS))
     p.add_argument("--reps", type=int, default=None, help="timed rounds per configuration (default 5; sd: 1)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
-    p.add_argument("--no-first-call", action="store_true", help="do not time a fresh Scorer's first call")
+    p.add_argument("--channels-last", action="store_true", help="UNet weights in channels-last memory format")
+    p.add_argument(
+        "--no-first-call",
+        action="store_true",
+        help="no warm-up: do not time the first calls (default with --model sd, where one costs minutes)",
+    )
+    p.add_argument("--first-call", action="store_true", default=None, help="time the first calls even with sd")
     p.add_argument("--quick", action="store_true", help="tiny sizes, 1-2 prompts, 2 rounds: a smoke test")
     p.add_argument("--json", type=Path, default=None, help="write the full results here")
     args = p.parse_args(argv)
@@ -507,6 +516,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.prompts = args.prompts or ([1, 2] if args.quick else [2] if sd else [1, 4, 16])
     args.n = args.n or ([1, 2] if args.quick else [4] if sd else [1, 4])
     args.reps = args.reps or (2 if args.quick else 1 if sd else 5)
+    args.no_first_call = args.no_first_call or (sd and args.first_call is None)
     if args.reps < 1:
         p.error("--reps must be at least 1")
     return args
@@ -527,20 +537,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     build_s = time.perf_counter()
     ckpt = build_model(args.model, device, dtype, args.quick, args.checkpoint)
     report["build_s"] = time.perf_counter() - build_s
+    if args.channels_last:  # for the floor and memtest alike: the model is shared
+        ckpt.unet.to(memory_format=torch.channels_last)
     report["model"] = model_info(ckpt)
     report["settings"] = {
         "prompts": args.prompts, "n": args.n, "methods": args.methods, "reps": args.reps, "quick": args.quick,
-        "first_call": not args.no_first_call,
+        "first_call": not args.no_first_call, "channels_last": args.channels_last,
     }  # fmt: skip
     mem = Memory(device)
     try:
         baseline = mem.current()
-        first = min(args.prompts)
-        secs, _, _ = timed(
-            lambda: Scorer(ckpt, settings_for(args.methods[0], min(args.n), first)).score(PROMPTS[:first]), mem
-        )
-        report["process_first_call_s"] = secs
-        report["process_first_call_method"] = args.methods[0]
+        if not args.no_first_call:
+            first = min(args.prompts)
+            secs, _, _ = timed(
+                lambda: Scorer(ckpt, settings_for(args.methods[0], min(args.n), first)).score(PROMPTS[:first]), mem
+            )
+            report["process_first_call_s"] = secs
+            report["process_first_call_method"] = args.methods[0]
         configs = []
         for P in args.prompts:
             for n in args.n:

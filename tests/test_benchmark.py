@@ -50,8 +50,8 @@ def test_quick_benchmark_reports_every_measurement(tmp_path: Path) -> None:
     for c in configs:
         assert c["unet_rows_per_forward"] == 2 * c["prompts"] * c["n"] and positive(c["embed_s"])
         floor = c["floor"]
-        assert floor["evaluations"] == 2 and len(floor["times_s"]) == 2
-        for key in ("median_s", "per_prompt_s", "first_s", "peak_memory_bytes"):
+        assert floor["evaluations"] == 2 and len(floor["times_s"]) == 2 and positive(c["floor_first_s"])
+        for key in ("median_s", "per_prompt_s", "peak_memory_bytes"):
             assert positive(floor[key]), (key, floor)
         assert set(c["methods"]) == set(METHODS)
         for name, m in c["methods"].items():
@@ -65,3 +65,23 @@ def test_quick_benchmark_reports_every_measurement(tmp_path: Path) -> None:
         for name in ("fd", "fd-forward"):
             acc = c["accuracy"][name]
             assert 0 <= acc["median_rel_err_vs_jvp"] <= acc["max_rel_err_vs_jvp"] < 0.05, (name, acc)
+
+
+def test_without_warm_up_the_timed_calls_still_give_values(tmp_path: Path) -> None:
+    """The SD-scale mode: no first calls, one round; ratios and accuracy come from the timed calls."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("memtest_benchmark", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "bench.json"
+    args = ["--quick", "--device", "cpu", "--no-first-call", "--reps", "1", "--prompts", "2", "--n", "1"]
+    assert bench.main([*args, "--methods", "fd-forward,jvp", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert "process_first_call_s" not in report and report["settings"]["first_call"] is False
+    (config,) = report["configs"]
+    assert "floor_first_s" not in config and set(config["methods"]) == {"fd-forward", "jvp"}
+    for m in config["methods"].values():
+        assert "first_call_s" not in m and positive(m["ratio"]) and m["round_ratios"] == [m["ratio"]]
+    assert 0 <= config["accuracy"]["fd-forward"]["max_rel_err_vs_jvp"] < 0.05
