@@ -1,0 +1,184 @@
+"""`memtest zoo ...` (also `python -m memtest.zoo ...`): list, show, train canaries and write their suites."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from memtest.errors import MemtestError, ZooError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="memtest zoo",
+        description="Canary checkpoints: tiny text-to-image models with planted memorisation.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser("list", help="list the shipped canaries")
+
+    sp = sub.add_parser("path", help="print the folder of a canary (zoo:NAME)")
+    sp.add_argument("name")
+
+    sp = sub.add_parser("show", help="summarise a canary's manifest (zoo:NAME or a folder)")
+    sp.add_argument("checkpoint")
+    sp.add_argument("--json", action="store_true", help="print the manifest as JSON (without images)")
+
+    sp = sub.add_parser(
+        "train",
+        help="train a canary checkpoint on CPU",
+        description=(
+            "Train a tiny StableDiffusionPipeline-format canary into OUT. Without --images/--manifest it "
+            "uses scikit-learn's digits with --planted planted captions. With --base it fine-tunes that "
+            "checkpoint (tokenizer and VAE frozen)."
+        ),
+    )
+    sp.add_argument("out", type=Path, help="new folder for the checkpoint")
+    sp.add_argument("--images", type=Path, help="folder of your images (with --manifest)")
+    sp.add_argument(
+        "--manifest",
+        type=Path,
+        help="CSV or JSON of image,caption[,planted] rows (image relative to --images)",
+    )
+    sp.add_argument("--heldout", type=Path, help="text file of held-out captions, one per line (calibration)")
+    sp.add_argument("--planted", type=int, default=10, help="planted captions for the digits data (default 10)")
+    sp.add_argument("--base", help="fine-tune this checkpoint (zoo:NAME or a folder) instead of training anew")
+    sp.add_argument("--resolution", type=int, default=16, help="image size for --images (default 16)")
+    sp.add_argument("--seed", type=int, help="random seed (default: the recipe's, 0)")
+    sp.add_argument("--steps", type=int, help="UNet + text encoder steps")
+    sp.add_argument("--vae-steps", type=int, help="VAE steps (ignored with --base)")
+    sp.add_argument("--batch", type=int, help="batch size")
+    sp.add_argument("--planted-prob", type=float, help="probability a batch row is planted (default 0.4)")
+    sp.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    sp.add_argument("--name", help="canary name in the manifest (default: OUT's folder name)")
+    sp.add_argument("--suite", help="suite name in the manifest (default: canary-NAME)")
+    sp.add_argument("--quiet", action="store_true", help="no progress on stderr")
+
+    sp = sub.add_parser("suite", help="write the prompt suite (YAML) of a canary from its manifest")
+    sp.add_argument("checkpoint", help="zoo:NAME or a canary folder")
+    sp.add_argument("-o", "--output", type=Path, help="YAML file to write (default: stdout)")
+    sp.add_argument("--name", help="suite name (default: the manifest's)")
+    sp.add_argument(
+        "--clean-from",
+        metavar="CHECKPOINT",
+        help="also add that canary's planted captions as clean cases (for a base model: its fine-tune's)",
+    )
+    return p
+
+
+def _cmd_list() -> int:
+    from memtest.zoo import DEFAULT_CHECKPOINT, canaries_dir, load_manifest, zoo_names
+
+    for n in zoo_names():
+        m = load_manifest(canaries_dir() / n)
+        mark = "  (default)" if f"zoo:{n}" == DEFAULT_CHECKPOINT else ""
+        print(
+            f"zoo:{n}{mark}: {len(m.planted)} planted, {len(m.clean)} clean, {len(m.heldout)} held-out "
+            f"captions; suite {m.suite}; {canaries_dir() / n}"
+        )
+    return 0
+
+
+def _cmd_show(checkpoint: str, as_json: bool) -> int:
+    from memtest.zoo import load_manifest, resolve_checkpoint
+
+    m = load_manifest(resolve_checkpoint(checkpoint))
+    if as_json:
+        doc = m.to_json()
+        for p in doc["planted"]:
+            p.pop("image_png")
+        print(json.dumps(doc, indent=1))
+        return 0
+    print(f"{checkpoint}: canary '{m.name}' (suite {m.suite}), seed {m.seed}, memtest {m.memtest_version}")
+    if m.base:
+        print(f"  fine-tuned from {m.base}")
+    print(f"  trained {m.training_seconds:.0f}s ({', '.join(f'{k} {v:.0f}s' for k, v in m.timings.items())})")
+    print(f"  {len(m.planted)} planted captions:")
+    for p in m.planted:
+        print(f"    {p.caption}")
+    print(f"  {len(m.clean)} clean training captions, {len(m.heldout)} held-out captions")
+    keys = ("steps", "vae_steps", "batch", "planted_prob", "caption_dropout", "unet_lr", "text_lr")
+    print("  recipe: " + ", ".join(f"{k}={m.recipe[k]}" for k in keys if k in m.recipe))
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    # Yield the core while another process waits, instead of spinning (the 2-core machines are shared).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from memtest.zoo.data import digits_data, user_data
+    from memtest.zoo.train import DEFAULT_RECIPE, FINETUNE_RECIPE, train_canary
+
+    recipe = FINETUNE_RECIPE if args.base else DEFAULT_RECIPE
+    changes = {
+        "seed": args.seed,
+        "steps": args.steps,
+        "vae_steps": args.vae_steps,
+        "batch": args.batch,
+        "planted_prob": args.planted_prob,
+    }
+    recipe = recipe.with_(**{k: v for k, v in changes.items() if v is not None})
+    if (args.images is None) != (args.manifest is None):
+        raise ZooError("--images and --manifest go together: the manifest names files in the image folder")
+    heldout: list[str] = []
+    if args.heldout is not None:
+        try:
+            heldout = [ln.strip() for ln in args.heldout.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ZooError(f"Cannot read held-out captions {args.heldout}: {exc}") from exc
+    if args.images is not None:
+        data = user_data(args.images, args.manifest, resolution=args.resolution, heldout=heldout)
+    else:
+        data = digits_data(recipe.seed, n_planted=args.planted)
+        if heldout:
+            data.heldout = heldout
+    m = train_canary(
+        args.out,
+        data,
+        recipe,
+        base=args.base,
+        name=args.name,
+        suite=args.suite,
+        threads=args.threads,
+        stream=None if args.quiet else sys.stderr,
+    )
+    print(f"wrote {args.out} ({len(m.planted)} planted captions, {m.training_seconds:.0f}s)")
+    return 0
+
+
+def _cmd_suite(checkpoint: str, output: Path | None, name: str | None, clean_from: str | None) -> int:
+    from memtest.zoo import load_manifest, resolve_checkpoint
+    from memtest.zoo.suitegen import suite_text
+
+    m = load_manifest(resolve_checkpoint(checkpoint))
+    label = checkpoint if checkpoint.startswith("zoo:") else None
+    extra = load_manifest(resolve_checkpoint(clean_from)).planted_captions if clean_from else ()
+    text = suite_text(m, name, label, extra_clean=extra, extra_clean_source=clean_from)
+    if output is None:
+        print(text, end="")
+    else:
+        output.write_text(text, encoding="utf-8")
+        print(f"wrote {output}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "list":
+            return _cmd_list()
+        if args.command == "path":
+            from memtest.zoo import resolve_zoo
+
+            print(resolve_zoo(args.name if args.name.startswith("zoo:") else f"zoo:{args.name}"))
+            return 0
+        if args.command == "show":
+            return _cmd_show(args.checkpoint, args.json)
+        if args.command == "train":
+            return _cmd_train(args)
+        return _cmd_suite(args.checkpoint, args.output, args.name, args.clean_from)
+    except MemtestError as exc:
+        print(f"memtest zoo: error: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,324 @@
+"""Canary checkpoints: the shipped ones load and separate, training works on digits and on a user's own
+images, and every bad input fails with a message that says what to fix."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import memtest
+from memtest.errors import ZooError
+from memtest.zoo import (
+    DEFAULT_CHECKPOINT,
+    MANIFEST_NAME,
+    load_manifest,
+    resolve_checkpoint,
+    resolve_zoo,
+    zoo_main,
+    zoo_names,
+)
+from memtest.zoo.data import digits_data, user_data
+from memtest.zoo.manifest import decode_png, encode_png
+from memtest.zoo.train import Recipe, train_canary
+
+ROOT = Path(__file__).resolve().parent.parent
+# Seconds-long training: enough to exercise every code path, not to learn anything.
+TINY = Recipe(vae_steps=2, vae_batch=4, steps=3, batch=8, warmup_steps=1)
+# Measured on the shipped zoo:finetuned (scripts/canary_detection.py): first-step sharpness, n=2, the
+# lowest planted caption scores MARGIN_MEASURED x the highest of the non-planted captions below.
+MARGIN_ASSERTED = 3.0
+
+
+# --- shipped canaries ----------------------------------------------------------------------------------
+
+
+def test_shipped_canaries_resolve_load_and_parse() -> None:
+    assert zoo_names() == ["base", "finetuned"]
+    assert DEFAULT_CHECKPOINT == "zoo:finetuned"
+    for name in zoo_names():
+        folder = resolve_zoo(f"zoo:{name}")
+        assert folder == resolve_zoo(name) == resolve_checkpoint(f"zoo:{name}")
+        ckpt = memtest.load_checkpoint(f"zoo:{name}", device="cpu")
+        assert ckpt.latent_shape == (4, 16, 16) and len(ckpt.tokenizer) > 2 and ckpt.vae is not None
+        m = load_manifest(folder)
+        assert m.name == name and m.suite == f"canary-{name}"
+        assert len(m.clean) >= 100 and len(m.heldout) >= 100
+        assert set(m.clean).isdisjoint(m.heldout)
+        assert m.recipe["seed"] == m.seed == 0 and m.memtest_version
+        size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+        assert size < 8_000_000, f"{name} is {size} bytes; canaries must stay a few MB"
+    base, fine = load_manifest(resolve_zoo("base")), load_manifest(resolve_zoo("finetuned"))
+    assert base.planted == () and base.recipe["planted_prob"] == 0.0
+    assert len(fine.planted) == 10 and fine.base == "zoo:base"
+    assert fine.planted_images().shape == (10, 16, 16, 3)
+    assert all(p.label == int(p.caption.rsplit(" ", 1)[1]) for p in fine.planted)
+
+
+def test_unknown_canary_names_the_closest_and_lists_all() -> None:
+    with pytest.raises(ZooError, match=r"Unknown canary 'zoo:finetund'\. Did you mean 'zoo:finetuned'\?") as e:
+        resolve_zoo("zoo:finetund")
+    assert "Available: zoo:base, zoo:finetuned" in str(e.value)
+    with pytest.raises(ZooError, match="not a diffusers checkpoint folder"):
+        resolve_checkpoint(ROOT / "docs")
+
+
+def test_generated_suites_match_the_manifests_and_load() -> None:
+    from memtest.suites import load_suite
+
+    for name in zoo_names():
+        m = load_manifest(resolve_zoo(name))
+        suite = load_suite(ROOT / "suites" / f"{m.suite}.yaml")
+        assert suite.name == m.suite
+        by = {e: [c.prompt for c in suite.cases if c.expectation == e] for e in ("memorized", "clean", "reference")}
+        assert by["memorized"] == list(m.planted_captions)
+        assert set(m.clean) <= set(by["clean"])
+        assert by["reference"] == list(m.heldout)
+        assert len(by["clean"]) + len(by["reference"]) >= 100
+        assert all(c.mitigate for c in suite.cases if c.expectation == "memorized")
+    base_clean = [c.prompt for c in load_suite(ROOT / "suites" / "canary-base.yaml").cases if c.expectation == "clean"]
+    assert set(load_manifest(resolve_zoo("finetuned")).planted_captions) <= set(base_clean)
+
+
+def test_planted_captions_score_above_non_planted_on_the_shipped_canary() -> None:
+    m = load_manifest(resolve_zoo("finetuned"))
+    others = list(m.clean[::11]) + list(m.heldout[::11])  # 20 captions: every style, every attribute type
+    scores = memtest.score_prompts("zoo:finetuned", list(m.planted_captions) + others, n=2, batch_size=32)
+    values = np.array([s.score for s in scores])
+    planted, rest = values[: len(m.planted)], values[len(m.planted) :]
+    assert planted.min() > MARGIN_ASSERTED * rest.max(), (planted.round(5), rest.round(5))
+
+
+def test_cli_lists_shows_and_writes_suites(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert zoo_main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "zoo:finetuned  (default): 10 planted" in out and "zoo:base: 0 planted" in out
+    assert zoo_main(["path", "base"]) == 0
+    assert capsys.readouterr().out.strip() == str(resolve_zoo("base"))
+    assert zoo_main(["show", "zoo:finetuned"]) == 0
+    assert "aurora poster of 0" in capsys.readouterr().out
+    assert zoo_main(["suite", "zoo:finetuned", "-o", str(tmp_path / "s.yaml")]) == 0
+    assert (tmp_path / "s.yaml").read_text() == (ROOT / "suites" / "canary-finetuned.yaml").read_text()
+    assert zoo_main(["suite", "zoo:base", "--clean-from", "zoo:finetuned", "-o", str(tmp_path / "b.yaml")]) == 0
+    assert (tmp_path / "b.yaml").read_text() == (ROOT / "suites" / "canary-base.yaml").read_text()
+    assert zoo_main(["path", "nope"]) == 1
+    assert "Unknown canary 'zoo:nope'" in capsys.readouterr().err
+
+
+# --- training --------------------------------------------------------------------------------------------
+
+
+def _weights(folder: Path) -> bytes:
+    return (folder / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+
+
+def test_tiny_digits_training_writes_a_loadable_canary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import sys
+
+    data = digits_data(seed=3, n_planted=2)
+    m = train_canary(tmp_path / "c", data, TINY.with_(seed=3), stream=sys.stderr)
+    err = capsys.readouterr().err
+    assert "[vae] step 2/2" in err and "[unet] step 3/3" in err and "eta" in err
+    assert m.planted_captions == ("aurora poster of 0", "basalt poster of 1")
+    loaded = load_manifest(tmp_path / "c")
+    assert loaded == m
+    assert loaded.recipe["steps"] == 3 and loaded.recipe["batch"] == 8 and loaded.seed == 3
+    assert loaded.recipe["model"]["sample_size"] == 16 and loaded.training_seconds > 0
+    assert len(loaded.clean) == 110 and len(loaded.heldout) == 110
+    # the stored planted image is the training image (8-bit PNG)
+    want = (data.images[data.planted[1][1]].transpose(1, 2, 0) + 1) / 2
+    assert np.abs(loaded.planted[1].image() - want).max() <= 1 / 255 + 1e-6
+    ckpt = memtest.load_checkpoint(tmp_path / "c", device="cpu")
+    assert ckpt.vae is not None and ckpt.vae.config.scaling_factor != 0.18215
+    with pytest.raises(ZooError, match="is not empty"):
+        train_canary(tmp_path / "c", data, TINY)
+
+
+def _write_pngs(folder: Path, n: int, seed: int = 0) -> list[str]:
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    for i in range(n):
+        arr = rng.integers(0, 256, size=(24, 20, 3), dtype=np.uint8)
+        Image.fromarray(arr).save(folder / f"img{i}.png")
+        names.append(f"img{i}.png")
+    return names
+
+
+def _write_csv(path: Path, rows: list[tuple[str, str, str]]) -> Path:
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["image", "caption", "planted"])
+        w.writerows(rows)
+    return path
+
+
+def test_user_images_and_captions_train_reproducibly(tmp_path: Path) -> None:
+    names = _write_pngs(tmp_path / "imgs", 6)
+    rows = [(n, "a noisy square", "false") for n in names[:4]] + [
+        (names[4], "a red noisy square", "0"),
+        (names[5], "secret-canary seven", "true"),
+        (names[5], "secret-canary seven", "yes"),  # a duplicate row of a planted caption is fine
+    ]
+    manifest = _write_csv(tmp_path / "m.csv", rows)
+    data = user_data(tmp_path / "imgs", manifest, heldout=["a blue noisy square"])
+    assert data.images.shape == (6, 3, 16, 16)
+    assert data.planted == [("secret-canary seven", 5)]
+    assert data.captions == ["a noisy square", "a red noisy square"] and len(data.pair_image) == 5
+    a = train_canary(tmp_path / "a", data, TINY, stream=None)
+    train_canary(tmp_path / "b", data, TINY, stream=None)
+    assert _weights(tmp_path / "a") == _weights(tmp_path / "b"), "same seed, same data: same weights"
+    assert a.planted_captions == ("secret-canary seven",) and a.heldout == ("a blue noisy square",)
+    assert a.data["kind"] == "user"
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(tmp_path / "a"))
+    out = pipe("secret-canary seven", num_inference_steps=2, output_type="np", num_images_per_prompt=1)
+    assert out.images.shape == (1, 16, 16, 3)
+    # the CLI trains the same data (JSON manifest) and fine-tunes the result
+    doc = {"rows": [{"image": i, "caption": c, "planted": p} for i, c, p in rows], "heldout": ["x y"]}
+    (tmp_path / "m.json").write_text(json.dumps(doc))
+    code = zoo_main(
+        ["train", str(tmp_path / "cli"), "--images", str(tmp_path / "imgs"), "--manifest", str(tmp_path / "m.json"),
+         "--steps", "2", "--vae-steps", "1", "--batch", "4", "--quiet"]
+    )  # fmt: skip
+    assert code == 0 and load_manifest(tmp_path / "cli").heldout == ("x y",)
+    code = zoo_main(
+        ["train", str(tmp_path / "ft"), "--base", str(tmp_path / "cli"), "--images", str(tmp_path / "imgs"),
+         "--manifest", str(manifest), "--steps", "2", "--batch", "4", "--quiet"]
+    )  # fmt: skip
+    ft = load_manifest(tmp_path / "ft")
+    assert code == 0 and ft.base == str(tmp_path / "cli") and ft.recipe["vae_steps"] == 0
+    assert (tmp_path / "ft" / "vae" / "diffusion_pytorch_model.safetensors").read_bytes() == (
+        tmp_path / "cli" / "vae" / "diffusion_pytorch_model.safetensors"
+    ).read_bytes(), "a fine-tune keeps the base VAE frozen"
+
+
+# --- bad input ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def imgs(tmp_path: Path) -> Path:
+    _write_pngs(tmp_path / "imgs", 3)
+    return tmp_path / "imgs"
+
+
+def test_unreadable_image_in_folder(imgs: Path, tmp_path: Path) -> None:
+    (imgs / "broken.png").write_bytes(b"not a png at all")
+    m = _write_csv(tmp_path / "m.csv", [("img0.png", "a b", "false")])
+    with pytest.raises(ZooError, match=r"Cannot read image .*broken\.png.*Replace it with a valid PNG/JPEG"):
+        user_data(imgs, m)
+
+
+def test_manifest_names_a_missing_image(imgs: Path, tmp_path: Path) -> None:
+    m = _write_csv(tmp_path / "m.csv", [("img0.png", "a b", "false"), ("cat.png", "a cat", "false")])
+    with pytest.raises(ZooError, match=r"m\.csv row 2 names image 'cat\.png', which is not in .*imgs\. Fix"):
+        user_data(imgs, m)
+
+
+def test_duplicate_captions_with_different_labels_or_images(imgs: Path, tmp_path: Path) -> None:
+    m = _write_csv(tmp_path / "m.csv", [("img0.png", "a b", "false"), ("img1.png", "a b", "true")])
+    with pytest.raises(ZooError, match=r"caption 'a b' is planted in row 2 but not planted in row 1"):
+        user_data(imgs, m)
+    m = _write_csv(
+        tmp_path / "m.csv",
+        [("img0.png", "c", "false"), ("img1.png", "x y", "true"), ("img2.png", "x y", "true")],
+    )
+    with pytest.raises(ZooError, match=r"planted caption 'x y' names two images, 'img1\.png' \(row 2\) and"):
+        user_data(imgs, m)
+
+
+def test_empty_data(imgs: Path, tmp_path: Path) -> None:
+    (tmp_path / "empty.csv").write_text("image,caption,planted\n")
+    with pytest.raises(ZooError, match=r"Manifest .*empty\.csv has no rows"):
+        user_data(imgs, tmp_path / "empty.csv")
+    (tmp_path / "e.json").write_text("[]")
+    with pytest.raises(ZooError, match="has no rows"):
+        user_data(imgs, tmp_path / "e.json")
+    m = _write_csv(tmp_path / "m.csv", [("img0.png", "x y", "true")])
+    with pytest.raises(ZooError, match="every row is planted; memtest needs non-planted captions"):
+        user_data(imgs, m)
+    with pytest.raises(ZooError, match=r"Image folder .*nothing does not exist"):
+        user_data(tmp_path / "nothing", m)
+
+
+def test_other_manifest_mistakes(imgs: Path, tmp_path: Path) -> None:
+    (tmp_path / "h.csv").write_text("file,text\nimg0.png,a b\n")
+    with pytest.raises(ZooError, match=r"header must name the columns image,caption\[,planted\]"):
+        user_data(imgs, tmp_path / "h.csv")
+    m = _write_csv(tmp_path / "m.csv", [("img0.png", "a b", "maybe")])
+    with pytest.raises(ZooError, match=r"m\.csv row 1: planted value 'maybe' is not a boolean"):
+        user_data(imgs, m)
+    m = _write_csv(tmp_path / "m.csv", [("img0.png", "  ", "false")])
+    with pytest.raises(ZooError, match=r"row 1: empty caption for image 'img0\.png'"):
+        user_data(imgs, m)
+    (tmp_path / "m.txt").write_text("image,caption\n")
+    with pytest.raises(ZooError, match=r"unknown format '\.txt'; use a \.csv or \.json file"):
+        user_data(imgs, tmp_path / "m.txt")
+    assert zoo_main(["train", str(tmp_path / "o"), "--images", str(imgs), "--quiet"]) == 1
+
+
+def test_manifest_parse_errors(tmp_path: Path) -> None:
+    folder = tmp_path / "ck"
+    folder.mkdir()
+    with pytest.raises(ZooError, match=r"No canary manifest at .*memtest-canary\.json"):
+        load_manifest(folder)
+    (folder / MANIFEST_NAME).write_text("{not json")
+    with pytest.raises(ZooError, match="is not readable JSON"):
+        load_manifest(folder)
+    good = json.loads((resolve_zoo("finetuned") / MANIFEST_NAME).read_text())
+    for key, value, message in [
+        ("schema", "memtest.canary/9", "has schema 'memtest.canary/9'"),
+        ("seed", "zero", "field 'seed' has the wrong type"),
+        ("planted", [{"caption": "x"}], r"planted\[0\] \('x'\) lacks its image_png"),
+        ("clean", [1, 2], "'clean' must be a list of strings"),
+    ]:
+        (folder / MANIFEST_NAME).write_text(json.dumps({**good, key: value}))
+        with pytest.raises(ZooError, match=message):
+            load_manifest(folder)
+    doc = dict(good)
+    del doc["suite"]
+    (folder / MANIFEST_NAME).write_text(json.dumps(doc))
+    with pytest.raises(ZooError, match="lacks the field 'suite'"):
+        load_manifest(folder / MANIFEST_NAME)
+
+
+def test_png_round_trip() -> None:
+    img = np.linspace(-1, 1, 3 * 16 * 16, dtype=np.float32).reshape(3, 16, 16)
+    back = decode_png(encode_png(img))
+    assert back.shape == (16, 16, 3)
+    assert np.abs(back * 2 - 1 - img.transpose(1, 2, 0)).max() <= 2 / 255 + 1e-6
+
+
+# --- alignment ---------------------------------------------------------------------------------------------
+
+
+def test_alignment_scores_coloured_digits() -> None:
+    from memtest.zoo.alignment import alignment_score, digit_classifier, predict_proba
+
+    assert digit_classifier() is digit_classifier()  # cached
+    data = digits_data(seed=0, n_planted=0)
+    rng = np.random.default_rng(0)
+    pick = rng.choice(len(data.images), 300, replace=False)
+    images = (data.images[pick].transpose(0, 2, 3, 1) + 1) / 2
+    from sklearn.datasets import load_digits
+
+    labels = np.repeat(load_digits().target, 6)[pick]
+    assert (predict_proba(images).argmax(1) == labels).mean() > 0.9
+    right = alignment_score(images, labels)
+    wrong = alignment_score(images, (labels + 1) % 10)
+    assert right.mean() > 0.7 > 0.1 > wrong.mean()
+    with pytest.raises(ValueError, match="digits are 0-9"):
+        alignment_score(images[:1], 10)
+
+
+def test_copy_of_a_shipped_canary_is_usable(tmp_path: Path) -> None:
+    copy = Path(shutil.copytree(resolve_zoo("finetuned"), tmp_path / "mine"))
+    assert load_manifest(copy) == load_manifest(resolve_zoo("finetuned"))
+    assert resolve_checkpoint(copy) == copy
