@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .calibration import CALIBRATION_FILENAME, Calibration, calibrate, check_compatible, load_calibration
-from .defaults import DEFAULT_CACHE_DIR, DEFAULT_CHECKPOINT, DEFAULT_FPR
+from .defaults import DEFAULT_CACHE_DIR, DEFAULT_CHECKPOINT, DEFAULT_FPR, DEFAULT_MITIGATION_STEPS
 from .errors import CalibrationError, MemtestError, ScoringError, SuiteError
 from .settings import ScoreSettings
 from .suites import Suite, builtin_suites, resolve_suite
@@ -51,6 +51,7 @@ class AuditConfig:
     allow_pickle: bool = False
     cache_dir: str | None = DEFAULT_CACHE_DIR
     shard: tuple[int, int] | None = None
+    mitigation_steps: int = DEFAULT_MITIGATION_STEPS
 
     def score_settings(self) -> ScoreSettings:
         return ScoreSettings(
@@ -67,6 +68,9 @@ class AuditConfig:
         self.score_settings()
         if not 0.0 < self.fpr < 1.0:
             raise CalibrationError(f"--memtest-fpr must be in (0, 1), got {self.fpr!r}.")
+        steps = self.mitigation_steps
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+            raise MemtestError(f"--memtest-mitigation-steps must be a positive integer, got {steps!r}.")
         return self
 
 

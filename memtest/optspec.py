@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .defaults import DEFAULT_CACHE_DIR, DEFAULT_CHECKPOINT
+from .defaults import DEFAULT_CACHE_DIR, DEFAULT_CHECKPOINT, DEFAULT_MITIGATION_STEPS
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,11 @@ OPTIONS: tuple[Option, ...] = (
         None,
         action="store_true",
     ),
+    Option(
+        "--memtest-mitigation-steps",
+        f"step budget of SAIL for each `mitigate: true` case (default {DEFAULT_MITIGATION_STEPS})",
+        int,
+    ),
     Option("--memtest-cache-dir", f"results cache folder (default {DEFAULT_CACHE_DIR}; 'none' disables)"),
     Option(
         "--memtest-cache-clear", "drop the results cache before the run", None, ini=False, action="store_true"
@@ -100,4 +105,5 @@ def config_from_values(values: dict[str, Any]) -> Any:
         allow_pickle=bool(v["memtest_allow_pickle"]),
         cache_dir=None if cache in ("none", "None") else (cache or d.cache_dir),
         shard=parse_shard(v["memtest_shard"]),
+        mitigation_steps=pick("memtest_mitigation_steps", d.mitigation_steps),
     ).validate()

@@ -1,19 +1,25 @@
-"""Fixtures for custom assertions: the loaded checkpoint/scorer and suite cases.
+"""Fixtures for custom assertions: the loaded checkpoint/scorer, suite cases and mitigation.
 
 @pytest.mark.memtest_suite("canary-finetuned")
 def test_my_rule(memtest_case):
     result = memtest_case.score()
     assert result["score"] < 2 * memtest_case.threshold
+
+def test_flat_noise(memtest_mitigation):
+    m = memtest_mitigation("aurora poster of 3")      # or a memtest_case; SAIL by default
+    assert m.succeeded and max(m.sharpness_after) < m.threshold
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 if TYPE_CHECKING:
     from memtest.audit import AuditCase, Engine
+    from memtest.mitigation import Mitigation
 
 
 class MemtestCase:
@@ -95,3 +101,29 @@ def memtest_checkpoint(pytestconfig: pytest.Config) -> Engine:
 def memtest_case(request: pytest.FixtureRequest, memtest_checkpoint: Engine) -> MemtestCase:
     """A case of the suite named by @pytest.mark.memtest_suite, bound to the engine."""
     return MemtestCase(request.param, memtest_checkpoint)
+
+
+@pytest.fixture
+def memtest_mitigation(memtest_checkpoint: Engine) -> Callable[..., Mitigation]:
+    """Mitigate a prompt (a string or a `memtest_case`) on the engine's checkpoint and settings.
+
+    `memtest_mitigation(prompt_or_case, method="sail", **options) -> memtest.mitigation.Mitigation`.
+    The threshold defaults to the run's calibration (--memtest-calibration or the checkpoint's own),
+    SAIL's step budget to --memtest-mitigation-steps; `options` go to `memtest.mitigation.mitigate`.
+    """
+    engine = memtest_checkpoint
+
+    def run(target: str | MemtestCase, method: str = "sail", **options: Any) -> Mitigation:
+        from memtest.mitigation import mitigate
+
+        prompt = target.prompt if isinstance(target, MemtestCase) else target
+        if not isinstance(prompt, str):
+            raise TypeError(f"memtest_mitigation takes a prompt string or a memtest_case, not {type(target).__name__}")
+        if options.get("threshold") is None:
+            cal, _ = engine.calibration()
+            options["threshold"] = cal.threshold
+        if method == "sail":
+            options.setdefault("max_steps", engine.config.mitigation_steps)
+        return mitigate(engine.scorer, prompt, method, **options)
+
+    return run

@@ -1,4 +1,5 @@
-"""Collectors and items: each suite case becomes one test item with the id `<suite>::<case-id>`."""
+"""Collectors and items: each suite case becomes one test item with the id `<suite>::<case-id>`; a case
+marked `mitigate: true` also gets a `<suite>::<case-id>[mitigate]` item when gating (not calibrating)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ class MemtestItem(pytest.Item):
         self.case = case
         self.memtest = memtest
         self.memtest_record: dict[str, Any] | None = None
+        self.memtest_mitigation: dict[str, Any] | None = None
         self.add_marker(pytest.mark.memtest)  # `-m memtest` / `-m "not memtest"` select the audit
 
     def runtest(self) -> None:
@@ -47,6 +49,17 @@ class MemtestItem(pytest.Item):
         return source, (self.case.line - 1 if self.case.line else None), f"memtest {self.case.id}"
 
 
+class MitigationItem(MemtestItem):
+    """SAIL on a `mitigate: true` case: flat initial noise below the threshold and below the unmitigated score."""
+
+    def runtest(self) -> None:
+        self.memtest.run_mitigation(self)
+
+    def reportinfo(self) -> tuple[Path | str, int | None, str]:
+        source, line, _ = super().reportinfo()
+        return source, line, f"memtest mitigate {self.case.id}"
+
+
 def _items(parent: pytest.Collector, suite: Suite, memtest: MemtestSession) -> Iterator[MemtestItem]:
     from memtest.audit import shard_index, suite_cases
 
@@ -56,6 +69,8 @@ def _items(parent: pytest.Collector, suite: Suite, memtest: MemtestSession) -> I
         if shard is not None and shard_index(case.id, shard[1]) != shard[0]:
             continue
         yield MemtestItem.from_parent(parent, name=case.case_id, case=case, memtest=memtest)
+        if case.mitigate and not memtest.audit.calibrate:
+            yield MitigationItem.from_parent(parent, name=f"{case.case_id}[mitigate]", case=case, memtest=memtest)
 
 
 class SuiteCollector(pytest.Collector):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from .fixtures import memtest_case, memtest_checkpoint, parametrize_cases
+from .fixtures import memtest_case, memtest_checkpoint, memtest_mitigation, parametrize_cases
 from .options import add_options
 from .session import SESSION_KEY
 
@@ -36,4 +36,4 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         parametrize_cases(metafunc)
 
 
-__all__ = ["memtest_case", "memtest_checkpoint"]
+__all__ = ["memtest_case", "memtest_checkpoint", "memtest_mitigation"]

@@ -19,7 +19,7 @@ import pytest
 
 from memtest.errors import MemtestError
 
-from .items import GateFailure, MemtestItem, SuiteCollector, SuiteFile
+from .items import GateFailure, MemtestItem, MitigationItem, SuiteCollector, SuiteFile
 from .options import output_paths, read_config
 
 SESSION_KEY = pytest.StashKey["MemtestSession"]()
@@ -42,6 +42,7 @@ class MemtestSession:
         self._fingerprint: str | None = None
         self._seen_suites: set[str] = set()
         self.records: list[dict[str, Any]] = []
+        self.mitigation: list[dict[str, Any]] = []
         self.workers: dict[str, dict[str, Any]] = {}
         self.written: list[tuple[str, str]] = []
         self.finish_error: str | None = None
@@ -241,11 +242,43 @@ class MemtestSession:
                 f"  reproduce:  {reproduce_command(self.audit, case)}"
             )
 
+    def run_mitigation(self, item: MitigationItem) -> None:
+        """SAIL on the case's prompt (gate mode): the accepted x_T must lie below the threshold and below
+        the prompt's unmitigated score. The work and the judging live in `memtest.mitigation`."""
+        case = item.case
+        try:
+            engine = self.engine
+            cal, _ = engine.calibration()
+            unmitigated = engine.scores([case.prompt])[case.prompt]["score"]
+            from memtest.mitigation import judge_mitigation, mitigate_sail
+
+            result = mitigate_sail(
+                engine.scorer, case.prompt, threshold=cal.threshold, max_steps=self.audit.mitigation_steps
+            )
+            record, entry = judge_mitigation(case, result, unmitigated, folder=self.checkpoint_folder)
+        except MemtestError as exc:
+            item.memtest_record = self._error_record(item, str(exc))
+            raise
+        record["nodeid"] = item.nodeid
+        item.memtest_record = record
+        item.memtest_mitigation = entry
+        item.user_properties.append(("memtest_mitigation_sharpness", record["score"]))
+        if record["outcome"] == "failed":
+            raise GateFailure(
+                f"{record['message']}\n"
+                f"  prompt:     {case.prompt!r}\n"
+                f"  unmitigated sharpness: {unmitigated:.6g}   threshold: {cal.threshold:.6g}\n"
+                f"  accepted x_T sharpness: {record['values']}\n"
+                f"  seeds tried: {len(entry['seeds_tried'])}   steps: {entry['steps']}"
+            )
+
     def _error_record(self, item: MemtestItem, message: str) -> dict[str, Any]:
         c = item.case
+        mitigate = isinstance(item, MitigationItem)
         return {
-            "id": c.id, "suite": c.suite, "suite_version": c.suite_version, "case_id": c.case_id,
-            "kind": "detect", "prompt": c.prompt, "expectation": c.expectation, "tags": list(c.tags),
+            "id": f"{c.id}[mitigate]" if mitigate else c.id, "suite": c.suite, "suite_version": c.suite_version,
+            "case_id": c.case_id, "kind": "mitigate" if mitigate else "detect", "prompt": c.prompt,
+            "expectation": c.expectation, "tags": list(c.tags),
             "score": None, "values": [], "seeds": [], "threshold": None, "margin": None, "flagged": None,
             "outcome": "error", "message": message, "nodeid": item.nodeid,
         }  # fmt: skip
@@ -259,12 +292,18 @@ class MemtestSession:
         if report.when == "call" and record is not None:
             # Plain JSON types only: xdist serialises the report to send it to the controller.
             report.memtest_case = record  # type: ignore[attr-defined]
+            entry = getattr(item, "memtest_mitigation", None)
+            if entry is not None:
+                report.memtest_mitigation = entry  # type: ignore[attr-defined]
         return report
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         record = getattr(report, "memtest_case", None)
         if record is not None and report.when == "call" and not self.is_worker:
             self.records.append(record)
+            entry = getattr(report, "memtest_mitigation", None)
+            if entry is not None:
+                self.mitigation.append(entry)
 
     # -- end of run ---------------------------------------------------------------------------------
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
@@ -324,6 +363,7 @@ class MemtestSession:
             command=shlex.join(["pytest", *self.config.invocation_params.args]),
             calibration=calibration,
             shard=self.audit.shard,
+            mitigation=sorted(self.mitigation, key=lambda e: str(e["id"])),
         )
         if self.json_path:
             path = self._resolve(self.json_path)
@@ -374,15 +414,25 @@ class MemtestSession:
             f"{len(recs)} cases: {counts['passed']} passed, {counts['failed']} failed, {counts['error']} errors; "
             f"{flagged} flagged"
         )
-        judged = [r for r in recs if r.get("margin") is not None and r["expectation"] == "clean"]
+        detect = [r for r in recs if r.get("kind", "detect") == "detect"]
+        judged = [r for r in detect if r.get("margin") is not None and r["expectation"] == "clean"]
         if judged:
             tr.write_line("closest clean cases to the threshold (margin = score - threshold):")
             for r in sorted(judged, key=lambda r: -r["margin"])[:5]:
                 tr.write_line(f"  {r['id']:<48} score {r['score']:.6g}  margin {r['margin']:+.4g}  {r['outcome']}")
-        memorized = [r for r in recs if r.get("margin") is not None and r["expectation"] == "memorized"]
+        memorized = [r for r in detect if r.get("margin") is not None and r["expectation"] == "memorized"]
         if memorized:
             weakest = min(memorized, key=lambda r: r["margin"])
             tr.write_line(f"weakest memorized case: {weakest['id']} margin {weakest['margin']:+.4g}")
+        mitigated = [r for r in recs if r.get("kind") == "mitigate"]
+        if mitigated:
+            ok = sum(1 for r in mitigated if r["outcome"] == "passed")
+            tr.write_line(f"mitigation (SAIL): {ok} of {len(mitigated)} cases found flat initial noise")
+            for r in sorted(mitigated, key=lambda r: r["id"]):
+                if r.get("score") is not None:
+                    tr.write_line(
+                        f"  {r['id']:<48} sharpness {r['unmitigated']:.4g} -> {r['score']:.4g}  {r['outcome']}"
+                    )
         contexts = [c for c in [self.context(), *self.workers.values()] if c]
         if contexts:
             scored = sum(int(c.get("scored", 0)) for c in contexts)

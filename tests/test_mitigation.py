@@ -1,0 +1,370 @@
+"""SAIL (SPEC.md §4) on closed-form models and tiny real checkpoints, the baselines, and the plugin's
+`memtest_mitigation` fixture and `mitigate: true` items."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from memtest.closed_form import EmpiricalScore, GaussianScore
+from memtest.errors import MitigationError
+from memtest.mitigation import (
+    SailStep,
+    SeedStream,
+    _BatchAdam,
+    default_alpha,
+    fresh_seed,
+    gaussian_noise,
+    measure_sharpness,
+    sail,
+    sail_loss,
+)
+
+
+def gaussian_delta(d: int, var_c: list[float], var_0: float, abar: float, shift: float) -> Any:
+    """s_Δ of a narrow conditional Gaussian against a broad unconditional one (linear, constant H_Δ)."""
+    mu = torch.full((d,), shift, dtype=torch.float64)
+    cond = GaussianScore(mu, torch.diag(torch.tensor(var_c, dtype=torch.float64)), abar)
+    uncond = GaussianScore(torch.zeros(d, dtype=torch.float64), var_0 * torch.eye(d, dtype=torch.float64), abar)
+    return lambda x: cond(x) - uncond(x)
+
+
+def empirical_delta(d: int, points: int = 3, abar: float = 0.3, seed: int = 0) -> Any:
+    """s_Δ of a few memorised points (the optimal denoiser of a tiny training set) against N(0, I)."""
+    gen = torch.Generator().manual_seed(seed)
+    cond = EmpiricalScore(torch.randn(points, d, generator=gen, dtype=torch.float64), abar)
+    uncond = GaussianScore(torch.zeros(d, dtype=torch.float64), torch.eye(d, dtype=torch.float64), abar)
+    return lambda x: cond(x) - uncond(x)
+
+
+def noise64(d: int) -> Any:
+    base = gaussian_noise((d,))
+    return lambda seeds: base(seeds).double()
+
+
+# -- the core, on closed-form models -----------------------------------------------------------------
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    d=st.integers(2, 12),
+    var=st.lists(st.floats(0.001, 0.2), min_size=12, max_size=12),
+    var_0=st.floats(0.5, 2.0),
+    abar=st.floats(0.2, 0.8),
+    shift=st.floats(-1.0, 1.0),
+)
+def test_sail_lowers_its_objective_on_gaussians(
+    d: int, var: list[float], var_0: float, abar: float, shift: float
+) -> None:
+    s_delta = gaussian_delta(d, var[:d], var_0, abar, shift)
+    # threshold 0: nothing is ever accepted, so every slot follows one uninterrupted Adam trajectory
+    result = sail(s_delta, noise64(d), [0, 1, 2], 0.0, max_steps=40, restart_after=1000, alpha=0.0)
+    assert not result.succeeded and result.steps == 40 and len(result.history) == 40
+    first, last = result.history[0], result.history[-1]
+    for slot in range(3):
+        assert last[slot] < 0.5 * first[slot], (first, last)
+    # the objective is the finite-difference form of δ²‖H s‖²: check it against the exact value
+    x = noise64(d)([0])
+    delta = float(result.settings["delta"])
+    exact = measure_sharpness(s_delta, x, method="jvp") * delta**2
+    assert float(sail_loss(s_delta, x, delta, 0.0)) == pytest.approx(float(exact), rel=1e-6)
+
+
+def test_sail_finds_flat_noise_on_an_empirical_model() -> None:
+    d = 8
+    s_delta = empirical_delta(d)
+    seeds = list(range(4))
+    initial = measure_sharpness(s_delta, noise64(d)(seeds), method="fd")
+    threshold = float(initial.min()) * 0.5
+    result = sail(s_delta, noise64(d), seeds, threshold, max_steps=200)
+    assert result.succeeded, result.reason
+    assert len(result.accepted) == 4 and result.latents.shape == (4, d)
+    for a in result.accepted:
+        assert a.sharpness_after < threshold
+        assert a.sharpness_before == pytest.approx(result.initial_sharpness[a.seed])
+        # the stored latent is exactly where the acceptance was measured
+        again = measure_sharpness(s_delta, a.latent[None], method="fd", h=result.settings["fd_h"])
+        assert float(again) == pytest.approx(a.sharpness_after, rel=1e-9)
+    # the first candidates start from the given seeds, so "before" is the unmitigated value
+    assert result.seeds_tried[:4] == (0, 1, 2, 3)
+    assert result.initial_sharpness[0] == pytest.approx(float(initial[0]), rel=1e-9)
+
+
+def test_accepted_latents_are_independent_copies() -> None:
+    d = 8
+    s_delta = empirical_delta(d, seed=1)
+    snapshots: dict[int, torch.Tensor] = {}
+
+    def remember(step: SailStep) -> None:
+        for slot in step.accepted:
+            snapshots.setdefault(step.seeds[slot], step.x[slot].clone())
+
+    threshold = float(measure_sharpness(s_delta, noise64(d)(list(range(16))), method="fd").median())
+    # one slot: every acceptance refills the same row of the optimised tensor, which Adam then updates in place
+    result = sail(s_delta, noise64(d), [0], threshold, n=3, batch_size=1, max_steps=300, callback=remember)
+    assert result.succeeded, result.reason
+    assert result.steps > max(a.steps for a in result.accepted[:1])  # optimisation went on after the first one
+    ptrs = {a.latent.untyped_storage().data_ptr() for a in result.accepted}
+    assert len(ptrs) == 3
+    for a in result.accepted:
+        assert torch.equal(a.latent, snapshots[a.seed])
+        assert a.latent._base is None
+    assert len({tuple(a.latent.tolist()) for a in result.accepted}) == 3
+
+
+def test_restarts_never_repeat_a_seed() -> None:
+    d = 4
+    s_delta = empirical_delta(d)
+    starts: list[tuple[float, ...]] = []
+
+    def record(step: SailStep) -> None:
+        starts.extend(tuple(row.tolist()) for row in step.x)
+
+    result = sail(s_delta, noise64(d), [7, 7, 9], 0.0, batch_size=3, max_steps=12, restart_after=2, callback=record)
+    tried = result.seeds_tried
+    assert len(tried) == len(set(tried)) and tried[:2] == (7, 9)
+    assert len(tried) >= 3 + 5 * 3 - 3  # every slot restarted every other step
+    # a fresh seed equal to one of the given seeds is skipped, never reused
+    collide = fresh_seed("salt", 0)
+    stream = SeedStream([collide, 3], "salt")
+    drawn = [next(stream) for _ in range(50)]
+    assert len(set(drawn)) == 50 and drawn[:2] == [collide, 3]
+    initial_rows = {tuple(row.tolist()) for row in noise64(d)(list(tried))}
+    assert len(initial_rows) == len(tried)
+
+
+def test_budget_exhaustion_is_a_reported_failure() -> None:
+    d = 4
+    result = sail(empirical_delta(d), noise64(d), [0, 1], 0.0, max_steps=5)
+    assert result.succeeded is False
+    assert result.steps == 5 and result.accepted == ()
+    assert "step budget of 5 exhausted with 0 of 2" in result.reason
+    assert len(result.final_sharpness) == 2 and all(v > 0 for v in result.final_sharpness)
+    with pytest.raises(MitigationError, match="accepted no latent"):
+        _ = result.latents
+    with pytest.raises(MitigationError, match="max_steps"):
+        sail(empirical_delta(d), noise64(d), [0], 1.0, max_steps=-1)
+    with pytest.raises(MitigationError, match="at least one seed"):
+        sail(empirical_delta(d), noise64(d), [], 1.0)
+
+
+def test_batch_adam_matches_torch_adam_per_row_with_restarts() -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, generator=gen, dtype=torch.float64)
+    rows = [x[i].clone().requires_grad_(True) for i in range(2)]
+    opts = [torch.optim.Adam([r], lr=0.05) for r in rows]
+    mine = _BatchAdam(x, 0.05)
+    for step in range(8):
+        if step == 4:  # restart row 1 alone
+            fresh = torch.randn(5, generator=gen, dtype=torch.float64)
+            x[1] = fresh
+            mine.reset(1)
+            rows[1] = fresh.clone().requires_grad_(True)
+            opts[1] = torch.optim.Adam([rows[1]], lr=0.05)
+        grads = torch.sin(3 * x) + x**2
+        mine.step(x, grads, [0, 1])
+        for i in range(2):
+            opts[i].zero_grad()
+            rows[i].grad = torch.sin(3 * rows[i].detach()) + rows[i].detach() ** 2
+            opts[i].step()
+    for i in range(2):
+        assert torch.allclose(x[i], rows[i].detach(), atol=1e-12)
+
+
+def test_renormalize_keeps_candidates_on_the_gaussian_shell() -> None:
+    d = 16
+    sigma = 2.0
+    s_delta = empirical_delta(d, abar=0.3)
+    noise = lambda seeds: noise64(d)(seeds) * sigma  # noqa: E731
+    initial = measure_sharpness(s_delta, noise(list(range(8))), method="fd")
+    threshold = float(initial.min()) * 0.7
+    result = sail(
+        s_delta, noise, [0, 1], threshold, renormalize=True, init_noise_sigma=sigma, max_steps=300, restart_after=60
+    )
+    assert result.succeeded, result.reason
+    stepped = [a for a in result.accepted if a.steps > 0]
+    assert stepped
+    for a in stepped:
+        assert float(a.latent.norm()) == pytest.approx(math.sqrt(d) * sigma, rel=1e-9)
+
+
+def test_default_alpha_scales_with_the_threshold_and_dimension() -> None:
+    a = default_alpha(1e-2, 0.04, 1024)
+    assert a == pytest.approx(0.1 * 1e-4 * 0.04 / 1024)
+    # on the shell the norm term is a tenth of the first term at the threshold
+    assert a * 1024 == pytest.approx(0.1 * (1e-2) ** 2 * 0.04)
+    assert default_alpha(1e-2, 0.04, 4096) == pytest.approx(a / 4)
+    assert default_alpha(1e-2, 0.0, 1024) == 0.0
+
+
+# -- checkpoint level, on the tiny random checkpoint ---------------------------------------------------
+
+
+def test_checkpoint_sail_and_baselines_share_one_interface(tiny_eps: Any) -> None:
+    from memtest.audit import AuditCase
+    from memtest.mitigation import judge_mitigation, mitigate
+    from memtest.results import summarize, validate_results
+    from memtest.scoring import Scorer, ScoreSettings
+
+    scorer = Scorer(tiny_eps, ScoreSettings(n=2))
+    prompt = "zorblax poster of 3"
+    detected = scorer.score([prompt])[0]
+    threshold = 0.8 * min(detected.values)
+    m = mitigate(scorer, prompt, threshold=threshold, num_inference_steps=8)
+    assert m.method == "sail" and m.succeeded, m.reason
+    assert m.seeds == detected.seeds
+    # "before" is what the detector measured at the same seeds
+    assert m.sharpness_before == pytest.approx(detected.values, rel=1e-3)
+    assert all(v < threshold for v in m.sharpness_after)
+    assert m.images_before is not None and m.images_after is not None
+    assert m.images_before.shape == m.images_after.shape == (2, 16, 16, 3)
+    assert not torch.equal(m.latents_before, m.latents_after)  # type: ignore[arg-type]
+    assert m.generation_seconds is not None and m.generation_seconds > 0 and m.cost_ratio is not None
+    rec = m.record("suite::case", copy_distance_before=0.1, copy_distance_after=0.4)
+    json.dumps(rec, allow_nan=False)
+    assert rec["id"] == "suite::case" and len(rec["images_after"]) == 2 and rec["seeds_tried"][:2] == [*m.seeds]
+    # Baselines: same result type; the prompt methods keep the original x_T
+    for method in ("rta", "rna"):
+        b = mitigate(scorer, prompt, method, threshold=threshold, images=False)
+        assert b.method == method and b.prompt_after != prompt and b.latents_after is b.latents_before
+        assert set(prompt.split()) <= set(b.prompt_after.split())  # type: ignore[union-attr]
+        assert len(b.prompt_after.split()) == len(prompt.split()) + 2  # type: ignore[union-attr]
+        assert b.sharpness_before == pytest.approx(m.sharpness_before)
+    e = mitigate(scorer, prompt, "embedding", threshold=threshold, images=False, max_steps=3)
+    assert e.embedding_after is not None and e.steps is not None and e.steps >= 1
+    assert e.succeeded == all(v < threshold for v in e.sharpness_after)
+    # running out of budget: a failed case record that says why, and a valid results entry
+    failed = mitigate(scorer, prompt, threshold=threshold * 1e-9, max_steps=2, images=False)
+    assert not failed.succeeded and failed.sharpness_after == () and failed.latents_after is None
+    case = AuditCase("s", "1", "c", prompt, "memorized", mitigate=True)
+    record, entry = judge_mitigation(case, failed, detected.score)
+    assert record["outcome"] == "failed" and record["kind"] == "mitigate" and record["id"] == "s::c[mitigate]"
+    assert (
+        "step budget of 2 exhausted with 0 of 2" in record["message"] and "no latent was accepted" in record["message"]
+    )
+    assert record["score"] == min(failed.sail.final_sharpness)  # type: ignore[union-attr]
+    assert entry["succeeded"] is False and entry["images_after"] == [] and entry["seeds_tried"]
+    doc = {"schema": "memtest.results/1", "memtest_version": "0", "created": "now", "command": "x",
+           "environment": {}, "checkpoint": {"name": "n", "path": "p", "fingerprint": "f"}, "settings": {},
+           "calibration": None, "shard": None, "cases": [record], "mitigation": [entry, rec],
+           "summary": summarize([record])}  # fmt: skip
+    validate_results(json.loads(json.dumps(doc)))
+    with pytest.raises(MitigationError, match=r"Unknown mitigation method 'x'"):
+        mitigate(scorer, prompt, "x")
+    with pytest.raises(MitigationError, match=r"no memtest-calibration\.json"):
+        mitigate(scorer, prompt)
+
+
+# -- the plugin: fixture and `mitigate: true` items ----------------------------------------------------
+
+
+def mitigation_suite(env: dict[str, Any], root: Path, *, refs: bool = False) -> Path:
+    from memtest.suites import load_suite
+
+    mini = load_suite(env["suite"])
+    prompts = {c.id: c.prompt for c in mini.cases}
+    lines = [
+        "memtest_suite: 1", "name: mit", 'version: "1"', "card:", "  description: mitigation test suite", "cases:",
+        f'  - {{id: mem, prompt: "{prompts["mem-caught"]}", expectation: memorized, mitigate: true}}',
+        f'  - {{id: clean, prompt: "{prompts["clean-ok"]}", expectation: clean}}',
+    ]  # fmt: skip
+    if refs:
+        refs_ = [c for c in mini.cases if c.expectation == "reference"]
+        lines += [f'  - {{id: {c.id}, prompt: "{c.prompt}", expectation: reference, mitigate: true}}' for c in refs_]
+    path = root / ("mit-refs.yaml" if refs else "mit.yaml")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def plugin_args(env: dict[str, Any], suite: Path, *extra: str) -> list[str]:
+    return [
+        "-p", "no:cacheprovider", "--memtest", f"--memtest-checkpoint={env['checkpoint']}",
+        f"--memtest-suite={suite}", "--memtest-n=1", "--memtest-fpr=0.1", *extra,
+    ]  # fmt: skip
+
+
+FIXTURE_TESTS = """
+import pytest
+
+def test_prompt(memtest_mitigation):
+    m = memtest_mitigation("zorblax poster of 3", num_inference_steps=4)
+    assert m.method == "sail" and m.threshold == THRESHOLD
+    assert m.succeeded and max(m.sharpness_after) < m.threshold
+    assert m.images_after.shape == (1, 16, 16, 3)
+    assert m.sail.settings["max_steps"] == 30  # --memtest-mitigation-steps
+    rna = memtest_mitigation("zorblax poster of 3", "rna", images=False)
+    assert rna.method == "rna" and rna.prompt_after != rna.prompt
+
+@pytest.mark.memtest_suite(SUITE)
+def test_case(memtest_case, memtest_mitigation):
+    m = memtest_mitigation(memtest_case, images=False)
+    assert m.prompt == memtest_case.prompt
+    assert m.succeeded and all(v < memtest_case.threshold for v in m.sharpness_after)
+"""
+
+
+def check_results(doc: dict[str, Any], threshold: float) -> None:
+    by_id = {c["id"]: c for c in doc["cases"]}
+    assert set(by_id) == {"mit::mem", "mit::mem[mitigate]", "mit::clean"}
+    mit, det = by_id["mit::mem[mitigate]"], by_id["mit::mem"]
+    assert mit["kind"] == "mitigate" and det["kind"] == "detect" and mit["outcome"] == "passed"
+    assert det["score"] > threshold  # the case was flagged ...
+    assert mit["score"] < threshold and mit["score"] < det["score"]  # ... and SAIL found flat noise
+    assert mit["unmitigated"] == det["score"] and mit["flagged"] is None
+    assert doc["summary"]["flagged"] == 1 and doc["summary"]["total"] == 3
+    (entry,) = doc["mitigation"]
+    assert entry["id"] == "mit::mem" and entry["succeeded"] is True and entry["threshold"] == threshold
+    assert entry["sharpness_before"] == pytest.approx(det["values"], rel=1e-3)
+    assert entry["sharpness_after"] == mit["values"]
+    assert len(entry["images_before"]) == len(entry["images_after"]) == 1
+    assert all(len(img) < 4000 for img in entry["images_before"] + entry["images_after"])
+
+
+def test_mitigate_true_item_and_fixture_in_one_process(pytester: pytest.Pytester, gate_env: dict[str, Any]) -> None:
+    suite = mitigation_suite(gate_env, pytester.path)
+    code = FIXTURE_TESTS.replace("THRESHOLD", repr(gate_env["threshold"])).replace("SUITE", repr(str(suite)))
+    pytester.makepyfile(test_mit=code)
+    result = pytester.runpytest(
+        *plugin_args(
+            gate_env, suite, f"--memtest-calibration={gate_env['calibration']}", "--memtest-json=r.json",
+            "--memtest-report=r.html", "--memtest-mitigation-steps=30", "-v", "test_mit.py", str(suite),
+        )
+    )  # fmt: skip
+    result.assert_outcomes(passed=6)  # 3 suite items (one of them [mitigate]) + 3 fixture tests
+    result.stdout.fnmatch_lines(
+        ["*test_case?mem? PASSED*", "*::mem?mitigate? PASSED*", "*mitigation (SAIL): 1 of 1 cases*"]
+    )
+    check_results(json.loads((pytester.path / "r.json").read_text()), gate_env["threshold"])
+    html = (pytester.path / "r.html").read_text()
+    assert html.count("data:image/png;base64,") >= 2
+
+
+def test_mitigate_true_under_xdist(pytester: pytest.Pytester, gate_env: dict[str, Any]) -> None:
+    suite = mitigation_suite(gate_env, pytester.path)
+    args = plugin_args(gate_env, suite, f"--memtest-calibration={gate_env['calibration']}", "--memtest-json=r.json")
+    result = pytester.runpytest_subprocess("-n", "2", *args)
+    result.assert_outcomes(passed=3)
+    # the record and the mitigation entry travel from the worker to the controller on the report
+    check_results(json.loads((pytester.path / "r.json").read_text()), gate_env["threshold"])
+
+
+def test_mitigation_items_only_in_gate_mode_and_the_budget_option(
+    pytester: pytest.Pytester, gate_env: dict[str, Any]
+) -> None:
+    suite = mitigation_suite(gate_env, pytester.path, refs=True)
+    calib = pytester.runpytest(*plugin_args(gate_env, suite, "--memtest-calibrate", "--collect-only", "-q"))
+    out = calib.stdout.str()
+    assert "ref-00" in out and "[mitigate]" not in out
+    gate = pytester.runpytest(*plugin_args(gate_env, suite, "--collect-only", "-q"))
+    assert "::mem[mitigate]" in gate.stdout.str() and "ref-00" not in gate.stdout.str()
+    suite = mitigation_suite(gate_env, pytester.path)
+    bad = pytester.runpytest(*plugin_args(gate_env, suite, "--memtest-mitigation-steps=0"))
+    assert bad.ret == pytest.ExitCode.USAGE_ERROR
+    bad.stderr.fnmatch_lines(["*--memtest-mitigation-steps must be a positive integer, got 0*"])
