@@ -278,3 +278,32 @@ def test_memtest_case_fixture_for_custom_assertions(pytester: pytest.Pytester, g
     )  # fmt: skip
     result.assert_outcomes(passed=4)
     result.stdout.fnmatch_lines(["*test_within_twice_threshold?clean-ok? PASSED*"])
+
+
+@pytest.mark.parametrize("xdist", XDIST)
+def test_default_run_audits_the_embedded_canary(pytester: pytest.Pytester, xdist: bool) -> None:
+    """`pytest --memtest` in an empty folder is a complete demonstration, with known outcomes."""
+    from memtest.audit import checkpoint_suite
+    from memtest.locate import resolve_checkpoint
+    from memtest.suites import resolve_suite
+
+    _, folder = resolve_checkpoint("zoo:finetuned")
+    suite_name = checkpoint_suite(folder)
+    assert suite_name is not None
+    suite = resolve_suite(suite_name)
+    gated = [c for c in suite.cases if c.expectation in ("clean", "memorized")]
+    planted = {c.id for c in gated if c.expectation == "memorized"}
+    assert len(planted) >= 5 and len(gated) > len(planted)
+    result = run(pytester, xdist, "--memtest", "--memtest-json=r.json")
+    doc = json.loads((pytester.path / "r.json").read_text())
+    detect = [c for c in doc["cases"] if c["kind"] == "detect"]
+    # Every planted caption is flagged and every clean caption stays below the shipped calibration ...
+    assert {c["case_id"]: c["outcome"] for c in detect} == {c.id: "passed" for c in gated}
+    assert {c["case_id"] for c in detect if c["flagged"]} == planted
+    # ... and SAIL finds flat initial noise for every planted caption marked `mitigate: true`.
+    mitigated = {c["case_id"]: c["outcome"] for c in doc["cases"] if c["kind"] == "mitigate"}
+    assert mitigated == {c.id: "passed" for c in gated if c.mitigate}
+    assert result.ret == pytest.ExitCode.OK
+    assert doc["checkpoint"]["name"] == "zoo:finetuned"
+    assert doc["calibration"]["accepted_from_base"] is False
+    result.stdout.fnmatch_lines(["memtest: checkpoint zoo:finetuned*", "memtest: calibration *threshold=*"])
