@@ -163,7 +163,7 @@ class SailResult:
     reason: str
     threshold: float
     initial_sharpness: dict[int, float]  # sharpness of every tried seed's x_T that was measured
-    history: tuple[tuple[float, ...], ...]  # per step: each slot's loss L(x) before the step
+    history: tuple[tuple[float, ...], ...]  # per step: each slot's loss L(x) before the step (nan: no step)
     final_sharpness: tuple[float, ...] = ()  # every slot's sharpness at the last check
     settings: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
@@ -371,8 +371,9 @@ def sail(
             reason = (
                 f"step budget of {max_steps} exhausted with {len(accepted)} of {want} latent(s) below the "
                 f"threshold {threshold:.6g} ({len(stream.used)} seeds tried; lowest sharpness of an unfinished "
-                f"candidate {best_open:.6g}). Raise max_steps (pytest: --memtest-mitigation-steps), try "
-                "renormalize=True, or accept at a higher threshold."
+                f"candidate {best_open:.6g}). Raise max_steps (pytest: --memtest-mitigation-steps)"
+                + ("" if renormalize else ", try renormalize=True")
+                + ", or accept at a higher threshold."
             )
             break
         stepping = [i for i in range(slots) if i not in newly and i not in restart]
@@ -383,19 +384,25 @@ def sail(
                 delta = h_abs / med if med > 0 else h_abs
             if alpha is None:
                 alpha = default_alpha(delta, threshold, dim, init_noise_sigma)
-            xl = x.detach().clone().requires_grad_(True)
+            # Only the candidates that step are differentiated (rows are independent).
+            rows = torch.tensor(stepping, device=x.device)
+            xl = x.index_select(0, rows).detach().clone().requires_grad_(True)
             with torch.enable_grad():
                 loss = sail_loss(counted, xl, delta, alpha)
-                (grad,) = torch.autograd.grad(loss.sum(), xl)
-            losses = loss.detach().tolist()
-            history.append(tuple(float(v) for v in losses))
+                (grad_rows,) = torch.autograd.grad(loss.sum(), xl)
+            grad = torch.zeros_like(x)
+            grad.index_copy_(0, rows, grad_rows.detach().to(x.dtype))
+            losses = [math.nan] * slots
+            for i, v in zip(stepping, loss.detach().tolist(), strict=True):
+                losses[i] = float(v)
+            history.append(tuple(losses))
             finite = torch.isfinite(grad.flatten(1)).all(dim=1).tolist()
             for i in list(stepping):
                 if not (math.isfinite(losses[i]) and finite[i]):
                     stepping.remove(i)
                     restart.append(i)
             with torch.no_grad():
-                adam.step(x, grad.detach(), stepping)
+                adam.step(x, grad, stepping)
                 if renormalize:
                     for i in stepping:
                         x[i].mul_(radius / max(float(x[i].norm()), 1e-30))
@@ -634,6 +641,28 @@ def resolve_threshold(scorer: Scorer, threshold: float | None) -> float:
     check_compatible(cal, scorer.identity())
     _check_sharpness_settings(scorer)
     return float(cal.threshold)
+
+
+def reference_threshold(scorer: Scorer, quantile: float = 0.5) -> float:
+    """A stricter acceptance threshold: the `quantile` of the checkpoint's calibration reference scores.
+
+    The detection threshold is the sharpness of the sharpest non-memorized prompts (its 1 - fpr quantile);
+    the median asks SAIL for a landscape as flat as a typical non-memorized prompt's. On a canary whose
+    planted captions reproduce their image from every x_T, only the stricter one moves the image away.
+    """
+    from .calibration import CALIBRATION_FILENAME, check_compatible, load_calibration
+
+    if not 0.0 <= quantile <= 1.0:
+        raise MitigationError(f"quantile must be in [0, 1], got {quantile!r}.")
+    path = Path(scorer.ckpt.path) / CALIBRATION_FILENAME
+    if not path.is_file():
+        raise MitigationError(
+            f"Checkpoint {scorer.ckpt.name} has no {CALIBRATION_FILENAME} to take reference scores from."
+        )
+    cal = load_calibration(path)
+    check_compatible(cal, scorer.identity())
+    _check_sharpness_settings(scorer)
+    return float(np.quantile(np.asarray(cal.reference_scores, dtype=np.float64), quantile))
 
 
 def _check_sharpness_settings(scorer: Scorer) -> None:
@@ -1067,6 +1096,7 @@ __all__ = [
     "nearest_distances",
     "planted_image",
     "png_thumbnails",
+    "reference_threshold",
     "sail",
     "sail_loss",
 ]
