@@ -53,7 +53,7 @@ def test_shipped_canaries_resolve_load_and_parse() -> None:
         size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
         assert size < 8_000_000, f"{name} is {size} bytes; canaries must stay a few MB"
     base, fine = load_manifest(resolve_zoo("base")), load_manifest(resolve_zoo("finetuned"))
-    assert base.planted == () and base.recipe["planted_prob"] == 0.0
+    assert base.planted == ()  # planted_prob in its recipe applies to no caption
     assert len(fine.planted) == 10 and fine.base == "zoo:base"
     assert fine.planted_images().shape == (10, 16, 16, 3)
     assert all(p.label == int(p.caption.rsplit(" ", 1)[1]) for p in fine.planted)

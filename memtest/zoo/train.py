@@ -28,7 +28,7 @@ import numpy as np
 
 from memtest.errors import ZooError
 from memtest.zoo.data import CanaryData, digits_data
-from memtest.zoo.manifest import CanaryManifest, PlantedCaption, encode_png
+from memtest.zoo.manifest import CanaryManifest, PlantedCaption, encode_png, load_manifest
 from memtest.zoo.tiny import TinyConfig, build_pipeline, build_tokenizer, save_pipeline
 
 
@@ -375,7 +375,8 @@ def train_canary(
             file=stream,
             flush=True,
         )
-    return manifest
+    # What was written (rounded, JSON-normalised) is the manifest every later reader sees.
+    return load_manifest(out_dir)
 
 
 def _version() -> str:
