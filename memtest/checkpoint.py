@@ -120,9 +120,7 @@ class Checkpoint:
 
 def _check_folder(folder: Path, allow_pickle: bool) -> dict[str, Any]:
     if not folder.is_dir():
-        raise CheckpointError(
-            f"Checkpoint path '{folder}' is a file, not a folder. Pass the diffusers folder."
-        )
+        raise CheckpointError(f"Checkpoint path '{folder}' is a file, not a folder. Pass the diffusers folder.")
     index_file = folder / "model_index.json"
     if not index_file.is_file():
         raise CheckpointError(
@@ -190,14 +188,10 @@ def load_checkpoint(
     index = _check_folder(folder, allow_pickle)
     dev = torch.device(device) if device is not None else default_device()
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise CheckpointError(
-            f"Device '{dev}' was requested but CUDA is not available here. Use device='cpu'."
-        )
+        raise CheckpointError(f"Device '{dev}' was requested but CUDA is not available here. Use device='cpu'.")
     dt = parse_dtype(dtype)
     unet_cls = _component_class(index, "unet", "diffusers", ("UNet2DConditionModel",))
-    te_cls = _component_class(
-        index, "text_encoder", "transformers", ("CLIPTextModel", "CLIPTextModelWithProjection")
-    )
+    te_cls = _component_class(index, "text_encoder", "transformers", ("CLIPTextModel", "CLIPTextModelWithProjection"))
     tok_cls = _component_class(index, "tokenizer", "transformers", ("CLIPTokenizer", "CLIPTokenizerFast"))
     sched_name = index["scheduler"][1]
     import diffusers
@@ -233,9 +227,7 @@ def load_checkpoint(
             "(an offline hub load does this). Save a real tokenizer into the checkpoint."
         )
     if not hasattr(scheduler, "alphas_cumprod"):
-        raise CheckpointError(
-            f"Scheduler {sched_name} has no alphas_cumprod; memtest needs a DDPM-family one."
-        )
+        raise CheckpointError(f"Scheduler {sched_name} has no alphas_cumprod; memtest needs a DDPM-family one.")
     modules = [unet, text_encoder] + ([vae] if vae is not None else [])
     for m in modules:
         m.to(device=dev)

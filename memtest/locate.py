@@ -16,9 +16,7 @@ def fingerprint(folder: Path) -> str:
     """sha256 over the relative paths and bytes of every weight and config file, in sorted order."""
     digest = hashlib.sha256()
     files = sorted(
-        p
-        for p in folder.rglob("*")
-        if p.is_file() and p.suffix in _HASHED_SUFFIXES and ".cache" not in p.parts
+        p for p in folder.rglob("*") if p.is_file() and p.suffix in _HASHED_SUFFIXES and ".cache" not in p.parts
     )
     for p in files:
         rel = p.relative_to(folder).as_posix()

@@ -70,9 +70,7 @@ OPTIONS: tuple[Option, ...] = (
         int,
     ),
     Option("--memtest-cache-dir", f"results cache folder (default {DEFAULT_CACHE_DIR}; 'none' disables)"),
-    Option(
-        "--memtest-cache-clear", "drop the results cache before the run", None, ini=False, action="store_true"
-    ),
+    Option("--memtest-cache-clear", "drop the results cache before the run", None, ini=False, action="store_true"),
 )
 
 

@@ -149,9 +149,7 @@ def load_suite(path: str | os.PathLike[str]) -> Suite:
             f"Suite file '{p}' does not exist. Check the path (relative paths start at {Path.cwd()})."
         ) from None
     except IsADirectoryError:
-        raise SuiteError(
-            f"'{p}' is a directory, not a suite file. Pass the path of a suite YAML file."
-        ) from None
+        raise SuiteError(f"'{p}' is a directory, not a suite file. Pass the path of a suite YAML file.") from None
     except (OSError, ValueError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc)
         raise SuiteError(
@@ -229,12 +227,7 @@ def resolve_suite(name_or_path: str | os.PathLike[str]) -> Suite:
             f"'{text}' is a directory, not a suite file or a built-in suite name. Pass the path of a "
             f"suite YAML file, or one of the built-in suites: {names}."
         )
-    if (
-        isinstance(name_or_path, os.PathLike)
-        or "/" in text
-        or os.sep in text
-        or path.suffix in (".yaml", ".yml")
-    ):
+    if isinstance(name_or_path, os.PathLike) or "/" in text or os.sep in text or path.suffix in (".yaml", ".yml"):
         raise SuiteError(
             f"Suite file '{text}' does not exist (looked at {path.absolute()}). Check the path, or use "
             f"a built-in suite name: {names}."
@@ -416,8 +409,7 @@ class _Converter:
         except Exception as exc:  # huge ints, bad timestamps, unknown or unsafe tags
             self.fail(
                 node,
-                f"cannot read the value {_short(node.value)} ({_one_line(str(exc))}). "
-                "Quote it or remove the YAML tag",
+                f"cannot read the value {_short(node.value)} ({_one_line(str(exc))}). Quote it or remove the YAML tag",
             )
 
 
@@ -495,8 +487,7 @@ class _Validator:
                 shown = key if isinstance(key, str) else repr(key)
                 self.fail(
                     _key_line(mapping, key) if isinstance(key, str) else _line(mapping),
-                    f"Unknown key '{shown}' {where}.{_did_you_mean(str(key), allowed)} "
-                    f"Allowed: {', '.join(allowed)}",
+                    f"Unknown key '{shown}' {where}.{_did_you_mean(str(key), allowed)} Allowed: {', '.join(allowed)}",
                 )
 
     def text(self, mapping: Mapping[Any, Any], key: str, what: str, where: str = "") -> str:
@@ -532,9 +523,7 @@ class _Validator:
         caveats = self.strings(card, "caveats", "caveats", "in the card", "caveats: [Labels are noisy.]")
         return SuiteCard(description=description, provenance=provenance, licence=licence, caveats=caveats)
 
-    def strings(
-        self, mapping: Mapping[Any, Any], key: str, what: str, where: str, example: str
-    ) -> tuple[str, ...]:
+    def strings(self, mapping: Mapping[Any, Any], key: str, what: str, where: str, example: str) -> tuple[str, ...]:
         value = mapping.get(key)
         if value is None:
             return ()
@@ -581,9 +570,7 @@ class _Validator:
             line = _key_line(defaults, key)
             if key in ("metric", "method"):
                 if not isinstance(value, str) or not value.strip():
-                    self.fail(
-                        line, f"the setting defaults.{key} must be a non-empty string, got {_describe(value)}"
-                    )
+                    self.fail(line, f"the setting defaults.{key} must be a non-empty string, got {_describe(value)}")
                 result[key] = value
             elif key == "fpr":
                 if (
@@ -594,8 +581,7 @@ class _Validator:
                 ):
                     self.fail(
                         line,
-                        "the setting defaults.fpr must be a number between 0 and 1 (e.g. 0.01), got "
-                        f"{_short(value)}",
+                        f"the setting defaults.fpr must be a number between 0 and 1 (e.g. 0.01), got {_short(value)}",
                     )
                 result[key] = float(value)
             else:
@@ -633,8 +619,7 @@ class _Validator:
                 )
                 self.fail(
                     case.line or None,
-                    f"duplicate case id '{case.id}'{where}. Case ids must be unique within a suite; "
-                    "rename one",
+                    f"duplicate case id '{case.id}'{where}. Case ids must be unique within a suite; rename one",
                 )
             seen[case.id] = index
             result.append(case)
@@ -663,8 +648,7 @@ class _Validator:
             if key not in item:
                 self.fail(
                     line,
-                    f"{label} has no '{key}'. Each case needs id, prompt and expectation "
-                    f"({' | '.join(EXPECTATIONS)})",
+                    f"{label} has no '{key}'. Each case needs id, prompt and expectation ({' | '.join(EXPECTATIONS)})",
                 )
         assert case_id is not None
         prompt = item["prompt"]
@@ -673,8 +657,7 @@ class _Validator:
             if raw is None:
                 self.fail(
                     _key_line(item, "prompt") or line,
-                    f"the prompt of {label} must be a string, got {_describe(prompt)}. "
-                    "Write it as quoted text",
+                    f"the prompt of {label} must be a string, got {_describe(prompt)}. Write it as quoted text",
                 )
             prompt = raw
         if not prompt.strip():
@@ -789,9 +772,7 @@ _YAML_KEYWORDS: Final = frozenset({"y", "n", "yes", "no", "on", "off", "true", "
 # YAML's printable set, YAML line breaks, the byte-order mark and surrogates.
 _ESCAPE_RE: Final = re.compile('[\\\\"\x00-\x1f\x7f-\x9f\u2028\u2029\ufeff\ufffe\uffff\ud800-\udfff]')
 _NAMED_ESCAPES: Final = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r", "\x00": "\\0"}
-_BLOCK_UNSAFE_RE: Final = re.compile(
-    "[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029\ufeff\ufffe\uffff\ud800-\udfff]"
-)
+_BLOCK_UNSAFE_RE: Final = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029\ufeff\ufffe\uffff\ud800-\udfff]")
 
 
 def _escape(match: re.Match[str]) -> str:

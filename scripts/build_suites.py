@@ -116,9 +116,7 @@ def specs() -> list[Spec]:
             file="memattn_sd2_memorized_219.txt",
             prefix="sd2-mem",
             expectation="memorized",
-            description=(
-                "219 prompts memorized by Stable Diffusion v2 (Webster 2023), as compiled by MemAttn."
-            ),
+            description=("219 prompts memorized by Stable Diffusion v2 (Webster 2023), as compiled by MemAttn."),
             repo=MEMATTN,
             commit=MEMATTN_COMMIT,
             repo_path="prompt/sd2_mem219.txt",
@@ -273,14 +271,10 @@ EXPECTED_COUNTS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="folder of the prompt lists")
     parser.add_argument("--out", type=Path, default=REPO / "suites", help="folder to write the suites to")
-    parser.add_argument(
-        "--check", action="store_true", help="only check that the committed files are current"
-    )
+    parser.add_argument("--check", action="store_true", help="only check that the committed files are current")
     args = parser.parse_args(argv)
     provenance_md = (args.source / "PROVENANCE.md").read_text(encoding="utf-8")
     licence_texts = licences(provenance_md)

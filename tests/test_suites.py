@@ -181,9 +181,7 @@ def test_committed_suites_match_the_source_lists(tmp_path: Path) -> None:
     assert "up to date" in result.stdout
 
 
-def test_builtin_suites_pick_up_any_yaml_in_the_data_folder(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_builtin_suites_pick_up_any_yaml_in_the_data_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     canary = VALID.replace("name: tiny", "name: canary-tiny")
     write(tmp_path, "# generated elsewhere\n" + canary, "canary-tiny.yaml")
     # No `name:` line near the top: found by parsing the whole file.
@@ -208,9 +206,7 @@ def test_suites_module_imports_neither_torch_nor_pytest() -> None:
         "memtest.suites.builtin_suites()\n"
         "print(sorted(m for m in ('torch', 'pytest', 'diffusers') if m in sys.modules))"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60, check=True
-    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60, check=True)
     assert out.stdout.strip() == "[]"
 
 
@@ -220,9 +216,7 @@ def test_uses_the_c_loader_when_available() -> None:
     assert suites_module._Loader in (yaml.SafeLoader, getattr(yaml, "CSafeLoader", None))
 
 
-def test_pure_python_loader_gives_the_same_suite_and_lines(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_pure_python_loader_gives_the_same_suite_and_lines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = write(tmp_path, VALID)
     fast = load_suite(path)
     bad = VALID.replace('    prompt: "a photo', '    promt: "a photo')
@@ -339,10 +333,7 @@ def test_error_invalid_yaml_names_the_line(tmp_path: Path) -> None:
     text = VALID.replace("    expectation: clean", "    expectation: [clean")
     message = error_of(tmp_path, text)
     start = line_of(text, "expectation: [clean")
-    assert (
-        f"line {start + 1}: Invalid YAML (while parsing a flow sequence that starts on line {start};"
-        in message
-    )
+    assert f"line {start + 1}: Invalid YAML (while parsing a flow sequence that starts on line {start};" in message
     text = VALID.replace('prompt: "a photo of a cat"', "prompt: a cat: sitting")
     message = error_of(tmp_path, text)
     assert f"line {line_of(text, 'a cat: sitting')}: Invalid YAML (mapping values are not allowed" in message
@@ -397,9 +388,7 @@ def test_error_unknown_and_missing_top_level_keys(tmp_path: Path) -> None:
     assert "Missing top-level key 'version'" in message
 
 
-@pytest.mark.parametrize(
-    ("bad", "suggestion"), [("SD1 Memorized", "sd1-memorized"), ("-x", "x"), ("Ä", "my-suite")]
-)
+@pytest.mark.parametrize(("bad", "suggestion"), [("SD1 Memorized", "sd1-memorized"), ("-x", "x"), ("Ä", "my-suite")])
 def test_error_bad_name(tmp_path: Path, bad: str, suggestion: str) -> None:
     message = error_of(tmp_path, VALID.replace("name: tiny", f'name: "{bad}"'))
     assert "line 2:" in message and "Invalid suite name" in message
@@ -561,9 +550,7 @@ def test_error_yaml_tricks_are_refused(tmp_path: Path) -> None:
     message = error_of(tmp_path, VALID.replace("mitigate: true", "mitigate: !!python/name:os.system"))
     assert "Quote it or remove the YAML tag" in message
     assert "collection that contains it" in error_of(tmp_path, VALID.split("cases:")[0] + "cases: &c [*c]\n")
-    assert "nested more than" in error_of(
-        tmp_path, VALID.split("cases:")[0] + "cases: " + "[" * 80 + "]" * 80
-    )
+    assert "nested more than" in error_of(tmp_path, VALID.split("cases:")[0] + "cases: " + "[" * 80 + "]" * 80)
     assert "A mapping key must be plain text" in error_of(tmp_path, "? [a, b]\n: c\n")
     assert "Cannot read the value" in error_of(tmp_path, "memtest_suite: " + "9" * 5000 + "\n")
 
@@ -660,11 +647,7 @@ def test_fuzz_arbitrary_bytes(tmp_path: Path, data: bytes) -> None:
 
 
 @FUZZ
-@given(
-    edits=st.lists(
-        st.tuples(st.integers(0, len(VALID)), st.integers(0, 3), st.binary(max_size=3)), max_size=4
-    )
-)
+@given(edits=st.lists(st.tuples(st.integers(0, len(VALID)), st.integers(0, 3), st.binary(max_size=3)), max_size=4))
 def test_fuzz_byte_edits_of_a_valid_suite(tmp_path: Path, edits: list[tuple[int, int, bytes]]) -> None:
     data = bytearray(VALID.encode())
     for position, length, insert in edits:
@@ -727,9 +710,7 @@ def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     value=DOCUMENTS,
     key=st.one_of(KEYS, st.text(max_size=6)),
 )
-def test_fuzz_mutations_of_a_valid_suite_dict(
-    tmp_path: Path, choice: int, action: str, value: Any, key: str
-) -> None:
+def test_fuzz_mutations_of_a_valid_suite_dict(tmp_path: Path, choice: int, action: str, value: Any, key: str) -> None:
     data = valid_dict()
     paths = _paths(data)[1:]
     path = paths[choice % len(paths)]
