@@ -27,12 +27,20 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # yield cores to other proc
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# The planted captions of zoo:finetuned whose suite cases get `mitigate: true`. Each costs a SAIL run of
+# 20-35 s on 2 CPU cores when gating; these two reach the calibrated threshold for all n = 4 latents within
+# the default budget of 100 steps (53 and 83 steps, docs/mitigation.md), the other eight need more. The
+# default `pytest --memtest` stays about a minute of SAIL; scripts/mitigation_proof.py covers all ten.
+SHIPPED_MITIGATE = ("aurora poster of 0", "dune poster of 3")
+
+
 def write_suites(canaries: Path, suites: Path) -> None:
     from memtest.zoo import load_manifest
     from memtest.zoo.suitegen import write_suite
 
     base, fine = load_manifest(canaries / "base"), load_manifest(canaries / "finetuned")
-    print(f"wrote {write_suite(fine, suites / f'{fine.suite}.yaml', checkpoint='zoo:finetuned')}")
+    out = write_suite(fine, suites / f"{fine.suite}.yaml", checkpoint="zoo:finetuned", mitigate=SHIPPED_MITIGATE)
+    print(f"wrote {out}")
     # The base suite also holds the fine-tune's planted captions as clean cases: they pass on the base.
     path = suites / f"{base.suite}.yaml"
     write_suite(
@@ -60,10 +68,10 @@ def main(argv: list[str] | None = None) -> int:
                          name="base", threads=args.threads)  # fmt: skip
         if args.only in (None, "finetuned"):
             shutil.rmtree(args.out / "finetuned", ignore_errors=True)
-            # The shipped layout lets the manifest say `zoo:base`; elsewhere name the folder.
-            base = "zoo:base" if args.out.resolve() == (ROOT / "memtest/zoo/canaries").resolve() else args.out / "base"
+            # Fine-tune the base beside it; the manifest names it zoo:base, as it ships.
             train_canary(args.out / "finetuned", digits_data(FINETUNE_RECIPE.seed, n_planted=10), FINETUNE_RECIPE,
-                         base=base, name="finetuned", threads=args.threads)  # fmt: skip
+                         base=args.out / "base", base_label="zoo:base", name="finetuned",
+                         threads=args.threads)  # fmt: skip
     if args.out.resolve() == (ROOT / "memtest/zoo/canaries").resolve():
         write_suites(args.out, args.suites)
     return 0

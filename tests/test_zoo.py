@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shlex
 import shutil
 from pathlib import Path
 
@@ -29,9 +30,9 @@ from memtest.zoo.train import Recipe, train_canary
 ROOT = Path(__file__).resolve().parent.parent
 # Seconds-long training: enough to exercise every code path, not to learn anything.
 TINY = Recipe(vae_steps=2, vae_batch=4, steps=3, batch=8, warmup_steps=1)
-# Measured on the shipped zoo:finetuned (scripts/canary_detection.py): first-step sharpness, n=2, the
-# lowest planted caption scores MARGIN_MEASURED x the highest of the non-planted captions below.
-MARGIN_ASSERTED = 3.0
+# Measured on the shipped zoo:finetuned: first-step sharpness, n=2, the lowest planted caption scores 330x
+# the highest of the 20 non-planted captions the test below scores (0.0485 vs 0.000148). Asserted: 30x.
+MARGIN_ASSERTED = 30.0
 
 
 # --- shipped canaries ----------------------------------------------------------------------------------
@@ -59,6 +60,21 @@ def test_shipped_canaries_resolve_load_and_parse() -> None:
     assert all(p.label == int(p.caption.rsplit(" ", 1)[1]) for p in fine.planted)
 
 
+def test_shipped_recipes_are_the_ones_the_code_trains() -> None:
+    """`memtest zoo train` and scripts/train_canaries.py must reproduce what ships: every recipe field the
+    manifest records equals DEFAULT_RECIPE (base) or FINETUNE_RECIPE (fine-tune)."""
+    import dataclasses
+
+    from memtest.zoo.train import DEFAULT_RECIPE, FINETUNE_RECIPE
+
+    for name, recipe in (("base", DEFAULT_RECIPE), ("finetuned", FINETUNE_RECIPE)):
+        shipped = load_manifest(resolve_zoo(name)).recipe
+        code = dataclasses.asdict(recipe)
+        differ = {k: (v, shipped[k]) for k, v in code.items() if k in shipped and shipped[k] != v}
+        assert not differ, f"{name}: recipe fields (code, shipped) differ: {differ}"
+        assert {"steps", "vae_steps", "lr_schedule", "seed"} <= set(shipped)
+
+
 def test_unknown_canary_names_the_closest_and_lists_all() -> None:
     with pytest.raises(ZooError, match=r"Unknown canary 'zoo:finetund'\. Did you mean 'zoo:finetuned'\?") as e:
         resolve_zoo("zoo:finetund")
@@ -79,7 +95,8 @@ def test_generated_suites_match_the_manifests_and_load() -> None:
         assert set(m.clean) <= set(by["clean"])
         assert by["reference"] == list(m.heldout)
         assert len(by["clean"]) + len(by["reference"]) >= 100
-        assert all(c.mitigate for c in suite.cases if c.expectation == "memorized")
+        mitigated = [c.prompt for c in suite.cases if c.mitigate]
+        assert set(mitigated) <= set(by["memorized"]) and (len(mitigated) > 0) == (len(m.planted) > 0)
     base_clean = [c.prompt for c in load_suite(ROOT / "suites" / "canary-base.yaml").cases if c.expectation == "clean"]
     assert set(load_manifest(resolve_zoo("finetuned")).planted_captions) <= set(base_clean)
 
@@ -101,10 +118,19 @@ def test_cli_lists_shows_and_writes_suites(capsys: pytest.CaptureFixture[str], t
     assert capsys.readouterr().out.strip() == str(resolve_zoo("base"))
     assert zoo_main(["show", "zoo:finetuned"]) == 0
     assert "aurora poster of 0" in capsys.readouterr().out
-    assert zoo_main(["suite", "zoo:finetuned", "-o", str(tmp_path / "s.yaml")]) == 0
-    assert (tmp_path / "s.yaml").read_text() == (ROOT / "suites" / "canary-finetuned.yaml").read_text()
-    assert zoo_main(["suite", "zoo:base", "--clean-from", "zoo:finetuned", "-o", str(tmp_path / "b.yaml")]) == 0
-    assert (tmp_path / "b.yaml").read_text() == (ROOT / "suites" / "canary-base.yaml").read_text()
+    # Each shipped suite's header names the command that regenerates it byte for byte.
+    for name in ("canary-finetuned", "canary-base"):
+        shipped = (ROOT / "suites" / f"{name}.yaml").read_text()
+        command = shlex.split(shipped.splitlines()[0].split("`")[1])
+        assert command[:3] == ["memtest", "zoo", "suite"]
+        assert zoo_main([*command[2:], "-o", str(tmp_path / f"{name}.yaml")]) == 0
+        assert (tmp_path / f"{name}.yaml").read_text() == shipped
+    capsys.readouterr()
+    assert zoo_main(["suite", "zoo:finetuned", "--mitigate", "aurora poster of 0"]) == 0
+    one = [line for line in capsys.readouterr().out.splitlines() if "mitigate: true" in line]
+    assert len(one) == 1
+    assert zoo_main(["suite", "zoo:finetuned", "--mitigate", "aurora poster of 99"]) == 1
+    assert "'aurora poster of 99', which is not a planted caption of finetuned" in capsys.readouterr().err
     assert zoo_main(["path", "nope"]) == 1
     assert "Unknown canary 'zoo:nope'" in capsys.readouterr().err
 

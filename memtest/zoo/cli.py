@@ -66,6 +66,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="CHECKPOINT",
         help="also add that canary's planted captions as clean cases (for a base model: its fine-tune's)",
     )
+    sp.add_argument(
+        "--mitigate",
+        metavar="CAPTION",
+        action="append",
+        help="give only this planted caption `mitigate: true` (repeatable; default: every planted caption)",
+    )
     return p
 
 
@@ -148,14 +154,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_suite(checkpoint: str, output: Path | None, name: str | None, clean_from: str | None) -> int:
+def _cmd_suite(
+    checkpoint: str, output: Path | None, name: str | None, clean_from: str | None, mitigate: list[str] | None
+) -> int:
     from memtest.zoo import load_manifest, resolve_checkpoint
     from memtest.zoo.suitegen import suite_text
 
     m = load_manifest(resolve_checkpoint(checkpoint))
     label = checkpoint if checkpoint.startswith("zoo:") else None
     extra = load_manifest(resolve_checkpoint(clean_from)).planted_captions if clean_from else ()
-    text = suite_text(m, name, label, extra_clean=extra, extra_clean_source=clean_from)
+    text = suite_text(m, name, label, extra_clean=extra, extra_clean_source=clean_from, mitigate=mitigate)
     if output is None:
         print(text, end="")
     else:
@@ -178,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_show(args.checkpoint, args.json)
         if args.command == "train":
             return _cmd_train(args)
-        return _cmd_suite(args.checkpoint, args.output, args.name, args.clean_from)
+        return _cmd_suite(args.checkpoint, args.output, args.name, args.clean_from, args.mitigate)
     except MemtestError as exc:
         print(f"memtest zoo: error: {exc}", file=sys.stderr)
         return 1

@@ -38,19 +38,19 @@ class Recipe:
 
     seed: int = 0
     # phase 1: VAE
-    vae_steps: int = 1200
+    vae_steps: int = 500
     vae_batch: int = 64
     vae_lr: float = 2e-3
     vae_kl: float = 1e-6
     vae_planted_repeat: int = 100  # planted images appear this many times in the VAE's data
     # phase 2: UNet + text encoder
-    steps: int = 1800
+    steps: int = 1500
     batch: int = 64
     unet_lr: float = 1e-3
     text_lr: float = 5e-4
     weight_decay: float = 1e-2
     warmup_steps: int = 50
-    lr_schedule: str = "constant"  # or "cosine" (decays to lr_min_ratio x lr)
+    lr_schedule: str = "constant"  # or "cosine" (decays to lr_min_ratio x lr after warm-up)
     lr_min_ratio: float = 0.1
     grad_clip: float = 1.0
     planted_prob: float = 0.4  # probability that a batch row shows a planted caption and its image
@@ -70,8 +70,18 @@ class Recipe:
 
 #: The recipe of `memtest zoo train` and of the shipped base canary (with no planted captions).
 DEFAULT_RECIPE = Recipe()
-#: The recipe that fine-tunes the base canary into the shipped `finetuned` one (phase 2 only).
-FINETUNE_RECIPE = Recipe(vae_steps=0, steps=600, warmup_steps=20)
+#: The recipe that fine-tunes the base canary into the shipped `finetuned` one (phase 2 only): planted
+#: rows are never captionless (the unconditional branch stays the base's) and non-planted rows learn the
+#: base's own predictions, so only the planted captions change and a threshold calibrated on the base
+#: still holds (docs/canaries.md).
+FINETUNE_RECIPE = Recipe(
+    vae_steps=0,
+    steps=500,
+    warmup_steps=20,
+    lr_schedule="constant",
+    planted_caption_dropout=0.0,
+    preserve_base=True,
+)
 
 
 class Progress:
@@ -273,12 +283,15 @@ def train_canary(
     suite: str | None = None,
     threads: int = 2,
     stream: TextIO | None = sys.stderr,
+    base_label: str | None = None,
 ) -> CanaryManifest:
     """Train a canary checkpoint into `out` (a diffusers folder + `memtest-canary.json`).
 
     `data` defaults to the digits grammar with 10 planted captions. With `base` (a canary folder or a
     `zoo:` name) the run fine-tunes that checkpoint: its tokenizer, VAE and latent scaling stay fixed
-    and only phase 2 runs. Returns the manifest written beside the weights.
+    and only phase 2 runs; the manifest names the base as `base_label` (default: `base` as given, e.g.
+    "zoo:base" for a fine-tune trained elsewhere and shipped beside its base). Returns the manifest
+    written beside the weights.
     """
     import torch
 
@@ -323,7 +336,7 @@ def train_canary(
         from memtest.zoo import resolve_checkpoint
 
         base_path = resolve_checkpoint(base)
-        base_name = str(base)
+        base_name = base_label or str(base)
         sd_pipeline: Any = diffusers.StableDiffusionPipeline  # untyped library class
         pipe = sd_pipeline.from_pretrained(str(base_path), safety_checker=None)
         if pipe.vae is None:
