@@ -73,8 +73,11 @@ DEFAULT_LR = 0.05
 ALPHA_RATIO = 0.1
 #: Optimisation steps (of the whole batch) before SAIL gives up.
 DEFAULT_MAX_STEPS = DEFAULT_MITIGATION_STEPS
-#: Steps a candidate may take before it restarts from a fresh seed (the paper's code: 10).
-DEFAULT_RESTART_AFTER = 20
+#: Steps a candidate may take before it restarts from a fresh seed (the paper's code: 10). A planted caption
+#: of zoo:finetuned needs 40-90 Adam steps to fall 50-100x to the calibrated threshold; restarting after 20
+#: threw every candidate away before it got there (0 of 40 accepted in 100 steps), so within the default
+#: budget a candidate keeps its seed, and restarts only pay off when the budget is raised.
+DEFAULT_RESTART_AFTER = 100
 #: Baselines: words (RTA) or numbers (RNA) added to the prompt.
 DEFAULT_ADDITIONS = 2
 #: Prompt-embedding optimisation (Wen et al.): Adam learning rate and step budget.
@@ -522,6 +525,19 @@ def image_distances(images: np.ndarray, references: np.ndarray) -> np.ndarray:
 def nearest_distances(images: np.ndarray, references: np.ndarray) -> np.ndarray:
     """Nearest-neighbour RMSE of every image to a set of references, (N,)."""
     return np.asarray(image_distances(images, references).min(axis=1), dtype=np.float64)
+
+
+def vae_roundtrip(checkpoint: Checkpoint, image: np.ndarray) -> np.ndarray:
+    """decode(encode(image)) with the posterior mean: the closest image the checkpoint can output for a
+    training image. (H, W, 3) in [0, 1] -> (H, W, 3) in [0, 1]."""
+    if checkpoint.vae is None:
+        raise MitigationError(f"Checkpoint {checkpoint.name} has no VAE to reproduce an image with.")
+    arr = np.ascontiguousarray(np.asarray(image, dtype=np.float32).transpose(2, 0, 1))[None] * 2.0 - 1.0
+    x = torch.from_numpy(arr).to(checkpoint.device, checkpoint.dtype)
+    with torch.no_grad():
+        rec = checkpoint.vae.decode(checkpoint.vae.encode(x).latent_dist.mean).sample
+    out = (rec[0].float().cpu().numpy().transpose(1, 2, 0) + 1.0) / 2.0
+    return np.asarray(np.clip(out, 0.0, 1.0), dtype=np.float32)
 
 
 def planted_image(checkpoint_folder: str | Path, prompt: str) -> np.ndarray | None:
@@ -999,13 +1015,14 @@ def mitigate_embedding(
 
 
 def judge_mitigation(
-    case: Any, mitigation: Mitigation, unmitigated: float, *, folder: str | Path | None = None
+    case: Any, mitigation: Mitigation, unmitigated: float, *, checkpoint: Checkpoint | None = None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """A `mitigate` case record and the results' `mitigation` entry for a suite case (an `AuditCase`).
 
     The case passes when the method succeeded, every accepted x_T is below the threshold, and their mean
-    sharpness is below `unmitigated` (the detector's score of the prompt). With a canary `folder`, the
-    entry also carries the mean distance of the images before and after to the memorised training image.
+    sharpness is below `unmitigated` (the detector's score of the prompt). On a canary `checkpoint` whose
+    manifest plants the prompt, the entry also carries the mean RMSE of the images before and after to the
+    memorised training image as the checkpoint's VAE reproduces it (`vae_roundtrip`).
     """
     after = [float(v) for v in mitigation.sharpness_after]
     thr = float(mitigation.threshold)
@@ -1047,7 +1064,9 @@ def judge_mitigation(
         ),
     }
     before_d = after_d = None
-    target = planted_image(folder, case.prompt) if folder is not None else None
+    target = planted_image(checkpoint.path, case.prompt) if checkpoint is not None else None
+    if target is not None and checkpoint is not None and checkpoint.vae is not None:
+        target = vae_roundtrip(checkpoint, target)
     if target is not None and mitigation.images_before is not None:
         before_d = float(image_distances(mitigation.images_before, target[None]).mean())
         if mitigation.images_after is not None:
@@ -1099,4 +1118,5 @@ __all__ = [
     "reference_threshold",
     "sail",
     "sail_loss",
+    "vae_roundtrip",
 ]

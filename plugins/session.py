@@ -255,7 +255,7 @@ class MemtestSession:
             result = mitigate_sail(
                 engine.scorer, case.prompt, threshold=cal.threshold, max_steps=self.audit.mitigation_steps
             )
-            record, entry = judge_mitigation(case, result, unmitigated, folder=self.checkpoint_folder)
+            record, entry = judge_mitigation(case, result, unmitigated, checkpoint=engine.checkpoint)
         except MemtestError as exc:
             item.memtest_record = self._error_record(item, str(exc))
             raise

@@ -58,16 +58,6 @@ class Canary:
     reconstructed: dict[str, np.ndarray] = field(default_factory=dict)  # memorised images through the VAE
 
 
-def vae_roundtrip(ckpt: Any, image: np.ndarray) -> np.ndarray:
-    """(H, W, 3) in [0, 1] -> decode(encode(image)) with the posterior mean, (H, W, 3) in [0, 1]."""
-    import torch
-
-    x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))[None] * 2.0 - 1.0).float()
-    with torch.no_grad():
-        rec = ckpt.vae.decode(ckpt.vae.encode(x.to(ckpt.device, ckpt.dtype)).latent_dist.mean).sample
-    return np.clip((rec[0].float().cpu().numpy().transpose(1, 2, 0) + 1.0) / 2.0, 0.0, 1.0)
-
-
 def load_canary(checkpoint: str, n: int, acceptance: str = "detection") -> Canary:
     from memtest.calibration import CALIBRATION_FILENAME
     from memtest.checkpoint import load_checkpoint
@@ -102,6 +92,8 @@ def load_canary(checkpoint: str, n: int, acceptance: str = "detection") -> Canar
             source = f"the median of the checkpoint's {cal.n_reference} calibration reference scores"
     else:
         threshold, source = calibrate_on_heldout(scorer, manifest, median=acceptance == "median")
+    from memtest.mitigation import vae_roundtrip
+
     recs = {p.caption: vae_roundtrip(ckpt, p.image()) for p in manifest.planted}
     return Canary(checkpoint, scorer, float(threshold), source, manifest, train.astype(np.float32), index, recs)
 
@@ -260,8 +252,10 @@ def markdown(canary: Canary, rows: list[dict[str, Any]], rng: dict[str, Any], n:
         f"memorised image {mean(copied, 'before', 'to_copy'):.3f} -> {mean(copied, 'after', 'to_copy'):.3f}; "
         f"digit recognised {mean(copied, 'before', 'aligned'):.2f} -> {mean(copied, 'after', 'aligned'):.2f}.",
         f"- Cost: one full generation (50 DDIM steps, {n} images) took {mean(rows, 'generation_seconds'):.2f} s on "
-        f"average in this run; SAIL took {mean(rows, 'sail_seconds'):.2f} s per prompt, "
-        f"**{mean(rows, 'cost_ratio'):.2f}x a generation**. Accepted x_T norm / original norm: "
+        f"average in this run; SAIL took {mean(rows, 'sail_seconds'):.2f} s per prompt: "
+        f"**{mean(rows, 'sail_seconds') / mean(rows, 'generation_seconds'):.1f}x a generation** (total over total; "
+        f"per prompt, median x{float(np.median([r['cost_ratio'] for r in rows])):.1f}, measured in the same run on "
+        f"2 CPU cores; one ratio per prompt is noisy). Accepted x_T norm / original norm: "
         f"{mean(done, 'norm_ratio'):.3f}.",
     ]
     return "\n".join(lines)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -328,32 +329,29 @@ def check_results(doc: dict[str, Any], threshold: float) -> None:
     assert all(len(img) < 4000 for img in entry["images_before"] + entry["images_after"])
 
 
-def test_mitigate_true_item_and_fixture_in_one_process(pytester: pytest.Pytester, gate_env: dict[str, Any]) -> None:
+def test_memtest_mitigation_fixture(pytester: pytest.Pytester, gate_env: dict[str, Any]) -> None:
     suite = mitigation_suite(gate_env, pytester.path)
     code = FIXTURE_TESTS.replace("THRESHOLD", repr(gate_env["threshold"])).replace("SUITE", repr(str(suite)))
     pytester.makepyfile(test_mit=code)
     result = pytester.runpytest(
-        *plugin_args(
-            gate_env, suite, f"--memtest-calibration={gate_env['calibration']}", "--memtest-json=r.json",
-            "--memtest-report=r.html", "--memtest-mitigation-steps=30", "-v", "test_mit.py", str(suite),
-        )
+        "-p", "no:cacheprovider", f"--memtest-checkpoint={gate_env['checkpoint']}", "--memtest-n=1",
+        f"--memtest-calibration={gate_env['calibration']}", "--memtest-mitigation-steps=30", "-v", "test_mit.py",
     )  # fmt: skip
-    result.assert_outcomes(passed=6)  # 3 suite items (one of them [mitigate]) + 3 fixture tests
-    result.stdout.fnmatch_lines(
-        ["*test_case?mem? PASSED*", "*::mem?mitigate? PASSED*", "*mitigation (SAIL): 1 of 1 cases*"]
-    )
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(["*test_prompt PASSED*", "*test_case?mem? PASSED*"])
+
+
+def test_mitigate_true_adds_a_mitigation_item_under_xdist(pytester: pytest.Pytester, gate_env: dict[str, Any]) -> None:
+    suite = mitigation_suite(gate_env, pytester.path)
+    cal = f"--memtest-calibration={gate_env['calibration']}"
+    args = plugin_args(gate_env, suite, cal, "--memtest-json=r.json", "--memtest-report=r.html", "-v")
+    result = pytester.runpytest_subprocess("-n", "2", *args)
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(["*PASSED*::mem?mitigate?*", "*mitigation (SAIL): 1 of 1 cases*"])
+    # the record and the mitigation entry travel from the worker to the controller on the report
     check_results(json.loads((pytester.path / "r.json").read_text()), gate_env["threshold"])
     html = (pytester.path / "r.html").read_text()
     assert html.count("data:image/png;base64,") >= 2
-
-
-def test_mitigate_true_under_xdist(pytester: pytest.Pytester, gate_env: dict[str, Any]) -> None:
-    suite = mitigation_suite(gate_env, pytester.path)
-    args = plugin_args(gate_env, suite, f"--memtest-calibration={gate_env['calibration']}", "--memtest-json=r.json")
-    result = pytester.runpytest_subprocess("-n", "2", *args)
-    result.assert_outcomes(passed=3)
-    # the record and the mitigation entry travel from the worker to the controller on the report
-    check_results(json.loads((pytester.path / "r.json").read_text()), gate_env["threshold"])
 
 
 def test_mitigation_items_only_in_gate_mode_and_the_budget_option(
@@ -369,3 +367,49 @@ def test_mitigation_items_only_in_gate_mode_and_the_budget_option(
     bad = pytester.runpytest(*plugin_args(gate_env, suite, "--memtest-mitigation-steps=0"))
     assert bad.ret == pytest.ExitCode.USAGE_ERROR
     bad.stderr.fnmatch_lines(["*--memtest-mitigation-steps must be a positive integer, got 0*"])
+
+
+# -- the shipped canary: does the copy go away? ------------------------------------------------------------
+
+
+def _script(name: str) -> Any:
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"_memtest_script_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_sail_on_the_canary_flattens_the_noise_keeps_the_digit_and_reports_the_copy() -> None:
+    """One planted caption of zoo:finetuned through scripts/mitigation_proof.py (its smoke test too).
+
+    What SAIL guarantees must hold: the unmitigated image is a copy, the accepted x_T lie below the calibrated
+    threshold, far below the unmitigated sharpness, and the digit the caption asks for is still recognised.
+    Whether the copy is gone is measured, and the test xfails when it is not: on the shipped canary every
+    x_T reproduces the planted image (docs/mitigation.md), so flattening x_T at the detection threshold does
+    not move the image off the copy.
+    """
+    from memtest.zoo import zoo_names
+
+    if "finetuned" not in zoo_names():
+        pytest.skip("the finetuned canary is not in this install (memtest/zoo/canaries/finetuned)")
+    proof = _script("mitigation_proof")
+    canary = proof.load_canary("zoo:finetuned", 1, "detection")
+    clean = list(canary.manifest.heldout)[:4]
+    boundary = proof.memorised_range(canary, clean)["boundary"]
+    (row,) = proof.prove(canary, ["dune poster of 3"], boundary)
+    assert row["before"]["copies"] == 1 and row["before"]["to_copy"] < boundary  # the canary memorised it
+    assert row["succeeded"] and row["accepted"] == 1
+    assert row["sharpness_after"] < canary.threshold < row["sharpness_before"]
+    assert row["sharpness_after"] < row["sharpness_before"] / 5
+    assert row["after"]["aligned"] == 1.0  # the digit the caption asks for
+    if row["after"]["copies"]:
+        pytest.xfail(
+            f"copy not gone: RMSE to the memorised image {row['before']['to_copy']:.3f} -> "
+            f"{row['after']['to_copy']:.3f}, memorised range < {boundary:.3f} (docs/mitigation.md)"
+        )
+    assert row["after"]["to_copy"] > boundary
