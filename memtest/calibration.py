@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -138,10 +136,9 @@ def save_calibration(cal: Calibration, path: str | Path) -> Path:
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(cal.to_dict(), indent=2, sort_keys=True, allow_nan=False)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".calibration-", suffix=".json")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text + "\n")
-    os.replace(tmp, out)
+    from .results import atomic_write_text
+
+    atomic_write_text(out, text + "\n")
     return out
 
 

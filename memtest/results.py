@@ -319,10 +319,17 @@ def write_results(doc: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file in the same folder and os.replace."""
+    """Write `text` to `path` through a temporary file in the same folder and os.replace.
+
+    The file gets the permissions a plain `open(path, "w")` would (0666 less the umask), not mkstemp's
+    0600: results, reports and calibrations are meant to be shared and read by CI artifact uploaders.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
             handle.write(text)
             handle.flush()

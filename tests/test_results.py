@@ -247,6 +247,22 @@ def test_write_then_load_round_trips(tmp_path: Path) -> None:
     assert not list(tmp_path.glob("sub/.*tmp")), "temporary file left behind"
 
 
+def test_written_files_get_umask_permissions_not_mkstemps(tmp_path: Path) -> None:
+    """Results, reports and calibrations are shared: 0666 less the umask, as open() would give, not 0600."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        write_results(make_results(2), tmp_path / "r.json")
+        assert stat.S_IMODE((tmp_path / "r.json").stat().st_mode) == 0o644
+        os.umask(0o077)
+        write_results(make_results(2), tmp_path / "private.json")
+        assert stat.S_IMODE((tmp_path / "private.json").stat().st_mode) == 0o600
+    finally:
+        os.umask(old)
+
+
 def test_write_rejects_nan_and_leaves_no_file(tmp_path: Path) -> None:
     doc = make_results(3)
     doc["settings"]["fd_h"] = float("nan")
