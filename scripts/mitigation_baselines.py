@@ -22,7 +22,6 @@ With `--write`, the table replaces the block between `<!-- baselines:begin -->` 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -36,10 +35,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from mitigation_proof import (  # a sibling script
     Canary,
+    add_arguments,
     copy_stats,
-    load_canary,
-    memorised_range,
+    prepare,
     write_block,
+    write_json,
 )
 
 METHODS = ("none", "sail", "rta", "rna", "embedding")
@@ -127,49 +127,26 @@ def markdown(canary: Canary, rows: list[dict[str, Any]], methods: tuple[str, ...
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", default="zoo:finetuned")
-    ap.add_argument("--n", type=int, default=4)
-    ap.add_argument("--captions", type=int, default=None, help="only the first K planted captions")
-    ap.add_argument("--clean", type=int, default=20, help="non-memorised captions that set the memorised range")
+    add_arguments(ap)
     ap.add_argument("--methods", default=",".join(METHODS))
-    ap.add_argument("--acceptance", default="detection", help="detection, median, or a threshold value")
-    ap.add_argument("--max-steps", type=int, default=None)
-    ap.add_argument("--restart-after", type=int, default=None)
-    ap.add_argument("--renormalize", action="store_true")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--write", type=Path, default=None)
-    ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
-
-    import torch
-
-    torch.set_num_threads(args.threads)
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         raise SystemExit(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
-    canary = load_canary(args.checkpoint, args.n, args.acceptance)
-    planted = list(canary.manifest.planted_captions)[: args.captions]
-    pool = list(canary.manifest.heldout) + list(canary.manifest.clean)
-    pick = np.random.default_rng(0).choice(len(pool), size=min(args.clean, len(pool)), replace=False)
-    rng = memorised_range(canary, [pool[i] for i in pick])
-    sail_options: dict[str, Any] = {"renormalize": args.renormalize}
-    for key in ("max_steps", "restart_after"):
-        if getattr(args, key) is not None:
-            sail_options[key] = getattr(args, key)
-    rows = compare(canary, planted, rng["boundary"], methods, sail_options)
-    text = markdown(canary, rows, methods, args.n, rng["boundary"])
+    run = prepare(args)
+    canary, sail_options, boundary = run.canary, run.sail_options, run.range["boundary"]
+    rows = compare(canary, run.planted, boundary, methods, sail_options)
+    text = markdown(canary, rows, methods, args.n, boundary)
     text += f"\n\nAcceptance threshold: {canary.threshold_source}; SAIL options: {sail_options}. " + NOTE
     print(text)
     if args.write:
-        tag = args.acceptance if args.acceptance in ("detection", "median") else "given"
-        write_block(args.write, f"baselines-{tag}", text)
+        write_block(args.write, f"baselines-{run.tag}", text)
     result = {
         "checkpoint": canary.name, "threshold": canary.threshold, "threshold_source": canary.threshold_source,
-        "range": rng, "rows": rows, "n": args.n, "methods": list(methods), "sail_options": sail_options,
+        "range": run.range, "rows": rows, "n": args.n, "methods": list(methods), "sail_options": sail_options,
     }  # fmt: skip
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1, default=float) + "\n", encoding="utf-8")
+    write_json(args.json, result)
     return result
 
 

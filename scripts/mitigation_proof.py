@@ -274,8 +274,8 @@ def write_block(path: Path, tag: str, text: str) -> None:
     path.write_text(doc, encoding="utf-8")
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """The options this script shares with mitigation_baselines.py."""
     ap.add_argument("--checkpoint", default="zoo:finetuned")
     ap.add_argument("--n", type=int, default=4)
     ap.add_argument("--captions", type=int, default=None, help="only the first K planted captions")
@@ -288,32 +288,55 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--write", type=Path, default=None, help="markdown file to update (docs/mitigation.md)")
     ap.add_argument("--json", type=Path, default=None)
-    args = ap.parse_args(argv)
 
+
+@dataclass
+class Run:
+    """What both scripts set up from their shared options."""
+
+    canary: Canary
+    planted: list[str]  # the planted captions to mitigate
+    range: dict[str, Any]  # memorised_range of the non-memorised captions drawn from the manifest
+    sail_options: dict[str, Any]  # the SAIL options given on the command line
+    tag: str  # the docs block suffix: the acceptance, or "given" for a threshold value
+
+
+def prepare(args: argparse.Namespace) -> Run:
     import torch
 
     torch.set_num_threads(args.threads)
     canary = load_canary(args.checkpoint, args.n, args.acceptance)
     planted = list(canary.manifest.planted_captions)[: args.captions]
     pool = list(canary.manifest.heldout) + list(canary.manifest.clean)
-    others = [
-        pool[i] for i in np.random.default_rng(0).choice(len(pool), size=min(args.clean, len(pool)), replace=False)
-    ]
-    rng = memorised_range(canary, others)
+    pick = np.random.default_rng(0).choice(len(pool), size=min(args.clean, len(pool)), replace=False)
+    rng = memorised_range(canary, [pool[i] for i in pick])
     print(f"memorised range: {rng}", file=sys.stderr)
     options: dict[str, Any] = {"renormalize": args.renormalize}
     for key in ("max_steps", "restart_after", "lr"):
         if getattr(args, key) is not None:
             options[key] = getattr(args, key)
-    rows = prove(canary, planted, rng["boundary"], **options)
-    result = {"threshold": canary.threshold, "range": rng, "rows": rows, "n": args.n, "options": options}
-    text = markdown(canary, rows, rng, args.n, options)
+    tag = args.acceptance if args.acceptance in ("detection", "median") else "given"
+    return Run(canary, planted, rng, options, tag)
+
+
+def write_json(path: Path | None, result: dict[str, Any]) -> None:
+    if path:
+        path.write_text(json.dumps(result, indent=1, default=float) + "\n", encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(ap)
+    args = ap.parse_args(argv)
+    run = prepare(args)
+    canary, options = run.canary, run.sail_options
+    rows = prove(canary, run.planted, run.range["boundary"], **options)
+    result = {"threshold": canary.threshold, "range": run.range, "rows": rows, "n": args.n, "options": options}
+    text = markdown(canary, rows, run.range, args.n, options)
     print(text)
     if args.write:
-        tag = args.acceptance if args.acceptance in ("detection", "median") else "given"
-        write_block(args.write, f"proof-{tag}", text)
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1, default=float) + "\n", encoding="utf-8")
+        write_block(args.write, f"proof-{run.tag}", text)
+    write_json(args.json, result)
     return result
 
 
