@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,24 @@ CAPTIONS = [
     "a drawing of an odd number",
     "a render of a large number",
 ]
+
+
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+
+
+@pytest.fixture(scope="session")
+def load_script() -> Callable[[str], Any]:
+    """Import scripts/<name>.py as a module (scripts are not a package; they import their siblings)."""
+
+    def load(name: str) -> Any:
+        spec = importlib.util.spec_from_file_location(f"_memtest_script_{name}", SCRIPTS / f"{name}.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+        return module
+
+    return load
 
 
 def _build(root: Path, prediction_type: str) -> Path:

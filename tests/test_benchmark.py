@@ -9,6 +9,7 @@ import json
 import math
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,14 +68,9 @@ def test_quick_benchmark_reports_every_measurement(tmp_path: Path) -> None:
             assert 0 <= acc["median_rel_err_vs_jvp"] <= acc["max_rel_err_vs_jvp"] < 0.05, (name, acc)
 
 
-def test_without_warm_up_the_timed_calls_still_give_values(tmp_path: Path) -> None:
+def test_without_warm_up_the_timed_calls_still_give_values(load_script: Callable[[str], Any], tmp_path: Path) -> None:
     """The SD-scale mode: no first calls, one round; ratios and accuracy come from the timed calls."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("memtest_benchmark", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("benchmark")
     out = tmp_path / "bench.json"
     args = ["--quick", "--device", "cpu", "--no-first-call", "--reps", "1", "--prompts", "2", "--n", "1"]
     assert bench.main([*args, "--methods", "fd-forward,jvp", "--json", str(out)]) == 0

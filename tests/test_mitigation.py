@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -372,19 +372,9 @@ def test_mitigation_items_only_in_gate_mode_and_the_budget_option(
 # -- the shipped canary: does the copy go away? ------------------------------------------------------------
 
 
-def _script(name: str) -> Any:
-    import importlib.util
-
-    path = Path(__file__).resolve().parent.parent / "scripts" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"_memtest_script_{name}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_sail_on_the_canary_flattens_the_noise_keeps_the_digit_and_reports_the_copy() -> None:
+def test_sail_on_the_canary_flattens_the_noise_keeps_the_digit_and_reports_the_copy(
+    load_script: Callable[[str], Any],
+) -> None:
     """One planted caption of zoo:finetuned through scripts/mitigation_proof.py (its smoke test too).
 
     What SAIL guarantees must hold: the unmitigated image is a copy, the accepted x_T lie below the calibrated
@@ -397,7 +387,7 @@ def test_sail_on_the_canary_flattens_the_noise_keeps_the_digit_and_reports_the_c
 
     if "finetuned" not in zoo_names():
         pytest.skip("the finetuned canary is not in this install (memtest/zoo/canaries/finetuned)")
-    proof = _script("mitigation_proof")
+    proof = load_script("mitigation_proof")
     canary = proof.load_canary("zoo:finetuned", 1, "detection")
     clean = list(canary.manifest.heldout)[:4]
     boundary = proof.memorised_range(canary, clean)["boundary"]
@@ -413,3 +403,26 @@ def test_sail_on_the_canary_flattens_the_noise_keeps_the_digit_and_reports_the_c
             f"{row['after']['to_copy']:.3f}, memorised range < {boundary:.3f} (docs/mitigation.md)"
         )
     assert row["after"]["to_copy"] > boundary
+
+
+def test_baselines_script_smoke(load_script: Callable[[str], Any], tmp_path: Path) -> None:
+    """scripts/mitigation_baselines.py on one planted caption, n = 1, a 3-step SAIL budget: the table it
+    writes into a docs file and the JSON it returns hold the measured rows."""
+    from memtest.zoo import zoo_names
+
+    if "finetuned" not in zoo_names():
+        pytest.skip("the finetuned canary is not in this install (memtest/zoo/canaries/finetuned)")
+    doc = tmp_path / "doc.md"
+    doc.write_text("# x\n\n<!-- baselines-detection:begin -->\nSTALE-TABLE\n<!-- baselines-detection:end -->\n")
+    args = ["--captions", "1", "--n", "1", "--clean", "2", "--max-steps", "3", "--methods", "none,sail,rna"]
+    result = load_script("mitigation_baselines").main([*args, "--write", str(doc), "--json", str(tmp_path / "b.json")])
+    assert json.loads((tmp_path / "b.json").read_text())["sail_options"] == {"renormalize": False, "max_steps": 3}
+    rows = {r["method"]: r for r in result["rows"]}
+    assert set(rows) == {"none", "sail", "rna"} and all(r["caption"] == "aurora poster of 0" for r in rows.values())
+    # the planted caption is flagged unmitigated; 3 SAIL steps accept nothing (it needs 83), which the row
+    # records instead of images; RNA changes the prompt and generates from it
+    assert rows["sail"]["failed"] is True and "images" not in rows["sail"]
+    assert rows["none"]["sharpness"] > result["threshold"]
+    assert rows["rna"]["prompt_after"] != "aurora poster of 0" and rows["rna"]["images"] == 1
+    text = doc.read_text()
+    assert "STALE-TABLE" not in text and "| none | " in text and "| rna | " in text and text.startswith("# x\n")
