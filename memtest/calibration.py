@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from .errors import CalibrationError
+from .results import atomic_write_text
 
 SCHEMA = "memtest.calibration/1"
 CALIBRATION_FILENAME = "memtest-calibration.json"
@@ -134,10 +135,7 @@ def calibrate(
 
 def save_calibration(cal: Calibration, path: str | Path) -> Path:
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(cal.to_dict(), indent=2, sort_keys=True, allow_nan=False)
-    from .results import atomic_write_text
-
     atomic_write_text(out, text + "\n")
     return out
 
