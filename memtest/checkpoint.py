@@ -9,6 +9,7 @@ opts in to pickle, and remote code is never trusted.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,10 @@ from typing import Any
 import torch
 
 from .errors import CheckpointError
+from .families import Component, Family, recognise
+from .families.base import component_class, declared
 from .locate import _WEIGHT_SUFFIXES, fingerprint, resolve_location
 
-_REQUIRED = ("unet", "text_encoder", "tokenizer", "scheduler")
 _DTYPES = {
     "float32": torch.float32,
     "float16": torch.float16,
@@ -44,29 +46,55 @@ def default_device() -> torch.device:
 
 @dataclass
 class Checkpoint:
-    """The loaded components memtest scores with, plus what identifies them."""
+    """The loaded components of one checkpoint, its family, and what identifies it.
+
+    `components` maps the diffusers folder names (`unet`, `text_encoder`, `tokenizer_2`, ...) to loaded
+    objects; the family (memtest.families) knows what each means.
+    """
 
     name: str
     path: Path
-    unet: Any
-    text_encoder: Any
-    tokenizer: Any
-    scheduler: Any
-    vae: Any | None
+    family: Family
+    components: dict[str, Any]
     device: torch.device
     dtype: torch.dtype
     fingerprint: str
     model_index: dict[str, Any] = field(default_factory=dict)
+    #: LoRA adapters applied on the base weights (memtest.adapters records), in order.
+    adapters: list[dict[str, Any]] = field(default_factory=list)
+
+    # Components most code reads by name (every family so far has them).
+    @property
+    def denoiser(self) -> Any:
+        return self.components[self.family.denoiser]
+
+    @property
+    def unet(self) -> Any:
+        return self.components.get("unet")
+
+    @property
+    def text_encoder(self) -> Any:
+        return self.components.get("text_encoder")
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.components.get("tokenizer")
+
+    @property
+    def scheduler(self) -> Any:
+        return self.components["scheduler"]
+
+    @property
+    def vae(self) -> Any | None:
+        return self.components.get("vae")
 
     @property
     def prediction_type(self) -> str:
-        return str(self.scheduler.config.get("prediction_type", "epsilon"))
+        return self.family.prediction_type(self)
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
-        size = self.unet.config.sample_size
-        h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-        return (int(self.unet.config.in_channels), h, w)
+        return self.family.latent_shape(self)
 
     @property
     def vae_scale_factor(self) -> int:
@@ -81,44 +109,33 @@ class Checkpoint:
 
     def config_summary(self) -> dict[str, Any]:
         """Plain-JSON summary for reports and results files."""
-        return {
+        encoders = [n for n, c in self.components.items() if n.startswith("text_encoder") and c is not None]
+        summary = {
+            "family": self.family.name,
+            "pipeline": str(self.model_index.get("_class_name", "")),
             "prediction_type": self.prediction_type,
             "scheduler": type(self.scheduler).__name__,
             "beta_schedule": str(self.scheduler.config.get("beta_schedule", "")),
             "latent_shape": list(self.latent_shape),
             "resolution": list(self.resolution),
-            "unet_parameters": int(sum(p.numel() for p in self.unet.parameters())),
+            "unet_parameters": int(sum(p.numel() for p in self.denoiser.parameters())),
             "text_encoder": type(self.text_encoder).__name__,
+            "text_encoders": [type(self.components[n]).__name__ for n in encoders],
             "tokenizer_max_length": int(self.tokenizer.model_max_length),
             "has_vae": self.vae is not None,
             "dtype": str(self.dtype).replace("torch.", ""),
             "device": str(self.device),
+            "adapters": [dict(a) for a in self.adapters],
         }
+        summary.update(self.family.summary(self))
+        return summary
 
     def pipeline(self) -> Any:
-        """A StableDiffusionPipeline over these components, for generating images."""
-        if self.vae is None:
-            raise CheckpointError(
-                f"Checkpoint {self.name} has no VAE, so it cannot decode images; scoring works without "
-                "one, but generation and mitigation images need a `vae/` folder."
-            )
-        from diffusers import StableDiffusionPipeline
-
-        pipe = StableDiffusionPipeline(
-            vae=self.vae,
-            text_encoder=self.text_encoder,
-            tokenizer=self.tokenizer,
-            unet=self.unet,
-            scheduler=self.scheduler,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
+        """The family's diffusers pipeline over these components, for generating images."""
+        return self.family.pipeline(self)
 
 
-def _check_folder(folder: Path, allow_pickle: bool) -> dict[str, Any]:
+def _read_index(folder: Path) -> dict[str, Any]:
     if not folder.is_dir():
         raise CheckpointError(f"Checkpoint path '{folder}' is a file, not a folder. Pass the diffusers folder.")
     index_file = folder / "model_index.json"
@@ -133,19 +150,28 @@ def _check_folder(folder: Path, allow_pickle: bool) -> dict[str, Any]:
         raise CheckpointError(f"'{index_file}' is not valid JSON ({exc}). Re-save the pipeline.") from exc
     if not isinstance(index, dict):
         raise CheckpointError(f"'{index_file}' must hold a JSON object. Re-save the pipeline.")
-    for comp in _REQUIRED:
-        entry = index.get(comp)
-        if not (isinstance(entry, list) and len(entry) == 2 and entry[1]):
-            raise CheckpointError(
-                f"'{index_file}' declares no '{comp}' component; memtest needs unet, text_encoder, "
-                "tokenizer and scheduler (the VAE is optional)."
-            )
-        if not (folder / comp).is_dir():
-            raise CheckpointError(f"Checkpoint '{folder}' is missing its '{comp}/' folder.")
-    for comp in ("unet", "text_encoder", "vae"):
-        sub = folder / comp
-        if comp == "vae" and not (isinstance(index.get("vae"), list) and index["vae"][1] and sub.is_dir()):
+    return index
+
+
+def _check_folder(folder: Path, family: Family, index: dict[str, Any], allow_pickle: bool) -> list[Component]:
+    """The components to load, after checking each is declared, present and (by default) safetensors."""
+    index_file = folder / "model_index.json"
+    present = []
+    for comp in family.components:
+        if not declared(index, comp.name) or not (folder / comp.name).is_dir():
+            if not comp.required:
+                continue
+            if not declared(index, comp.name):
+                needed = ", ".join(c.name for c in family.components if c.required)
+                raise CheckpointError(
+                    f"'{index_file}' declares no '{comp.name}' component; a {family.title} checkpoint needs "
+                    f"{needed}" + (" (the VAE is optional)." if any(not c.required for c in family.components) else ".")
+                )
+            raise CheckpointError(f"Checkpoint '{folder}' is missing its '{comp.name}/' folder.")
+        present.append(comp)
+        if not comp.weights:
             continue
+        sub = folder / comp.name
         weights = [p for p in sub.iterdir() if p.suffix in _WEIGHT_SUFFIXES]
         safe = [p for p in weights if p.suffix == ".safetensors"]
         if not weights:
@@ -157,18 +183,35 @@ def _check_folder(folder: Path, allow_pickle: bool) -> dict[str, Any]:
                 "loads safetensors only. Convert with `pipe.save_pretrained(folder, safe_serialization=True)`, "
                 "or, if you trust this file, pass allow_pickle=True (pytest: --memtest-allow-pickle)."
             )
-    return index
+    return present
 
 
-def _component_class(index: dict[str, Any], comp: str, library: str, allowed: tuple[str, ...]) -> Any:
-    lib, cls_name = index[comp]
-    if cls_name not in allowed:
+def _scheduler_class(index: dict[str, Any]) -> Any:
+    import diffusers
+
+    sched_name = str(index["scheduler"][1])
+    sched_cls = getattr(diffusers, sched_name, None)
+    if sched_cls is None or not hasattr(sched_cls, "from_pretrained") or "Scheduler" not in sched_name:
         raise CheckpointError(
-            f"Component '{comp}' is a {lib}.{cls_name}; memtest needs one of {', '.join(allowed)}. "
-            "Check model_index.json, or convert the checkpoint to the Stable Diffusion layout."
+            f"Component 'scheduler' is {sched_name!r}, not a diffusers scheduler. Check model_index.json."
         )
-    module = __import__(library)
-    return getattr(module, cls_name)
+    return sched_cls
+
+
+def _load_component(folder: Path, index: dict[str, Any], comp: Component, allow_pickle: bool) -> Any:
+    if comp.name == "scheduler":
+        return _scheduler_class(index).from_pretrained(folder, subfolder=comp.name)
+    cls = component_class(index, comp, str(folder / "model_index.json"))
+    if not comp.weights:  # tokenizers
+        tok = cls.from_pretrained(folder, subfolder=comp.name)
+        if len(tok) <= 2:
+            raise CheckpointError(
+                f"The tokenizer in '{folder / comp.name}' has only {len(tok)} tokens: it is degenerate "
+                "(an offline hub load does this). Save a real tokenizer into the checkpoint."
+            )
+        return tok
+    # TODO(lead): strict loading (memtest.loading.load_component) replaces this once it lands.
+    return cls.from_pretrained(folder, subfolder=comp.name, use_safetensors=(not allow_pickle) or None)
 
 
 def load_checkpoint(
@@ -176,75 +219,69 @@ def load_checkpoint(
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     allow_pickle: bool = False,
+    loras: Sequence[str | Path | Any] = (),
 ) -> Checkpoint:
     """Load a diffusers text-to-image checkpoint for scoring.
 
     `path_or_id` is a local diffusers folder, `zoo:<name>` for a shipped canary, or a hub id already in
-    the local cache. Weights load from safetensors only unless `allow_pickle=True`. The device defaults
-    to CUDA when available, else CPU; the dtype defaults to float32. Metrics are always computed in
-    float32 whatever the model dtype.
+    the local cache. The model family (SD 1.x/2.x, SDXL, ...) is read from model_index.json. Weights load
+    from safetensors only unless `allow_pickle=True`, and strictly: a component whose weights lack or add
+    tensors is an error, never a partial load. `loras` are LoRA adapters ("PATH[:SCALE]" or
+    `memtest.adapters.LoraSpec`) applied in order; they become part of the checkpoint's fingerprint. The
+    device defaults to CUDA when available, else CPU; the dtype defaults to float32. Metrics are always
+    computed in float32 whatever the model dtype.
     """
     name, folder = resolve_location(path_or_id)
-    index = _check_folder(folder, allow_pickle)
+    index = _read_index(folder)
+    family = recognise(index, str(folder / "model_index.json"))
+    present = _check_folder(folder, family, index, allow_pickle)
     dev = torch.device(device) if device is not None else default_device()
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise CheckpointError(f"Device '{dev}' was requested but CUDA is not available here. Use device='cpu'.")
     dt = parse_dtype(dtype)
-    unet_cls = _component_class(index, "unet", "diffusers", ("UNet2DConditionModel",))
-    te_cls = _component_class(index, "text_encoder", "transformers", ("CLIPTextModel", "CLIPTextModelWithProjection"))
-    tok_cls = _component_class(index, "tokenizer", "transformers", ("CLIPTokenizer", "CLIPTokenizerFast"))
-    sched_name = index["scheduler"][1]
-    import diffusers
+    specs: list[Any] = []
+    if loras:
+        from .adapters import parse_lora
 
-    sched_cls = getattr(diffusers, sched_name, None)
-    if sched_cls is None or not hasattr(sched_cls, "from_pretrained") or "Scheduler" not in sched_name:
-        raise CheckpointError(
-            f"Component 'scheduler' is {sched_name!r}, not a diffusers scheduler. Check model_index.json."
-        )
-    safetensors_only = not allow_pickle
+        specs = [parse_lora(x) for x in loras]
+    components: dict[str, Any] = {}
     try:
-        unet = unet_cls.from_pretrained(folder, subfolder="unet", use_safetensors=safetensors_only or None)
-        text_encoder = te_cls.from_pretrained(
-            folder, subfolder="text_encoder", use_safetensors=safetensors_only or None
-        )
-        tokenizer = tok_cls.from_pretrained(folder, subfolder="tokenizer")
-        scheduler = sched_cls.from_pretrained(folder, subfolder="scheduler")
-        vae = None
-        vae_entry = index.get("vae")
-        if isinstance(vae_entry, list) and vae_entry[1] and (folder / "vae").is_dir():
-            vae_cls = _component_class(index, "vae", "diffusers", ("AutoencoderKL", "AutoencoderTiny"))
-            vae = vae_cls.from_pretrained(folder, subfolder="vae", use_safetensors=safetensors_only or None)
+        for comp in present:
+            components[comp.name] = _load_component(folder, index, comp, allow_pickle)
     except CheckpointError:
         raise
     except Exception as exc:
         raise CheckpointError(
             f"Could not load checkpoint '{folder}': {type(exc).__name__}: {exc}. "
-            "Check that the folder was written by `save_pretrained` and is complete."
+            "Check that the folder was written by `save_pipeline`/`save_pretrained` and is complete."
         ) from exc
-    if len(tokenizer) <= 2:
-        raise CheckpointError(
-            f"The tokenizer in '{folder / 'tokenizer'}' has only {len(tokenizer)} tokens: it is degenerate "
-            "(an offline hub load does this). Save a real tokenizer into the checkpoint."
-        )
-    if not hasattr(scheduler, "alphas_cumprod"):
-        raise CheckpointError(f"Scheduler {sched_name} has no alphas_cumprod; memtest needs a DDPM-family one.")
-    modules = [unet, text_encoder] + ([vae] if vae is not None else [])
-    for m in modules:
-        m.to(device=dev)
-        if next(m.parameters()).dtype != dt:  # casting float32 -> float32 makes diffusers warn needlessly
-            m.to(dtype=dt)
-        m.eval()
-        m.requires_grad_(False)
-    return Checkpoint(
+    ckpt = Checkpoint(
         name=name,
         path=folder,
-        unet=unet,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        scheduler=scheduler,
-        vae=vae,
+        family=family,
+        components=components,
         device=dev,
         dtype=dt,
         fingerprint=fingerprint(folder),
         model_index=index,
     )
+    if specs:
+        from .adapters import adapters_fingerprint, apply_loras
+
+        ckpt.adapters = apply_loras(family.pipeline(ckpt), specs, allow_pickle=allow_pickle)
+        ckpt.fingerprint = adapters_fingerprint(ckpt.fingerprint, specs)
+    place(ckpt)
+    return ckpt
+
+
+def place(ckpt: Checkpoint) -> Checkpoint:
+    """Move the models to the checkpoint's device and dtype, in eval mode, frozen."""
+    for m in ckpt.components.values():
+        if not isinstance(m, torch.nn.Module):
+            continue
+        m.to(device=ckpt.device)
+        if next(m.parameters()).dtype != ckpt.dtype:  # casting float32 -> float32 makes diffusers warn needlessly
+            m.to(dtype=ckpt.dtype)
+        m.eval()
+        m.requires_grad_(False)
+    return ckpt

@@ -145,7 +145,7 @@ def prompt_spectrum(
     seeds = scorer.seeds_for(prompt)
     x = scorer.noise([seeds[generation]]).to(torch.float32)
     e_c = scorer.embed([prompt])
-    e_0 = scorer.embed([""])
+    e_0 = scorer.null()
     s_fn = scorer.s_delta_fn(scorer.timesteps[0], e_c, e_0)
     with sdpa_kernel([SDPBackend.MATH]):
         return block_eigenvalues(s_fn, x, k=k, iters=iters, method=method)

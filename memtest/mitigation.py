@@ -58,6 +58,7 @@ import torch
 
 from .defaults import DEFAULT_MITIGATION_STEPS
 from .errors import MitigationError
+from .families.base import Cond, cond_expand
 from .metrics import fd_step, hessian_vector_product
 
 if TYPE_CHECKING:
@@ -456,45 +457,27 @@ def generate_images(
     latents: torch.Tensor,
     *,
     prompt: str | None = None,
-    prompt_embeds: torch.Tensor | None = None,
+    cond: Cond | None = None,
     guidance_scale: float = 7.5,
     num_inference_steps: int = 50,
 ) -> np.ndarray:
     """Images (n, H, W, 3) in [0, 1] from initial noises x_T (n, C, h, w) through the checkpoint's pipeline.
 
-    DDIM from the checkpoint's own noise schedule (the scorer's sampler, so the first step is the one the
-    detector looks at), classifier-free guidance against the empty prompt. Give `prompt` or `prompt_embeds`
-    (one prompt's embedding, (1, L, D)).
+    The family's own diffusers pipeline with DDIM from the checkpoint's noise schedule (the scorer's sampler,
+    so the first step is the one the detector looks at), classifier-free guidance against the family's
+    unconditional branch. Give `prompt`, or `cond` (one prompt's conditioning, as `Scorer.embed` returns it).
     """
-    from diffusers import DDIMScheduler
-
-    if (prompt is None) == (prompt_embeds is None):
-        raise MitigationError("generate_images needs exactly one of prompt= and prompt_embeds=.")
-    pipe = checkpoint.pipeline()
-    pipe.scheduler = DDIMScheduler.from_config(checkpoint.scheduler.config)
-    sigma0 = float(getattr(pipe.scheduler, "init_noise_sigma", 1.0))
-    n = int(latents.shape[0])
-    kwargs: dict[str, Any] = {}
-    if prompt_embeds is not None:
-        kwargs["prompt_embeds"] = prompt_embeds.detach().to(checkpoint.device, checkpoint.dtype)
-        empty = checkpoint.tokenizer(
-            [""], padding="max_length", max_length=checkpoint.tokenizer.model_max_length, return_tensors="pt"
-        ).input_ids.to(checkpoint.device)
-        with torch.no_grad():
-            kwargs["negative_prompt_embeds"] = checkpoint.text_encoder(empty)[0].to(checkpoint.dtype)
-    else:
-        kwargs["prompt"] = prompt
-    with torch.no_grad():
-        out = pipe(
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            num_images_per_prompt=n,
-            # the pipeline multiplies given latents by init_noise_sigma; ours already carry it
-            latents=(latents.detach() / sigma0).to(checkpoint.device, checkpoint.dtype),
-            output_type="np",
-            **kwargs,
-        )
-    return np.asarray(out.images, dtype=np.float32)
+    if (prompt is None) == (cond is None):
+        raise MitigationError("generate_images needs exactly one of prompt= and cond=.")
+    images = checkpoint.family.generate(
+        checkpoint,
+        latents,
+        prompt=prompt,
+        cond=cond,
+        guidance_scale=guidance_scale,
+        num_inference_steps=num_inference_steps,
+    )
+    return np.asarray(images, dtype=np.float32)
 
 
 def png_thumbnails(images: np.ndarray, size: int = THUMBNAIL_SIZE) -> list[str]:
@@ -691,9 +674,9 @@ def _check_sharpness_settings(scorer: Scorer) -> None:
         )
 
 
-def _first_step(scorer: Scorer, prompt: str) -> tuple[int, torch.Tensor, torch.Tensor]:
+def _first_step(scorer: Scorer, prompt: str) -> tuple[int, Cond, Cond]:
     t = scorer.timesteps[0]
-    return t, scorer.embed([prompt]), scorer.embed([""])
+    return t, scorer.embed([prompt]), scorer.null()
 
 
 def _seed_images(
@@ -743,7 +726,7 @@ def mitigate_sail(
     seeds = seeds[:want]
     t, e_c, e_0 = _first_step(scorer, prompt)
     s_fn = scorer.s_delta_fn(t, e_c, e_0)
-    sigma0 = float(getattr(scorer.scheduler, "init_noise_sigma", 1.0))
+    sigma0 = scorer.process.init_noise_sigma
     result = sail(
         s_fn,
         scorer.noise,
@@ -942,36 +925,36 @@ def mitigate_embedding(
     sharpness at every one of them falls below the threshold (SAIL's acceptance rule, so the methods are
     compared on one criterion), or after `max_steps`. Generation uses the optimised embedding.
     """
-    from .scoring import _eps_from_output
-
     scorer = _scorer(target)
     thr = resolve_threshold(scorer, threshold)
     seeds = scorer.seeds_for(prompt)
     x = scorer.noise(seeds)
-    t, e_c, e_0 = _first_step(scorer, prompt)
+    t, c_c, c_0 = _first_step(scorer, prompt)
     method, h = scorer.settings.method, scorer.fd_h
-    before = measure_sharpness(scorer.s_delta_fn(t, e_c, e_0), x, method, h).tolist()
-    ckpt = scorer.ckpt
-    abar = float(scorer.alphas_cumprod[t])
-    pred = ckpt.prediction_type
+    before = measure_sharpness(scorer.s_delta_fn(t, c_c, c_0), x, method, h).tolist()
+    rows = len(x)
     started = time.perf_counter()
     with torch.no_grad():
-        o_0 = ckpt.unet(x.to(ckpt.dtype), t, encoder_hidden_states=e_0.expand(len(x), -1, -1), return_dict=False)[0]
-        eps_0 = _eps_from_output(o_0.float(), x.float(), pred, abar)
-    emb = e_c.detach().clone().float().requires_grad_(True)
-    opt = torch.optim.Adam([emb], lr=lr)
+        o_0 = scorer.forward(x, t, cond_expand(c_0, rows))
+    # The family says which conditioning entries are the prompt's embedding (SDXL: also the pooled one);
+    # the rest (e.g. SDXL's time ids) stay fixed.
+    keys = [k for k in scorer.family.embedding_keys if k in c_c]
+    emb = {k: c_c[k].detach().clone().float().requires_grad_(True) for k in keys}
+    opt = torch.optim.Adam(list(emb.values()), lr=lr)
+
+    def current() -> Cond:
+        return {**c_c, **{k: v.to(c_c[k].dtype) for k, v in emb.items()}}
+
     after = before
     steps = 0
     while True:
-        after = measure_sharpness(scorer.s_delta_fn(t, emb.detach().to(e_c.dtype), e_0), x, method, h).tolist()
+        with torch.no_grad():
+            after = measure_sharpness(scorer.s_delta_fn(t, current(), c_0), x, method, h).tolist()
         if all(v < thr for v in after) or steps >= max_steps:
             break
         with torch.enable_grad():
-            o_c = ckpt.unet(
-                x.to(ckpt.dtype), t, encoder_hidden_states=emb.to(ckpt.dtype).expand(len(x), -1, -1), return_dict=False
-            )[0]
-            eps_c = _eps_from_output(o_c.float(), x.float(), pred, abar)
-            loss = (eps_c - eps_0).flatten(1).pow(2).sum(1).mean()
+            o_c = scorer.forward(x, t, cond_expand(current(), rows))
+            loss = scorer.process.difference(o_c, o_0, x.float(), t).flatten(1).pow(2).sum(1).mean()
             opt.zero_grad(set_to_none=True)
             torch.autograd.backward(loss)
         opt.step()
@@ -983,9 +966,9 @@ def mitigate_embedding(
     if images:
         before_imgs, gen_seconds = _seed_images(scorer, prompt, x, guidance_scale, num_inference_steps)
         after_imgs = generate_images(
-            ckpt,
+            scorer.ckpt,
             x,
-            prompt_embeds=emb.detach(),
+            cond={k: v.detach() for k, v in current().items()},
             guidance_scale=guidance_scale,
             num_inference_steps=num_inference_steps or scorer.settings.num_inference_steps,
         )
@@ -1009,7 +992,7 @@ def mitigate_embedding(
         images_before=before_imgs,
         images_after=after_imgs,
         generation_seconds=gen_seconds,
-        embedding_after=emb.detach(),
+        embedding_after=emb["prompt_embeds"].detach(),
         details={"lr": lr, "max_steps": max_steps},
     )
 

@@ -8,7 +8,6 @@ seeds derived from a base seed, and every setting that changes a score is record
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,16 @@ import torch
 
 from .checkpoint import Checkpoint, load_checkpoint
 from .errors import ScoringError
+from .families.base import (
+    Cond,
+    cond_cat,
+    cond_expand,
+    cond_len,
+    cond_repeat_interleave,
+    cond_rows,
+    cond_tile,
+    eps_from_output,
+)
 from .metrics import fd_step, hessian_vector_product
 from .settings import METRICS, ScoreSettings
 
@@ -53,34 +62,24 @@ def derive_seeds(base: int, n: int, prompt: str | None = None) -> list[int]:
     return [start + i for i in range(n)]
 
 
-def _eps_from_output(out: torch.Tensor, x: torch.Tensor, prediction_type: str, abar: float) -> torch.Tensor:
-    sigma = math.sqrt(1.0 - abar)
-    if prediction_type == "epsilon":
-        return out
-    if prediction_type == "v_prediction":
-        return sigma * x + math.sqrt(abar) * out
-    if prediction_type == "sample":
-        return (x - math.sqrt(abar) * out) / sigma
-    raise ScoringError(
-        f"Unsupported prediction_type {prediction_type!r} in the scheduler config; "
-        "memtest supports epsilon, v_prediction and sample."
-    )
+_eps_from_output = eps_from_output  # the name older callers import
 
 
 class Scorer:
-    """Scores prompts on one checkpoint under fixed settings. Reuse it: embeddings are cached."""
+    """Scores prompts on one checkpoint under fixed settings. Reuse it: conditionings are cached.
+
+    Everything family-specific (conditioning, the model forward, the noise process) comes from the
+    checkpoint's family (memtest.families); this class only batches, differentiates and records.
+    """
 
     def __init__(self, checkpoint: Checkpoint, settings: ScoreSettings | None = None) -> None:
-        from diffusers import DDIMScheduler
-
         self.ckpt = checkpoint
+        self.family = checkpoint.family
         self.settings = (settings or ScoreSettings()).validate()
-        # Scores follow the paper's DDIM sampler built from the checkpoint's own noise schedule.
-        self.scheduler = DDIMScheduler.from_config(checkpoint.scheduler.config)
-        self.scheduler.set_timesteps(self.settings.num_inference_steps)
-        self.timesteps = [int(t) for t in self.scheduler.timesteps[: self.settings.steps]]
-        self.alphas_cumprod = self.scheduler.alphas_cumprod.to(torch.float64)
-        self._embeddings: dict[str, torch.Tensor] = {}
+        self.process = self.family.process(checkpoint, self.settings.num_inference_steps, self.settings.steps)
+        self.timesteps = list(self.process.timesteps)
+        self._conds: dict[str, Cond] = {}
+        self._null: Cond | None = None
         c, h, w = checkpoint.latent_shape
         self.dim = c * h * w
 
@@ -99,12 +98,12 @@ class Scorer:
             "num_inference_steps": s.num_inference_steps,
             "guidance_scale": s.guidance_scale if s.steps > 1 else None,
             "fd_h": self.fd_h if s.method != "jvp" else None,
-            "scheduler": "DDIMScheduler",
-            "prediction_type": self.ckpt.prediction_type,
+            **self.process.identity(),
             "latent_shape": list(self.ckpt.latent_shape),
             "resolution": list(self.ckpt.resolution),
             "dtype": str(self.ckpt.dtype).replace("torch.", ""),
             "fingerprint": self.ckpt.fingerprint,
+            **self.family.identity(self.ckpt),
         }
 
     @property
@@ -123,57 +122,49 @@ class Scorer:
         for i, seed in enumerate(seeds):
             gen = torch.Generator(device="cpu").manual_seed(int(seed))
             out[i] = torch.randn(shape, generator=gen, dtype=torch.float32)
-        sigma0 = float(getattr(self.scheduler, "init_noise_sigma", 1.0))
-        return (out * sigma0).to(self.ckpt.device)
+        return (out * self.process.init_noise_sigma).to(self.ckpt.device)
 
     @torch.no_grad()
-    def embed(self, prompts: Sequence[str]) -> torch.Tensor:
-        """Last hidden states of the text encoder, once per distinct prompt."""
-        missing = [p for p in dict.fromkeys(prompts) if p not in self._embeddings]
+    def embed(self, prompts: Sequence[str]) -> Cond:
+        """The family's conditioning of each prompt (one row each), computed once per distinct prompt."""
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._conds]
         if missing:
-            tok = self.ckpt.tokenizer
-            ids = tok(
-                missing,
-                padding="max_length",
-                max_length=tok.model_max_length,
-                truncation=True,
-                return_tensors="pt",
-            ).input_ids.to(self.ckpt.device)
-            hidden = self.ckpt.text_encoder(ids)[0]
-            for p, e in zip(missing, hidden, strict=True):
-                self._embeddings[p] = e
-        return torch.stack([self._embeddings[p] for p in prompts])
+            cond = self.family.encode(self.ckpt, missing)
+            for i, p in enumerate(missing):
+                self._conds[p] = cond_rows(cond, i)
+        return cond_cat([self._conds[p] for p in prompts])
 
-    def _outputs(
-        self, x: torch.Tensor, t: int, e_c: torch.Tensor, e_0: torch.Tensor, x_0: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Raw UNet outputs for both branches in one forward, in float32, cond first.
+    @torch.no_grad()
+    def null(self, rows: int = 1) -> Cond:
+        """The unconditional branch (the family decides: the empty prompt, or zeros), `rows` rows."""
+        if self._null is None:
+            self._null = self.family.unconditional(self.ckpt, self.embed([""]))
+        return cond_expand(self._null, rows)
 
-        The unconditional branch runs at `x_0` (default: `x`) with `e_0` matching it: (B + len(x_0), ...) rows.
-        """
-        x_0 = x if x_0 is None else x_0
-        model_x = torch.cat([x, x_0]).to(self.ckpt.dtype)
-        emb = torch.cat([e_c, e_0])
-        out: torch.Tensor = self.ckpt.unet(model_x, t, encoder_hidden_states=emb, return_dict=False)[0]
+    def forward(self, x: torch.Tensor, t: int, cond: Cond) -> torch.Tensor:
+        """The denoiser's raw output in float32 (the model runs in its own dtype)."""
+        out = self.family.forward(self.ckpt, x.to(self.ckpt.dtype), t, cond)
         return out.to(torch.float32)
 
-    def s_delta_fn(self, t: int, e_c: torch.Tensor, e_0: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-        """x -> s_Δ(x) = -(ε_c - ε_0)/σ_t at timestep t, for the metrics module."""
-        abar = float(self.alphas_cumprod[t])
-        sigma = math.sqrt(1.0 - abar)
-        pred = self.ckpt.prediction_type
+    def _outputs(self, x: torch.Tensor, t: int, c_c: Cond, c_0: Cond, x_0: torch.Tensor | None = None) -> torch.Tensor:
+        """Raw model outputs for both branches in one forward, in float32, cond first.
+
+        The unconditional branch runs at `x_0` (default: `x`) with `c_0` matching it: (B + len(x_0), ...) rows.
+        """
+        x_0 = x if x_0 is None else x_0
+        return self.forward(torch.cat([x, x_0]), t, cond_cat([c_c, c_0]))
+
+    def s_delta_fn(self, t: int, c_c: Cond, c_0: Cond) -> Callable[[torch.Tensor], torch.Tensor]:
+        """x -> the field the metrics differentiate at timestep t (s_Δ for DDPM families)."""
+        process = self.process
 
         def s_delta(x: torch.Tensor) -> torch.Tensor:
-            reps = x.shape[0] // e_c.shape[0]
-            # fd stacks probe points as cat([x + hu, x - hu]): tile the embeddings the same way.
-            ec = e_c.repeat(reps, 1, 1) if reps > 1 else e_c
-            e0 = e_0.repeat(reps, 1, 1) if reps > 1 else e_0
-            out = self._outputs(x, t, ec, e0)
-            o_c, o_0 = out.chunk(2)
-            xf = x.to(torch.float32)
-            eps_c = _eps_from_output(o_c, xf, pred, abar)
-            eps_0 = _eps_from_output(o_0, xf, pred, abar)
-            return -(eps_c - eps_0) / sigma
+            reps = x.shape[0] // cond_len(c_c)
+            # fd stacks probe points as cat([x + hu, x - hu]): tile the conditioning the same way.
+            cc = cond_tile(c_c, reps) if reps > 1 else c_c
+            c0 = cond_tile(c_0, reps) if reps > 1 else c_0
+            o_c, o_0 = self._outputs(x, t, cc, c0).chunk(2)
+            return process.field(o_c, o_0, x.to(torch.float32), t)
 
         return s_delta
 
@@ -186,38 +177,42 @@ class Scorer:
             if s.per_prompt_seeds
             else self.noise(seeds[0]).repeat(len(prompts), 1, 1, 1)
         )
-        e_c = self.embed(prompts).repeat_interleave(s.n, dim=0)
-        e_0 = self.embed([""]).expand_as(e_c)
+        c_c = cond_repeat_interleave(self.embed(prompts), s.n)
+        rows = cond_len(c_c)
+        c_0 = self.null(rows)
         totals = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
-        pred = self.ckpt.prediction_type
+        process = self.process
         for k, t in enumerate(self.timesteps):
-            abar = float(self.alphas_cumprod[t])
-            sigma = math.sqrt(1.0 - abar)
             xf = x.to(torch.float32)
             with torch.inference_mode():
                 if k == 0 and not s.per_prompt_seeds and len(prompts) > 1:
                     # Every prompt starts from the same n noises, so the unconditional branch at x_T is the
                     # same for all of them: run it once per noise (n rows, not len(prompts) * n).
-                    out = self._outputs(x, t, e_c, e_0[: s.n], x_0=x[: s.n])
+                    out = self._outputs(x, t, c_c, cond_rows(c_0, slice(0, s.n)), x_0=x[: s.n])
                     o_c, o_0 = out[: x.shape[0]], out[x.shape[0] :].repeat(len(prompts), 1, 1, 1)
                 else:
-                    o_c, o_0 = self._outputs(x, t, e_c, e_0).chunk(2)
-                eps_diff = _eps_from_output(o_c, xf, pred, abar) - _eps_from_output(o_0, xf, pred, abar)
+                    o_c, o_0 = self._outputs(x, t, c_c, c_0).chunk(2)
                 if s.metric == "score_norm":
-                    value = eps_diff.flatten(1).norm(dim=1)
+                    value = process.difference(o_c, o_0, xf, t).flatten(1).norm(dim=1)
+                else:
+                    field_at_x = process.field(o_c, o_0, xf, t)
             if s.metric != "score_norm":
-                hv = self._hvp(t, e_c, e_0, xf, -eps_diff / sigma)
+                hv = self._hvp(t, c_c, c_0, xf, field_at_x)
                 value = hv.flatten(1).pow(2).sum(dim=1)
             totals += value.to(torch.float64)
             if k + 1 < len(self.timesteps):
                 with torch.inference_mode():
                     guided = o_0 + s.guidance_scale * (o_c - o_0)
-                    x = self.scheduler.step(guided, t, xf, return_dict=False)[0]
+                    x = process.step(guided, t, xf)
         per_gen = (totals / len(self.timesteps)).cpu()
         if not torch.isfinite(per_gen).all():
-            bad = [p for i, p in enumerate(prompts) if not torch.isfinite(per_gen[i * s.n : (i + 1) * s.n]).all()]
+            bad = list(
+                dict.fromkeys(
+                    p for i, p in enumerate(prompts) if not torch.isfinite(per_gen[i * s.n : (i + 1) * s.n]).all()
+                )
+            )
             raise ScoringError(
-                f"The model produced a non-finite {s.metric} for prompt(s) {bad!r} on checkpoint "
+                f"The model produced a non-finite {s.metric} for {len(bad)} prompt(s) {bad!r} on checkpoint "
                 f"{self.ckpt.name} (dtype {self.ckpt.dtype}). A score that is not a number cannot pass the gate: "
                 "check the weights for NaN/inf, or score in float32 (--memtest-dtype float32)."
             )
@@ -236,14 +231,12 @@ class Scorer:
             )
         return results
 
-    def _hvp(
-        self, t: int, e_c: torch.Tensor, e_0: torch.Tensor, x: torch.Tensor, s_delta: torch.Tensor
-    ) -> torch.Tensor:
-        """H_Δ(x) s_Δ(x) by the configured method; x, s_delta, e_c and e_0 have one row per generation."""
+    def _hvp(self, t: int, c_c: Cond, c_0: Cond, x: torch.Tensor, s_delta: torch.Tensor) -> torch.Tensor:
+        """H_Δ(x) s_Δ(x) by the configured method; x, s_delta, c_c and c_0 have one row per generation."""
         method = self.settings.method
         if method != "jvp":
             with torch.inference_mode():
-                s_fn = self.s_delta_fn(t, e_c, e_0)
+                s_fn = self.s_delta_fn(t, c_c, c_0)
                 return hessian_vector_product(s_fn, x, s_delta, method=method, h=self.fd_h, s_at_x=s_delta)
         # Fused SDPA kernels have no forward-mode derivative (pytorch#128971), and the math path holds the
         # full attention weights and their tangents (GiBs per generation at SD's size); PyTorch's own formulas
@@ -252,7 +245,7 @@ class Scorer:
         from ._lean_jvp import lean_jvp
 
         with lean_jvp():
-            return hessian_vector_product(self.s_delta_fn(t, e_c, e_0), x, s_delta, method="jvp")
+            return hessian_vector_product(self.s_delta_fn(t, c_c, c_0), x, s_delta, method="jvp")
 
     def score(self, prompts: Sequence[str], progress: Progress | None = None) -> list[PromptScore]:
         prompts = validate_prompts(prompts)

@@ -52,25 +52,19 @@ PROMPTS = [f"a {style} of a {subject}" for subject in SUBJECTS for style in STYL
 def _checkpoint(
     name: str, unet: Any, text_encoder: Any, tokenizer: Any, scheduler: Any, device: Any, dtype: Any
 ) -> Any:
-    from memtest.checkpoint import Checkpoint
+    from memtest.checkpoint import Checkpoint, place
+    from memtest.families import family_named
 
-    for module in (unet, text_encoder):
-        module.to(device=device)
-        if next(module.parameters()).dtype != dtype:  # a no-op cast makes diffusers warn
-            module.to(dtype=dtype)
-        module.eval()
-        module.requires_grad_(False)
-    return Checkpoint(
-        name=name,
-        path=Path(f"<{name}: random weights, in memory>"),
-        unet=unet,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        scheduler=scheduler,
-        vae=None,
-        device=device,
-        dtype=dtype,
-        fingerprint=f"random-{name}",
+    return place(
+        Checkpoint(
+            name=name,
+            path=Path(f"<{name}: random weights, in memory>"),
+            family=family_named("sd"),
+            components={"unet": unet, "text_encoder": text_encoder, "tokenizer": tokenizer, "scheduler": scheduler},
+            device=device,
+            dtype=dtype,
+            fingerprint=f"random-{name}",
+        )
     )
 
 

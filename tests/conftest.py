@@ -56,6 +56,14 @@ def tiny_v_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_sdxl_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from memtest.zoo.tiny import TinyConfig, build_sdxl_pipeline, save_pipeline
+
+    pipe = build_sdxl_pipeline(CAPTIONS * 4, TinyConfig(), seed=0)
+    return save_pipeline(pipe, tmp_path_factory.mktemp("ckpt") / "tiny-sdxl")
+
+
+@pytest.fixture(scope="session")
 def tiny_eps(tiny_eps_path: Path) -> Any:
     import memtest
 

@@ -225,3 +225,52 @@ def save_pipeline(pipe: Any, path: str | Path) -> Path:
     out = Path(path)
     pipe.save_pretrained(str(out), safe_serialization=True)
     return out
+
+
+def build_sdxl_unet(cfg: TinyConfig, pooled_dim: int, time_embed_dim: int = 8) -> Any:
+    """SDXL's UNet at the canaries' size: text-time added conditioning (pooled text + 6 size/crop ids)."""
+    from diffusers import UNet2DConditionModel
+
+    n = len(cfg.block_out_channels)
+    return UNet2DConditionModel(
+        sample_size=cfg.sample_size,
+        in_channels=cfg.latent_channels,
+        out_channels=cfg.latent_channels,
+        block_out_channels=cfg.block_out_channels,
+        layers_per_block=1,
+        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1),
+        up_block_types=("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",),
+        cross_attention_dim=2 * cfg.text_hidden,  # both encoders' hidden states, concatenated
+        attention_head_dim=cfg.attention_head_dim,
+        norm_num_groups=8,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=time_embed_dim,
+        projection_class_embeddings_input_dim=pooled_dim + 6 * time_embed_dim,
+    )
+
+
+def build_sdxl_pipeline(
+    captions: Sequence[str], cfg: TinyConfig | None = None, seed: int = 0, tokenizer: Any = None
+) -> Any:
+    """A complete, randomly initialised StableDiffusionXLPipeline built offline: two tiny CLIP encoders
+    (the second with a projection, whose pooled output conditions the UNet), one BPE shared by both."""
+    import torch
+    from diffusers import StableDiffusionXLPipeline
+    from transformers import CLIPTextModelWithProjection
+
+    cfg = cfg or TinyConfig()
+    torch.manual_seed(seed)
+    tokenizer = tokenizer or build_tokenizer(captions, cfg.vocab_size, cfg.max_length)
+    text_encoder = build_text_encoder(cfg, tokenizer)
+    text_encoder_2 = CLIPTextModelWithProjection(text_encoder.config)
+    return StableDiffusionXLPipeline(
+        vae=build_vae(cfg) if cfg.with_vae else None,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer,
+        unet=build_sdxl_unet(cfg, pooled_dim=int(text_encoder.config.projection_dim)),
+        scheduler=build_scheduler(cfg),
+        force_zeros_for_empty_prompt=True,
+        add_watermarker=False,
+    )

@@ -1,0 +1,46 @@
+"""Model families: one module each, one interface (`base.Family`); `recognise` picks one from model_index.json.
+
+Where a family lives: `sd.py` (Stable Diffusion 1.x/2.x), `sdxl.py` (SDXL). Adding a family is one module
+and one line in `FAMILIES`; scoring, calibration identity, mitigation and generation go through the
+interface and never branch on the family.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import CheckpointError
+from .base import Component, Cond, Family, Process
+from .sd import StableDiffusion
+from .sdxl import StableDiffusionXL
+
+#: Every family memtest audits, in recognition order.
+FAMILIES: tuple[type[Family], ...] = (StableDiffusion, StableDiffusionXL)
+
+
+def supported_pipelines() -> list[str]:
+    return [p for fam in FAMILIES for p in fam.pipelines]
+
+
+def recognise(index: dict[str, Any], where: str) -> Family:
+    """The family of a checkpoint from its model_index.json (never from folder names)."""
+    name = index.get("_class_name")
+    for fam in FAMILIES:
+        if fam.recognises(index):
+            fam.check_index(index, where)
+            return fam()
+    found = f"a {name}" if isinstance(name, str) and name else "no _class_name"
+    raise CheckpointError(
+        f"'{where}' declares {found} in model_index.json; memtest audits these pipelines: "
+        f"{', '.join(supported_pipelines())}. Save the checkpoint as one of them (`pipe.save_pretrained`)."
+    )
+
+
+def family_named(name: str) -> Family:
+    for fam in FAMILIES:
+        if fam.name == name:
+            return fam()
+    raise CheckpointError(f"Unknown model family {name!r}. Known: {', '.join(f.name for f in FAMILIES)}.")
+
+
+__all__ = ["FAMILIES", "Component", "Cond", "Family", "Process", "family_named", "recognise", "supported_pipelines"]

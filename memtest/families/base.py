@@ -1,0 +1,278 @@
+"""The one interface every model family implements (../FAMILIES.md §1), and the conditioning it passes around.
+
+A family decides, and nothing outside `memtest/families/` branches on it:
+
+- how it is recognised (`model_index.json`'s `_class_name` and the component classes),
+- which components it loads and which classes each may be,
+- how prompts become conditioning (`Cond`), including the unconditional branch,
+- how a model forward runs on latents and conditioning,
+- which noise process the sampler follows (`Process`: DDPM here, flow matching elsewhere): the timesteps the
+  metric looks at, the quantity the metrics differentiate, and one sampler step,
+- how images are generated through the family's own diffusers pipeline.
+
+Conditioning is a `Cond`: a dict of tensors that all share the batch dimension, so the scorer can
+concatenate, repeat and cache it without knowing what is inside (SD: one embedding; SDXL: embeddings,
+pooled embeddings and `add_time_ids`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+
+from ..errors import CheckpointError, ScoringError
+
+if TYPE_CHECKING:
+    from ..checkpoint import Checkpoint
+
+Cond = dict[str, torch.Tensor]
+
+
+def cond_cat(conds: Sequence[Cond]) -> Cond:
+    """Rows of several conditionings, in order."""
+    return {k: torch.cat([c[k] for c in conds]) for k in conds[0]}
+
+
+def cond_rows(cond: Cond, index: int | slice) -> Cond:
+    sl = slice(index, index + 1) if isinstance(index, int) else index
+    return {k: v[sl] for k, v in cond.items()}
+
+
+def cond_repeat_interleave(cond: Cond, n: int) -> Cond:
+    """Each row n times in a row (one prompt -> its n generations)."""
+    return {k: v.repeat_interleave(n, dim=0) for k, v in cond.items()}
+
+
+def cond_tile(cond: Cond, reps: int) -> Cond:
+    """The whole batch `reps` times (finite differences stack their probe points this way)."""
+    return {k: v.repeat(reps, *([1] * (v.dim() - 1))) for k, v in cond.items()}
+
+
+def cond_expand(cond: Cond, rows: int) -> Cond:
+    """A one-row conditioning broadcast to `rows` rows without copying."""
+    return {k: v.expand(rows, *v.shape[1:]) for k, v in cond.items()}
+
+
+def cond_len(cond: Cond) -> int:
+    return int(next(iter(cond.values())).shape[0])
+
+
+@dataclass(frozen=True)
+class Component:
+    """One folder of a checkpoint: the library its class comes from and the classes memtest accepts."""
+
+    name: str
+    library: str
+    classes: tuple[str, ...]
+    required: bool = True
+    weights: bool = True  # has weight files (tokenizers and schedulers do not)
+
+
+class Process:
+    """The noise process the sampler follows, at the timesteps the metric evaluates.
+
+    `field` is what the metrics differentiate (s_Δ for DDPM models); `difference` is what `score_norm`
+    measures. Both come from the raw model outputs of the two branches at the same x.
+    """
+
+    #: Recorded in scores and calibrations so that different spaces never mix.
+    timesteps: list[int]
+
+    def field(self, o_c: torch.Tensor, o_0: torch.Tensor, x: torch.Tensor, t: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def difference(self, o_c: torch.Tensor, o_0: torch.Tensor, x: torch.Tensor, t: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def step(self, guided: torch.Tensor, t: int, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @property
+    def init_noise_sigma(self) -> float:
+        return 1.0
+
+    def identity(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+def eps_from_output(out: torch.Tensor, x: torch.Tensor, prediction_type: str, abar: float) -> torch.Tensor:
+    """The noise prediction ε from a DDPM-family model output of any prediction type."""
+    sigma = math.sqrt(1.0 - abar)
+    if prediction_type == "epsilon":
+        return out
+    if prediction_type == "v_prediction":
+        return sigma * x + math.sqrt(abar) * out
+    if prediction_type == "sample":
+        return (x - math.sqrt(abar) * out) / sigma
+    raise ScoringError(
+        f"Unsupported prediction_type {prediction_type!r} in the scheduler config; "
+        "memtest supports epsilon, v_prediction and sample."
+    )
+
+
+class DDPMProcess(Process):
+    """DDIM over the checkpoint's own DDPM noise schedule (SPEC.md §2): s_Δ = −(ε_c − ε_0)/σ_t."""
+
+    def __init__(self, scheduler_config: Any, prediction_type: str, num_inference_steps: int, steps: int) -> None:
+        from diffusers import DDIMScheduler
+
+        # Scores follow the paper's DDIM sampler built from the checkpoint's own noise schedule.
+        self.scheduler = DDIMScheduler.from_config(scheduler_config)
+        self.scheduler.set_timesteps(num_inference_steps)
+        self.timesteps = [int(t) for t in self.scheduler.timesteps[:steps]]
+        self.alphas_cumprod = self.scheduler.alphas_cumprod.to(torch.float64)
+        self.prediction_type = prediction_type
+
+    def _abar(self, t: int) -> float:
+        return float(self.alphas_cumprod[t])
+
+    def difference(self, o_c: torch.Tensor, o_0: torch.Tensor, x: torch.Tensor, t: int) -> torch.Tensor:
+        abar = self._abar(t)
+        return eps_from_output(o_c, x, self.prediction_type, abar) - eps_from_output(o_0, x, self.prediction_type, abar)
+
+    def field(self, o_c: torch.Tensor, o_0: torch.Tensor, x: torch.Tensor, t: int) -> torch.Tensor:
+        sigma = math.sqrt(1.0 - self._abar(t))
+        return -self.difference(o_c, o_0, x, t) / sigma
+
+    def step(self, guided: torch.Tensor, t: int, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.scheduler.step(guided, t, x, return_dict=False)[0]
+        return out
+
+    @property
+    def init_noise_sigma(self) -> float:
+        return float(getattr(self.scheduler, "init_noise_sigma", 1.0))
+
+    def identity(self) -> dict[str, Any]:
+        return {"scheduler": "DDIMScheduler", "prediction_type": self.prediction_type}
+
+
+class Family:
+    """One model family. Subclasses set the class attributes and implement the conditioning and forward."""
+
+    #: Short name, recorded in results ("sd", "sdxl", ...).
+    name: ClassVar[str]
+    #: Human description for errors and reports.
+    title: ClassVar[str]
+    #: `model_index.json` `_class_name`s this family loads.
+    pipelines: ClassVar[tuple[str, ...]]
+    #: Pipelines of this family memtest refuses, with the reason (e.g. SDXL's refiner).
+    refused: ClassVar[dict[str, str]] = {}
+    #: Components in load order.
+    components: ClassVar[tuple[Component, ...]]
+    #: The component that denoises (differentiated by the metrics).
+    denoiser: ClassVar[str] = "unet"
+    #: Conditioning entries a prompt-embedding optimisation may change (the rest are fixed, e.g. time ids).
+    embedding_keys: ClassVar[tuple[str, ...]] = ("prompt_embeds",)
+
+    # -- recognition --------------------------------------------------------------------------------
+    @classmethod
+    def recognises(cls, index: dict[str, Any]) -> bool:
+        """Whether `model_index.json` declares one of this family's pipelines (or a refused one)."""
+        name = str(index.get("_class_name", ""))
+        return name in cls.pipelines or name in cls.refused
+
+    @classmethod
+    def check_index(cls, index: dict[str, Any], where: str) -> None:
+        """Refuse pipelines of this family memtest does not audit, with the reason."""
+        name = str(index.get("_class_name", ""))
+        if name in cls.refused:
+            raise CheckpointError(f"'{where}' is a {name}: {cls.refused[name]}")
+
+    # -- shapes and identity ------------------------------------------------------------------------
+    def latent_shape(self, ckpt: Checkpoint) -> tuple[int, int, int]:
+        size = ckpt.denoiser.config.sample_size
+        h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        return (int(ckpt.denoiser.config.in_channels), h, w)
+
+    def prediction_type(self, ckpt: Checkpoint) -> str:
+        return str(ckpt.scheduler.config.get("prediction_type", "epsilon"))
+
+    def identity(self, ckpt: Checkpoint) -> dict[str, Any]:
+        """Extra calibration-identity keys of this family (none for SD, so older calibrations stay valid)."""
+        return {"family": self.name}
+
+    def summary(self, ckpt: Checkpoint) -> dict[str, Any]:
+        """Plain-JSON facts for reports."""
+        return {}
+
+    # -- the process --------------------------------------------------------------------------------
+    def process(self, ckpt: Checkpoint, num_inference_steps: int, steps: int) -> Process:
+        if not hasattr(ckpt.scheduler, "alphas_cumprod"):
+            raise CheckpointError(
+                f"Scheduler {type(ckpt.scheduler).__name__} of {ckpt.name} has no alphas_cumprod; the "
+                f"{self.title} family needs a DDPM-family scheduler."
+            )
+        return DDPMProcess(ckpt.scheduler.config, self.prediction_type(ckpt), num_inference_steps, steps)
+
+    # -- conditioning and forward -------------------------------------------------------------------
+    def tokenize(self, ckpt: Checkpoint, prompts: Sequence[str]) -> Cond:
+        """Token ids of each prompt for every text encoder, padded as the family's pipeline pads them."""
+        raise NotImplementedError
+
+    def encode_tokens(self, ckpt: Checkpoint, ids: Cond) -> Cond:
+        """Conditioning from token ids (differentiable: training goes through it)."""
+        raise NotImplementedError
+
+    def encode(self, ckpt: Checkpoint, prompts: Sequence[str]) -> Cond:
+        """Conditioning of each prompt (callers that score wrap it in no_grad)."""
+        return self.encode_tokens(ckpt, self.tokenize(ckpt, prompts))
+
+    def drop_condition(self, ckpt: Checkpoint, cond: Cond, dropped: torch.Tensor) -> Cond:
+        """Training's caption dropout: rows where `dropped` is set (already encoded from "") become the
+        unconditional branch the sampler will use."""
+        return cond
+
+    def trainable(self, ckpt: Checkpoint) -> list[str]:
+        """Components a canary trains (the denoiser first, then the text encoders)."""
+        return [self.denoiser, *(c.name for c in self.components if c.name.startswith("text_encoder"))]
+
+    def unconditional(self, ckpt: Checkpoint, empty: Cond) -> Cond:
+        """One row: the unconditional branch of classifier-free guidance, given the conditioning of ""
+        (callers cache that one, so every path sees the same bits)."""
+        return empty
+
+    def forward(self, ckpt: Checkpoint, x: torch.Tensor, t: int, cond: Cond) -> torch.Tensor:
+        """The denoiser's raw output for latents x (model dtype) under conditioning rows `cond`."""
+        raise NotImplementedError
+
+    # -- generation ---------------------------------------------------------------------------------
+    def pipeline(self, ckpt: Checkpoint) -> Any:
+        """The family's diffusers pipeline over the loaded components (for generation and adapters)."""
+        raise NotImplementedError
+
+    def generate(
+        self,
+        ckpt: Checkpoint,
+        latents: torch.Tensor,
+        *,
+        prompt: str | None,
+        cond: Cond | None,
+        guidance_scale: float,
+        num_inference_steps: int,
+    ) -> Any:
+        """Images (n, H, W, 3) in [0, 1] from initial latents x_T (which already carry init_noise_sigma)."""
+        raise NotImplementedError
+
+
+def component_class(index: dict[str, Any], comp: Component, where: str) -> Any:
+    """The class `model_index.json` names for `comp`, if the family allows it."""
+    entry = index.get(comp.name)
+    if not (isinstance(entry, list) and len(entry) == 2 and entry[1]):
+        raise CheckpointError(f"'{where}' declares no '{comp.name}' component in model_index.json.")
+    lib, cls_name = entry
+    if cls_name not in comp.classes:
+        raise CheckpointError(
+            f"Component '{comp.name}' is a {lib}.{cls_name}; memtest needs one of {', '.join(comp.classes)}. "
+            "Check model_index.json, or convert the checkpoint to the family's layout."
+        )
+    module = __import__(comp.library)
+    return getattr(module, cls_name)
+
+
+def declared(index: dict[str, Any], name: str) -> bool:
+    entry = index.get(name)
+    return isinstance(entry, list) and len(entry) == 2 and bool(entry[1])
