@@ -52,6 +52,10 @@ class AuditConfig:
     cache_dir: str | None = DEFAULT_CACHE_DIR
     shard: tuple[int, int] | None = None
     mitigation_steps: int = DEFAULT_MITIGATION_STEPS
+    #: LoRA adapters "PATH[:SCALE]" applied on the checkpoint, in order (memtest.adapters).
+    loras: tuple[str, ...] = ()
+    #: torch threads of this process; None = memtest's default (see memtest.threads).
+    threads: int | None = None
 
     def score_settings(self) -> ScoreSettings:
         return ScoreSettings(
@@ -277,6 +281,7 @@ class Engine:
                 device=self.device(),
                 dtype=self.config.dtype,
                 allow_pickle=self.config.allow_pickle,
+                loras=self.config.loras,
             )
             self.loads += 1
         return self._checkpoint

@@ -69,6 +69,16 @@ OPTIONS: tuple[Option, ...] = (
         f"step budget of SAIL for each `mitigate: true` case (default {DEFAULT_MITIGATION_STEPS})",
         int,
     ),
+    Option(
+        "--memtest-lora",
+        "LoRA adapter PATH[:SCALE] applied on the checkpoint (safetensors); repeatable, in order",
+        action="append",
+    ),
+    Option(
+        "--memtest-threads",
+        "torch threads per process (default: usable cores / xdist workers, or OMP_NUM_THREADS if set)",
+        int,
+    ),
     Option("--memtest-cache-dir", f"results cache folder (default {DEFAULT_CACHE_DIR}; 'none' disables)"),
     Option("--memtest-cache-clear", "drop the results cache before the run", None, ini=False, action="store_true"),
 )
@@ -104,4 +114,6 @@ def config_from_values(values: dict[str, Any]) -> Any:
         cache_dir=None if cache in ("none", "None") else (cache or d.cache_dir),
         shard=parse_shard(v["memtest_shard"]),
         mitigation_steps=pick("memtest_mitigation_steps", d.mitigation_steps),
+        loras=tuple(v["memtest_lora"] or ()),
+        threads=v["memtest_threads"],
     ).validate()
