@@ -81,3 +81,13 @@ def test_without_warm_up_the_timed_calls_still_give_values(load_script: Callable
     for m in config["methods"].values():
         assert "first_call_s" not in m and positive(m["ratio"]) and m["round_ratios"] == [m["ratio"]]
     assert 0 <= config["accuracy"]["fd-forward"]["max_rel_err_vs_jvp"] < 0.05
+
+
+def test_large_models_script_smoke(load_script: Callable[[str], Any]) -> None:
+    """scripts/large_models.py on a hundredfold-smaller model of SDXL's layout: it scores through the family."""
+    mod = load_script("large_models")
+    out = mod.run("sdxl", "float32", "fd", quick=True, threads=None)
+    assert out["family"] == "sdxl" and out["latent_shape"] == [4, 16, 16]
+    assert set(out["parameters"]) == {"unet", "text_encoder", "text_encoder_2"}
+    assert out["parameters"]["unet"] > 1_000_000
+    assert math.isfinite(out["score"]) and out["score"] > 0 and out["peak_rss_gib"] > 0
