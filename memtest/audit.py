@@ -40,6 +40,8 @@ class AuditConfig:
     n: int = 4
     seed: int = 0
     steps: int = 1
+    #: flow-matching checkpoints only: Euler steps before measuring (None: the default, DEFAULT_FLOW_STEPS)
+    flow_steps: int | None = None
     batch_size: int = 8
     per_prompt_seeds: bool = False
     device: str | None = None
@@ -64,6 +66,7 @@ class AuditConfig:
             n=self.n,
             seed=self.seed,
             steps=self.steps,
+            flow_steps=self.flow_steps,
             batch_size=self.batch_size,
             per_prompt_seeds=self.per_prompt_seeds,
         ).validate()

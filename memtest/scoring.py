@@ -76,7 +76,11 @@ class Scorer:
         self.ckpt = checkpoint
         self.family = checkpoint.family
         self.settings = (settings or ScoreSettings()).validate()
-        self.process = self.family.process(checkpoint, self.settings.num_inference_steps, self.settings.steps)
+        s = self.settings
+        if s.flow_steps is None:  # only a setting the user chose reaches the family (DDPM families refuse one)
+            self.process = self.family.process(checkpoint, s.num_inference_steps, s.steps)
+        else:
+            self.process = self.family.process(checkpoint, s.num_inference_steps, s.steps, flow_steps=s.flow_steps)
         self.timesteps = list(self.process.timesteps)
         self._conds: dict[str, Cond] = {}
         self._null: Cond | None = None
@@ -96,7 +100,8 @@ class Scorer:
             "steps": s.steps,
             "timesteps": list(self.timesteps),
             "num_inference_steps": s.num_inference_steps,
-            "guidance_scale": s.guidance_scale if s.steps > 1 else None,
+            # the scale moves the measured points only when the sampler steps with it before or between them
+            "guidance_scale": s.guidance_scale if self._guided_steps() else None,
             "fd_h": self.fd_h if s.method != "jvp" else None,
             **self.process.identity(),
             "latent_shape": list(self.ckpt.latent_shape),
@@ -105,6 +110,10 @@ class Scorer:
             "fingerprint": self.ckpt.fingerprint,
             **self.family.identity(self.ckpt),
         }
+
+    def _guided_steps(self) -> bool:
+        p = self.process
+        return (self.settings.steps > 1 or len(p.lead_timesteps) > 0) and p.cfg
 
     @property
     def fd_h(self) -> float:
@@ -182,16 +191,16 @@ class Scorer:
         c_0 = self.null(rows)
         totals = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
         process = self.process
+        # Flow matching: guided Euler steps from x_1 to the first measured noise level (none for DDPM).
+        for k, t in enumerate(process.lead_timesteps):
+            with torch.inference_mode():
+                o_c, o_0 = self._branches(x, t, c_c, c_0, first=k == 0, prompts=len(prompts))
+                x = process.step(process.guide(o_c, o_0, s.guidance_scale), t, x.to(torch.float32))
+        first = not process.lead_timesteps
         for k, t in enumerate(self.timesteps):
             xf = x.to(torch.float32)
             with torch.inference_mode():
-                if k == 0 and not s.per_prompt_seeds and len(prompts) > 1:
-                    # Every prompt starts from the same n noises, so the unconditional branch at x_T is the
-                    # same for all of them: run it once per noise (n rows, not len(prompts) * n).
-                    out = self._outputs(x, t, c_c, cond_rows(c_0, slice(0, s.n)), x_0=x[: s.n])
-                    o_c, o_0 = out[: x.shape[0]], out[x.shape[0] :].repeat(len(prompts), 1, 1, 1)
-                else:
-                    o_c, o_0 = self._outputs(x, t, c_c, c_0).chunk(2)
+                o_c, o_0 = self._branches(x, t, c_c, c_0, first=first and k == 0, prompts=len(prompts))
                 if s.metric == "score_norm":
                     value = process.difference(o_c, o_0, xf, t).flatten(1).norm(dim=1)
                 else:
@@ -202,8 +211,7 @@ class Scorer:
             totals += value.to(torch.float64)
             if k + 1 < len(self.timesteps):
                 with torch.inference_mode():
-                    guided = o_0 + s.guidance_scale * (o_c - o_0)
-                    x = process.step(guided, t, xf)
+                    x = process.step(process.guide(o_c, o_0, s.guidance_scale), t, xf)
         per_gen = (totals / len(self.timesteps)).cpu()
         if not torch.isfinite(per_gen).all():
             bad = list(
@@ -230,6 +238,19 @@ class Scorer:
                 )
             )
         return results
+
+    def _branches(
+        self, x: torch.Tensor, t: int, c_c: Cond, c_0: Cond, *, first: bool, prompts: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both branches' raw outputs at x, one row per generation (cond, uncond)."""
+        n = self.settings.n
+        if first and not self.settings.per_prompt_seeds and prompts > 1:
+            # Every prompt starts from the same n noises, so the unconditional branch at x_T is the same for
+            # all of them: run it once per noise (n rows, not prompts * n).
+            out = self._outputs(x, t, c_c, cond_rows(c_0, slice(0, n)), x_0=x[:n])
+            return out[: x.shape[0]], out[x.shape[0] :].repeat(prompts, 1, 1, 1)
+        o_c, o_0 = self._outputs(x, t, c_c, c_0).chunk(2)
+        return o_c, o_0
 
     def _hvp(self, t: int, c_c: Cond, c_0: Cond, x: torch.Tensor, s_delta: torch.Tensor) -> torch.Tensor:
         """H_Δ(x) s_Δ(x) by the configured method; x, s_delta, c_c and c_0 have one row per generation."""

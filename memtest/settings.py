@@ -11,6 +11,11 @@ from .errors import ScoringError
 METRICS: tuple[str, ...] = ("sharpness", "score_norm")
 METHODS: tuple[str, ...] = ("jvp", "fd", "fd-forward")
 
+#: Flow-matching checkpoints (SD3, Flux): guided Euler steps taken from x_1 (s = 1) before the metric is
+#: measured. At s = 1 the ideal model's sharpness is zero for every prompt (docs/method.md, flow matching), so
+#: the default measures at the first noise level s < 1 that the sampler reaches.
+DEFAULT_FLOW_STEPS = 1
+
 
 @dataclass(frozen=True)
 class ScoreSettings:
@@ -26,6 +31,9 @@ class ScoreSettings:
     guidance_scale: float = 7.5
     batch_size: int = 8
     fd_h: float | None = None
+    #: Flow-matching checkpoints only: Euler steps before measuring (None: DEFAULT_FLOW_STEPS; 0 measures at
+    #: s = 1). Setting it for a DDPM-family checkpoint is an error.
+    flow_steps: int | None = None
 
     def validate(self) -> ScoreSettings:
         if self.metric not in METRICS:
@@ -41,6 +49,15 @@ class ScoreSettings:
                 f"steps={self.steps} exceeds num_inference_steps={self.num_inference_steps}; "
                 "the metric averages over the first `steps` sampling steps."
             )
+        if self.flow_steps is not None:
+            fs = self.flow_steps
+            if not isinstance(fs, int) or isinstance(fs, bool) or fs < 0:
+                raise ScoringError(f"Setting flow_steps must be a non-negative integer, got {fs!r}.")
+            if fs + self.steps > self.num_inference_steps:
+                raise ScoringError(
+                    f"flow_steps={fs} plus steps={self.steps} exceeds num_inference_steps={self.num_inference_steps}; "
+                    "the metric is measured on the `steps` sampling steps after the first `flow_steps`."
+                )
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise ScoringError(f"seed must be a non-negative integer, got {self.seed!r}.")
         if self.fd_h is not None and not (self.fd_h > 0 and math.isfinite(self.fd_h)):

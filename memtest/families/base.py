@@ -75,12 +75,28 @@ class Component:
 class Process:
     """The noise process the sampler follows, at the timesteps the metric evaluates.
 
-    `field` is what the metrics differentiate (s_Δ for DDPM models); `difference` is what `score_norm`
-    measures. Both come from the raw model outputs of the two branches at the same x.
+    `field` is what the metrics differentiate (s_Δ for DDPM models, the velocity difference for flow
+    matching); `difference` is what `score_norm` measures. Both come from the raw model outputs of the two
+    branches at the same x.
+
+    The scorer walks the sampler's trajectory from x_T: first the `lead_timesteps` (guided steps taken
+    without measuring; none for DDPM), then `timesteps`, measuring at each and stepping between them.
     """
 
-    #: Recorded in scores and calibrations so that different spaces never mix.
-    timesteps: list[int]
+    #: The timesteps the metric is measured at, as the model receives them: int for DDPM schedules, float
+    #: (σ · num_train_timesteps) for flow matching. Recorded in scores and calibrations.
+    timesteps: list[Any]
+    #: Timesteps the sampler traverses before the first measured one, without measuring.
+    lead_timesteps: tuple[Any, ...] = ()
+    #: Whether a sampler step guides with the scale (classifier-free guidance). False for guidance-distilled
+    #: models (Flux), whose sampler steps with the conditional output alone.
+    cfg: bool = True
+
+    def guide(self, o_c: torch.Tensor, o_0: torch.Tensor, scale: float) -> torch.Tensor:
+        """The output the sampler steps with, from the two branches' raw outputs."""
+        if not self.cfg:
+            return o_c
+        return o_0 + scale * (o_c - o_0)
 
     def field(self, o_c: torch.Tensor, o_0: torch.Tensor, x: torch.Tensor, t: int) -> torch.Tensor:
         raise NotImplementedError
@@ -200,7 +216,13 @@ class Family:
         return {}
 
     # -- the process --------------------------------------------------------------------------------
-    def process(self, ckpt: Checkpoint, num_inference_steps: int, steps: int) -> Process:
+    def process(self, ckpt: Checkpoint, num_inference_steps: int, steps: int, flow_steps: int | None = None) -> Process:
+        """The sampler's process; `flow_steps` (flow matching only) are the Euler steps before measuring."""
+        if flow_steps is not None:
+            raise ScoringError(
+                f"flow_steps={flow_steps} applies to flow-matching checkpoints only; {ckpt.name} is a {self.title} "
+                "checkpoint with a DDPM noise schedule, measured at the sampler's first step. Leave flow_steps unset."
+            )
         if not hasattr(ckpt.scheduler, "alphas_cumprod"):
             raise CheckpointError(
                 f"Scheduler {type(ckpt.scheduler).__name__} of {ckpt.name} has no alphas_cumprod; the "
