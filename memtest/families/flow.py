@@ -116,11 +116,6 @@ class FlowProcess(Process):
         }
 
 
-def scale_to_score(velocity_product: torch.Tensor, s: float) -> torch.Tensor:
-    """H_Δ s_Δ from the velocity-space product J_Δv Δv at noise level s: × ((1 − s)/s)² (FAMILIES.md §2)."""
-    return velocity_product * ((1.0 - s) / s) ** 2
-
-
 class FlowFamily(Family):
     """What SD3 and Flux share: a transformer denoiser predicting velocity, a flow-matching schedule."""
 
