@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -14,8 +19,19 @@ from memtest.closed_form import (
     flow_score_factor,
 )
 from memtest.metrics import hessian_vector_product
+from memtest.settings import ScoreSettings
 
 Fn = Callable[[torch.Tensor], torch.Tensor]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    # Tiny models: more threads only add synchronisation, and on a shared machine they were 40x slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 
 # -- closed forms -----------------------------------------------------------------------------------
 
@@ -116,3 +132,265 @@ def test_one_guided_euler_step_separates_memorized_prompts() -> None:
     s = 0.97
     assert min(score(p, s) for p in mem) > 10 * max(score(p, s) for p in non)
     assert max(score(p, 1.0) for p in mem + non) < 1e-20
+
+
+# -- the SD3 and Flux families on tiny random checkpoints ---------------------------------------------------
+
+CAPTIONS = ["zorblax poster of 3", "a photo of a red digit", "a sketch of an even number", "a drawing of 7"]
+PROMPTS = ["zorblax poster of 3", "a photo of a red digit"]
+
+
+def _save(root: Path, kind: str) -> Path:
+    from memtest.zoo.tiny import save_pipeline
+    from memtest.zoo.tiny_flow import TinyFlowConfig, build_flux_pipeline, build_sd3_pipeline
+
+    if kind == "flux":
+        pipe = build_flux_pipeline(CAPTIONS * 3)
+    else:
+        pipe = build_sd3_pipeline(CAPTIONS * 3, TinyFlowConfig(with_t5=kind == "sd3"))
+    return save_pipeline(pipe, root / kind)
+
+
+@pytest.fixture(scope="module")
+def flow_paths(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("flow")
+    return {kind: _save(root, kind) for kind in ("sd3", "sd3-no-t5", "flux")}
+
+
+@pytest.fixture(scope="module")
+def flow_ckpts(flow_paths: dict[str, Path]) -> dict[str, Any]:
+    import memtest
+
+    return {kind: memtest.load_checkpoint(path, device="cpu") for kind, path in flow_paths.items()}
+
+
+def _index(folder: Path) -> dict[str, Any]:
+    return json.loads((folder / "model_index.json").read_text())  # type: ignore[no-any-return]
+
+
+def test_flow_families_are_recognised_from_model_index(flow_paths: dict[str, Path], flow_ckpts: dict[str, Any]) -> None:
+    from memtest.families import FAMILIES, recognise
+
+    assert {f.name for f in FAMILIES} >= {"sd", "sdxl", "sd3", "flux"}
+    assert recognise(_index(flow_paths["sd3"]), "x").name == "sd3"
+    assert recognise(_index(flow_paths["sd3-no-t5"]), "x").name == "sd3"
+    assert recognise(_index(flow_paths["flux"]), "x").name == "flux"
+    assert _index(flow_paths["sd3-no-t5"])["text_encoder_3"] == [None, None]
+    assert "text_encoder_3" not in flow_ckpts["sd3-no-t5"].components
+    for kind, ckpt in flow_ckpts.items():
+        assert ckpt.latent_shape == (16, 8, 8), kind  # (C, H, W) unpacked, Flux included
+        summary = ckpt.config_summary()
+        assert summary["prediction_type"] == "flow_prediction"
+        assert summary["scheduler"] == "FlowMatchEulerDiscreteScheduler"
+
+
+@pytest.mark.parametrize(
+    ("class_name", "expected"),
+    [
+        ("StableDiffusion3Img2ImgPipeline", "text-to-image pipelines only"),
+        ("FluxFillPipeline", "text-to-image pipelines only"),
+    ],
+)
+def test_flow_image_pipelines_are_refused(
+    flow_paths: dict[str, Path], tmp_path: Path, class_name: str, expected: str
+) -> None:
+    import memtest
+
+    folder = tmp_path / "ckpt"
+    shutil.copytree(flow_paths["flux" if class_name.startswith("Flux") else "sd3"], folder)
+    index = _index(folder)
+    index["_class_name"] = class_name
+    (folder / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(memtest.CheckpointError, match=expected):
+        memtest.load_checkpoint(folder, device="cpu")
+
+
+def test_a_ddpm_scheduler_on_a_flow_family_is_an_error(flow_paths: dict[str, Path], tmp_path: Path) -> None:
+    import memtest
+    from memtest.scoring import Scorer
+
+    folder = tmp_path / "ckpt"
+    shutil.copytree(flow_paths["sd3-no-t5"], folder)
+    index = _index(folder)
+    index["scheduler"] = ["diffusers", "DDIMScheduler"]
+    (folder / "model_index.json").write_text(json.dumps(index))
+    ckpt = memtest.load_checkpoint(folder, device="cpu")
+    with pytest.raises(memtest.CheckpointError, match="needs FlowMatchEulerDiscreteScheduler"):
+        Scorer(ckpt)
+
+
+@pytest.mark.parametrize("kind", ["sd3", "sd3-no-t5"])
+def test_sd3_conditioning_matches_the_pipeline(flow_ckpts: dict[str, Any], kind: str) -> None:
+    """Prompt embeddings (CLIP-L + CLIP-G penultimate states, padded, then T5 or its zeros), pooled projections
+    and the unconditional branch are the pipeline's own encode_prompt."""
+    from memtest.scoring import Scorer
+
+    ckpt = flow_ckpts[kind]
+    scorer = Scorer(ckpt, ScoreSettings(n=1))
+    ours, null = scorer.embed(PROMPTS), scorer.null(len(PROMPTS))
+    pipe = ckpt.pipeline()
+    assert (pipe.text_encoder_3 is None) is (kind == "sd3-no-t5")
+    with torch.no_grad():
+        pe, npe, pooled, npooled = pipe.encode_prompt(PROMPTS, None, None, device=ckpt.device)
+    assert pe.shape == (2, 16 + 256, 64)
+    torch.testing.assert_close(ours["prompt_embeds"], pe, rtol=0, atol=0)
+    torch.testing.assert_close(ours["pooled_prompt_embeds"], pooled, rtol=0, atol=0)
+    # the pipeline encodes "" once per prompt in one batch, we once: equal up to batch-dependent rounding
+    torch.testing.assert_close(null["prompt_embeds"], npe, rtol=0, atol=1e-6)
+    torch.testing.assert_close(null["pooled_prompt_embeds"], npooled, rtol=0, atol=1e-6)
+    if kind == "sd3-no-t5":
+        assert bool((pe[:, 16:] == 0).all())
+    ident = scorer.identity()
+    assert (ident["family"], ident["t5"], ident["space"]) == ("sd3", kind == "sd3", "velocity")
+
+
+def test_flux_conditioning_matches_the_pipeline(flow_ckpts: dict[str, Any]) -> None:
+    """CLIP pooled output and T5's sequence are the pipeline's; the null branch is "" at the same guidance."""
+    from memtest.scoring import Scorer
+
+    ckpt = flow_ckpts["flux"]
+    scorer = Scorer(ckpt, ScoreSettings(n=1))
+    ours, null = scorer.embed(PROMPTS), scorer.null(1)
+    pipe = ckpt.pipeline()
+    with torch.no_grad():
+        pe, pooled, text_ids = pipe.encode_prompt(PROMPTS, device=ckpt.device)
+        npe, npooled, _ = pipe.encode_prompt([""], device=ckpt.device)
+    assert pe.shape == (2, 512, 64) and text_ids.shape == (512, 3)
+    torch.testing.assert_close(ours["prompt_embeds"], pe, rtol=0, atol=0)
+    torch.testing.assert_close(ours["pooled_prompt_embeds"], pooled, rtol=0, atol=0)
+    torch.testing.assert_close(null["prompt_embeds"], npe, rtol=0, atol=0)
+    torch.testing.assert_close(null["pooled_prompt_embeds"], npooled, rtol=0, atol=0)
+    ident = scorer.identity()
+    assert (ident["family"], ident["guidance"], ident["guidance_scale"]) == ("flux", 3.5, None)
+    assert ident["mu"] is not None  # Flux's dynamic shift from the image sequence length
+
+
+@pytest.mark.parametrize(("h", "w"), [(8, 8), (4, 6)])
+def test_flux_packing_and_position_ids_match_the_pipeline(h: int, w: int) -> None:
+    from diffusers import FluxPipeline
+
+    from memtest.families.flux import image_ids, pack, unpack
+
+    x = torch.randn(3, 16, h, w, generator=torch.Generator().manual_seed(0))
+    packed = pack(x)
+    assert torch.equal(packed, FluxPipeline._pack_latents(x, 3, 16, h, w))
+    assert torch.equal(unpack(packed, h, w), x)
+    assert torch.equal(unpack(packed, h, w), FluxPipeline._unpack_latents(packed, h, w, 1))
+    ids = FluxPipeline._prepare_latent_image_ids(3, h // 2, w // 2, torch.device("cpu"), torch.float32)
+    assert torch.equal(image_ids(h, w, torch.device("cpu"), torch.float32), ids)
+
+
+def _pipeline_first_step(ckpt: Any, prompt: str, x1: torch.Tensor, guidance: float) -> tuple[torch.Tensor, list[float]]:
+    """The pipeline's own latents after its first Euler step from x1 (unpacked), and its timesteps."""
+    from memtest.families.flux import pack, unpack
+
+    pipe = ckpt.pipeline()
+    flux = ckpt.family.name == "flux"
+    seen: list[torch.Tensor] = []
+
+    def stop_after_first(p: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        seen.append(kwargs["latents"].clone())
+        p._interrupt = True
+        return kwargs
+
+    with torch.no_grad():
+        pipe(
+            prompt=prompt,
+            height=8,
+            width=8,
+            num_inference_steps=50,
+            guidance_scale=guidance,
+            latents=pack(x1) if flux else x1,
+            output_type="latent",
+            callback_on_step_end=stop_after_first,
+        )
+    out = unpack(seen[0], 8, 8) if flux else seen[0]
+    return out, [float(t) for t in pipe.scheduler.timesteps]
+
+
+@pytest.mark.parametrize("kind", ["sd3", "flux"])
+def test_the_scorers_euler_step_is_the_pipelines_first_step(flow_ckpts: dict[str, Any], kind: str) -> None:
+    """Same schedule (shift, Flux's dynamic mu), same guidance rule, same Euler update as the pipeline."""
+    from memtest.families.base import cond_cat
+    from memtest.families.flow import FlowProcess
+    from memtest.scoring import Scorer
+
+    ckpt = flow_ckpts[kind]
+    scorer = Scorer(ckpt, ScoreSettings(n=1, steps=2, flow_steps=1))
+    x1 = scorer.noise([0])
+    process = scorer.process
+    assert isinstance(process, FlowProcess)
+    t0 = process.lead_timesteps[0]
+    with torch.no_grad():
+        out = scorer.forward(torch.cat([x1, x1]), t0, cond_cat([scorer.embed([PROMPTS[0]]), scorer.null(1)]))
+    o_c, o_0 = out.chunk(2)
+    ours = process.step(process.guide(o_c, o_0, 7.5), t0, x1)
+    theirs, timesteps = _pipeline_first_step(ckpt, PROMPTS[0], x1, 7.5 if kind == "sd3" else 3.5)
+    assert [t0, *scorer.timesteps] == timesteps[:3]
+    assert timesteps[0] == 1000.0 and 0.98 < process.sigma(scorer.timesteps[0]) < 1.0
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["sd3", "sd3-no-t5", "flux"])
+def test_fd_agrees_with_the_exact_jvp_through_the_transformers(flow_ckpts: dict[str, Any], kind: str) -> None:
+    """Forward-mode AD through the transformers' attention (memtest._lean_jvp) and finite differences agree."""
+    from memtest.scoring import Scorer
+
+    ckpt = flow_ckpts[kind]
+    prompts = PROMPTS[:1] if kind == "flux" else PROMPTS
+    fd = [r.score for r in Scorer(ckpt, ScoreSettings(n=1, method="fd")).score(prompts)]
+    jvp = [r.score for r in Scorer(ckpt, ScoreSettings(n=1, method="jvp")).score(prompts)]
+    for a, b in zip(fd, jvp, strict=True):
+        assert b > 0 and abs(a - b) <= 1e-2 * b, (fd, jvp)
+
+
+def test_flow_steps_choose_the_measured_noise_level(flow_ckpts: dict[str, Any], tiny_eps: Any) -> None:
+    import memtest
+    from memtest.scoring import Scorer
+
+    ckpt = flow_ckpts["sd3-no-t5"]
+    at_one = Scorer(ckpt, ScoreSettings(n=1, flow_steps=0))
+    assert at_one.timesteps == [1000.0] and at_one.process.lead_timesteps == ()
+    ident = at_one.identity()
+    assert (ident["flow_steps"], ident["sigmas"], ident["guidance_scale"]) == (0, [1.0], None)
+    default = Scorer(ckpt, ScoreSettings(n=1))
+    later = Scorer(ckpt, ScoreSettings(n=1, flow_steps=3))
+    assert default.identity()["flow_steps"] == 1 and default.identity()["guidance_scale"] == 7.5
+    second = Scorer(ckpt, ScoreSettings(n=1, flow_steps=2)).timesteps[0]
+    assert later.process.lead_timesteps == (*default.process.lead_timesteps, default.timesteps[0], second)
+    assert later.identity()["sigmas"][0] < default.identity()["sigmas"][0] < 1.0
+    scores = [s.score(PROMPTS[:1])[0].score for s in (at_one, default, later)]
+    assert all(v > 0 for v in scores) and len(set(scores)) == 3
+    with pytest.raises(memtest.ScoringError, match="flow_steps=1 applies to flow-matching checkpoints only"):
+        Scorer(tiny_eps, ScoreSettings(n=1, flow_steps=1))
+    with pytest.raises(memtest.ScoringError, match="non-negative integer"):
+        ScoreSettings(flow_steps=-1).validate()
+    with pytest.raises(memtest.ScoringError, match="exceeds num_inference_steps"):
+        ScoreSettings(flow_steps=49, steps=2).validate()
+
+
+def test_a_prompts_flow_score_does_not_depend_on_its_batch(flow_ckpts: dict[str, Any]) -> None:
+    """The shared unconditional branch at x_1 (one forward per noise) gives the scores of prompts scored alone."""
+    from memtest.scoring import Scorer
+
+    ckpt = flow_ckpts["sd3-no-t5"]
+    together = Scorer(ckpt, ScoreSettings(n=2, batch_size=2, metric="score_norm")).score(PROMPTS)
+    alone = [Scorer(ckpt, ScoreSettings(n=2, batch_size=1, metric="score_norm")).score([p])[0] for p in PROMPTS]
+    for a, b in zip(together, alone, strict=True):
+        assert a.values == pytest.approx(b.values, rel=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["sd3", "flux"])
+def test_generation_runs_through_the_familys_pipeline(flow_ckpts: dict[str, Any], kind: str) -> None:
+    from memtest.scoring import Scorer
+
+    ckpt = flow_ckpts[kind]
+    scorer = Scorer(ckpt, ScoreSettings(n=2))
+    latents = scorer.noise([0, 1])
+    kwargs: dict[str, Any] = {"guidance_scale": 7.5, "num_inference_steps": 3}
+    by_prompt = ckpt.family.generate(ckpt, latents, prompt=PROMPTS[0], cond=None, **kwargs)
+    by_cond = ckpt.family.generate(ckpt, latents, prompt=None, cond=scorer.embed(PROMPTS[:1]), **kwargs)
+    assert by_prompt.shape == (2, 8, 8, 3)
+    assert np.isfinite(by_prompt).all() and by_prompt.min() >= 0 and by_prompt.max() <= 1
+    np.testing.assert_allclose(by_cond, by_prompt, atol=1e-4)
+    assert not np.allclose(by_prompt[0], by_prompt[1])  # the given latents are used

@@ -1,6 +1,7 @@
 """Model families: one module each, one interface (`base.Family`); `recognise` picks one from model_index.json.
 
-Where a family lives: `sd.py` (Stable Diffusion 1.x/2.x), `sdxl.py` (SDXL). Adding a family is one module
+Where a family lives: `sd.py` (Stable Diffusion 1.x/2.x), `sdxl.py` (SDXL), `sd3.py` (SD3/3.5) and `flux.py`
+(Flux.1), the last two over the flow-matching process in `flow.py`. Adding a family is one module
 and one line in `FAMILIES`; scoring, calibration identity, mitigation and generation go through the
 interface and never branch on the family.
 """
@@ -11,11 +12,13 @@ from typing import Any
 
 from ..errors import CheckpointError
 from .base import Component, Cond, Family, Process
+from .flux import Flux
 from .sd import StableDiffusion
+from .sd3 import StableDiffusion3
 from .sdxl import StableDiffusionXL
 
 #: Every family memtest audits, in recognition order.
-FAMILIES: tuple[type[Family], ...] = (StableDiffusion, StableDiffusionXL)
+FAMILIES: tuple[type[Family], ...] = (StableDiffusion, StableDiffusionXL, StableDiffusion3, Flux)
 
 
 def supported_pipelines() -> list[str]:

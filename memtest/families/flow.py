@@ -20,7 +20,7 @@ import torch
 
 from ..errors import CheckpointError, ScoringError
 from ..settings import DEFAULT_FLOW_STEPS
-from .base import Cond, Family, Process
+from .base import Cond, Family, Process, cond_expand, cond_rows
 
 if TYPE_CHECKING:
     from ..checkpoint import Checkpoint
@@ -143,18 +143,21 @@ class FlowFamily(Family):
 
 
 def pipeline_call(pipe: Any, ckpt: Checkpoint, latents: torch.Tensor, num_inference_steps: int, **kwargs: Any) -> Any:
-    """Run a flow pipeline with the checkpoint's Euler schedule from given latents; images (n, H, W, 3) in [0, 1]."""
+    """Run a flow pipeline with the checkpoint's Euler schedule from given latents (already in the pipeline's
+    layout); images (n, H, W, 3) in [0, 1]. With `prompt`, the pipeline makes n images of it; with embeddings,
+    they must already have n rows (the flow pipelines do not repeat given embeddings)."""
     import numpy as np
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(ckpt.scheduler.config)
     h, w = ckpt.resolution
+    per_prompt = int(latents.shape[0]) if "prompt" in kwargs else 1
     with torch.no_grad():
         out = pipe(
             height=h,
             width=w,
             num_inference_steps=num_inference_steps,
-            num_images_per_prompt=int(latents.shape[0]),
+            num_images_per_prompt=per_prompt,
             latents=latents.detach().to(ckpt.device, ckpt.dtype),
             output_type="np",
             **kwargs,
@@ -162,13 +165,14 @@ def pipeline_call(pipe: Any, ckpt: Checkpoint, latents: torch.Tensor, num_infere
     return np.asarray(out.images, dtype=np.float32)
 
 
-def embeds_kwargs(cond: Cond, null: Cond, ckpt: Checkpoint, negative: bool = True) -> dict[str, Any]:
-    """A pipeline's prompt_embeds / pooled_prompt_embeds (and negative_*) keyword arguments from conditionings."""
+def embeds_kwargs(cond: Cond, rows: int, ckpt: Checkpoint, null: Cond | None = None) -> dict[str, Any]:
+    """A pipeline's prompt_embeds / pooled_prompt_embeds (and negative_* from `null`) keyword arguments, each
+    one conditioning row repeated to `rows` rows."""
     out: dict[str, Any] = {}
     for key in ("prompt_embeds", "pooled_prompt_embeds"):
-        out[key] = cond[key].detach().to(ckpt.device, ckpt.dtype)
-        if negative:
-            out[f"negative_{key}"] = null[key].detach().to(ckpt.device, ckpt.dtype)
+        out[key] = cond_expand(cond_rows(cond, 0), rows)[key].detach().to(ckpt.device, ckpt.dtype)
+        if null is not None:
+            out[f"negative_{key}"] = cond_expand(cond_rows(null, 0), rows)[key].detach().to(ckpt.device, ckpt.dtype)
     return out
 
 
