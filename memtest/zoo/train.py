@@ -85,34 +85,27 @@ FINETUNE_RECIPE = Recipe(
 
 
 class Progress:
-    """Prints `[phase] step i/n  loss x  elapsed m:ss  eta m:ss` to a stream every `every` seconds."""
+    """One training phase's progress on `stream` (memtest.progress): a live bar with its ETA on a terminal,
+    a plain `[phase] step i/n (p%)  loss x  elapsed m:ss  eta m:ss` line every `every` seconds in a log."""
 
     def __init__(self, phase: str, total: int, stream: TextIO | None, every: float = 10.0) -> None:
-        self.phase, self.total, self.stream, self.every = phase, total, stream, every
+        from memtest.progress import Progress as Display
+
+        self.phase, self.total = phase, total
+        self.display = Display(f"[{phase}] step", total, stream=stream, every=every)
         self.start = time.perf_counter()
         self.cpu_start = time.process_time()
-        self.last = -math.inf
         self.loss: float | None = None
 
     @staticmethod
     def _clock(seconds: float) -> str:
-        m, s = divmod(round(seconds), 60)
-        return f"{m}:{s:02d}"
+        from memtest.progress import clock
+
+        return clock(seconds)
 
     def update(self, step: int, loss: float) -> None:
         self.loss = loss if self.loss is None else 0.9 * self.loss + 0.1 * loss
-        now = time.perf_counter()
-        if self.stream is None or (now - self.last < self.every and step < self.total):
-            return
-        self.last = now
-        elapsed = now - self.start
-        eta = elapsed / max(step, 1) * (self.total - step)
-        print(
-            f"[{self.phase}] step {step}/{self.total}  loss {self.loss:.4f}  "
-            f"elapsed {self._clock(elapsed)}  eta {self._clock(eta)}",
-            file=self.stream,
-            flush=True,
-        )
+        self.display.update(step, self.total, extra=f"loss {self.loss:.4f}")
 
     @property
     def elapsed(self) -> float:
