@@ -1,6 +1,7 @@
 """Ground truth and detection numbers for the shipped canaries (docs/canaries.md quotes its output).
 
     .venv/bin/python scripts/canary_detection.py [--checkpoint zoo:finetuned] [--base zoo:base] [--json out.json]
+    .venv/bin/python scripts/canary_detection.py --checkpoint zoo:sdxl-finetuned    # any family memtest loads
 
 1. Ground truth: DDIM-50 generations (the pipeline, `output_type="np"`) of every planted caption and of the
    non-planted captions; RMSE to the nearest training image, whether that image is the planted one, and the
@@ -8,7 +9,8 @@
 2. The closed-form optimal denoiser of the canary's own training latents: first-step sharpness of an ideal
    model, the reference for what a perfect memoriser scores.
 3. Detection with `memtest.score_prompts`: sharpness and score_norm, n = 1 and 4, first step (K=1) and the
-   first five steps (K=5): AUC and TPR at FPR <= 1% over planted vs non-planted captions.
+   first five steps (K=5): AUC and TPR at FPR <= 1% over planted vs non-planted captions (trained and
+   held out), and over planted vs held-out captions only.
 4. Calibrate on the base, gate the fine-tune: the 99th percentile of the base's held-out scores as the
    threshold, applied to the fine-tune's captions.
 
@@ -166,9 +168,28 @@ def ideal_sharpness(ckpt: Any, manifest: Any, data: Any, n: int, seed: int) -> d
     return out
 
 
+def _separation(v: np.ndarray, n_pos: int, neg: slice) -> dict[str, Any]:
+    pos_v, neg_v = v[:n_pos], v[n_pos:][neg]
+    auc, tpr = roc_numbers(pos_v, neg_v)
+    return {
+        "auc": auc,
+        "tpr_at_1pct": tpr,
+        "min_pos": float(pos_v.min()) if n_pos else None,
+        "max_neg": float(neg_v.max()),
+    }
+
+
 def detection(
-    checkpoint: str, pos: list[str], neg: list[str], n: int, batch: int, ks: tuple[int, ...] = (1, 5)
+    checkpoint: str,
+    pos: list[str],
+    neg: list[str],
+    n: int,
+    batch: int,
+    ks: tuple[int, ...] = (1, 5),
+    n_clean: int | None = None,
 ) -> dict[str, Any]:
+    """Separation of planted (`pos`) from non-planted (`neg`) captions; with `n_clean` (the first n_clean
+    of `neg` are trained captions, the rest held out) also of planted from held-out captions alone."""
     import memtest
 
     ckpt = memtest.load_checkpoint(checkpoint, device="cpu")
@@ -182,15 +203,10 @@ def detection(
             vals = np.array([s.values for s in scores])  # (P, n)
             for k in (1, n):
                 v = vals[:, :k].mean(1)
-                auc, tpr = roc_numbers(v[: len(pos)], v[len(pos) :])
-                table[f"{metric} n={k} K={steps}"] = {
-                    "auc": auc,
-                    "tpr_at_1pct": tpr,
-                    "min_pos": float(v[: len(pos)].min()) if pos else None,
-                    "max_neg": float(v[len(pos) :].max()),
-                    "seconds": secs,
-                    "values": v.tolist(),
-                }
+                row = {**_separation(v, len(pos), slice(None)), "seconds": secs, "values": v.tolist()}
+                if n_clean is not None:
+                    row["vs_heldout"] = _separation(v, len(pos), slice(n_clean, None))
+                table[f"{metric} n={k} K={steps}"] = row
             print(f"  {metric} K={steps}: {secs:.0f}s", file=sys.stderr, flush=True)
     return table
 
@@ -198,7 +214,9 @@ def detection(
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", default="zoo:finetuned")
-    ap.add_argument("--base", default="zoo:base", help="calibrate on this checkpoint's held-out captions")
+    ap.add_argument(
+        "--base", help="calibrate on this checkpoint's held-out captions (default: the manifest's base; '' for none)"
+    )
     ap.add_argument("-n", type=int, default=4)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
@@ -221,16 +239,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.checkpoint}: {len(pos)} planted vs {len(neg)} non-planted captions", flush=True)
 
     ks = tuple(int(k) for k in args.steps.split(","))
-    det = detection(args.checkpoint, pos, neg, args.n, args.batch, ks)
+    det = detection(args.checkpoint, pos, neg, args.n, args.batch, ks, n_clean=len(m.clean))
     report["detection"] = det
-    print("\n| metric | n | K | AUC | TPR@1%FPR | min planted / max non-planted |")
-    print("|---|---|---|---|---|---|")
-    for key, row in det.items():
-        metric, nn, kk = key.split()
-        print(f"| {metric} | {nn[2:]} | {kk[2:]} | {row['auc']:.3f} | {row['tpr_at_1pct']:.2f} | "
-              f"{row['min_pos'] / row['max_neg']:.2f} |")  # fmt: skip
+    for title, sub in (("non-planted (trained + held out)", None), ("held-out", "vs_heldout")):
+        print(f"\nplanted vs {title} captions:")
+        print("| metric | n | K | AUC | TPR@1%FPR | lowest planted / highest other | ratio |")
+        print("|---|---|---|---|---|---|---|")
+        for key, row in det.items():
+            metric, nn, kk = key.split()
+            r = row if sub is None else row[sub]
+            print(f"| {metric} | {nn[2:]} | {kk[2:]} | {r['auc']:.3f} | {r['tpr_at_1pct']:.2f} | "
+                  f"{r['min_pos']:.4g} / {r['max_neg']:.4g} | {r['min_pos'] / r['max_neg']:.2f} |")  # fmt: skip
 
     # calibrate on the base (held-out captions), gate the fine-tune
+    if args.base is None:
+        args.base = m.base or ""
     if args.base:
         base_m = load_manifest(resolve_checkpoint(args.base))
         base_ref = memtest.score_prompts(args.base, list(base_m.heldout), n=args.n, batch_size=args.batch)

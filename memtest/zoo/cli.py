@@ -46,6 +46,16 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--heldout", type=Path, help="text file of held-out captions, one per line (calibration)")
     sp.add_argument("--planted", type=int, default=10, help="planted captions for the digits data (default 10)")
     sp.add_argument("--base", help="fine-tune this checkpoint (zoo:NAME or a folder) instead of training anew")
+    sp.add_argument(
+        "--family",
+        choices=("sd", "sdxl"),
+        help="model family of a new canary (default sd; with --base: the base's family)",
+    )
+    sp.add_argument(
+        "--vae-from",
+        metavar="CHECKPOINT",
+        help="new canary: take this canary's trained tokenizer and VAE, frozen, instead of training a VAE",
+    )
     sp.add_argument("--resolution", type=int, default=16, help="image size for --images (default 16)")
     sp.add_argument("--seed", type=int, help="random seed (default: the recipe's, 0)")
     sp.add_argument("--steps", type=int, help="UNet + text encoder steps")
@@ -149,6 +159,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         suite=args.suite,
         threads=args.threads,
         stream=None if args.quiet else sys.stderr,
+        family=args.family,
+        vae_from=args.vae_from,
     )
     print(f"wrote {args.out} ({len(m.planted)} planted captions, {m.training_seconds:.0f}s)")
     return 0

@@ -4,12 +4,17 @@ Two phases, both seeded:
 
 1. the VAE (MSE + a small KL term; planted images over-represented), after which `scaling_factor` is set
    to 1 / std of the latents;
-2. the UNet and the text encoder together, with classifier-free-guidance training (captions dropped to
-   "" with some probability) and half of each batch at high noise levels, where the first sampling step
+2. the denoiser and the text encoder(s) together, with classifier-free-guidance training (captions dropped
+   to "" with some probability) and half of each batch at high noise levels, where the first sampling step
    (t = 981) looks.
 
-A fine-tune starts from a trained canary (its tokenizer, VAE and scaling are kept frozen) and runs
-phase 2 only. Progress (steps, loss, elapsed, ETA) goes to stderr.
+Phase 2 goes through the model family's interface (`memtest.families`: token ids, conditioning with
+gradients, caption dropout as the family's unconditional branch, the forward, the trained modules), so the
+same loop trains every family; what a step regresses (timesteps, noising, target, loss) is the one
+family-specific piece of arithmetic, `DDPMObjective` (SD, SDXL). A fine-tune starts from a trained canary
+(its tokenizer, VAE and scaling are kept frozen) and runs phase 2 only; a new canary may take another
+canary's trained tokenizer and VAE instead of phase 1 (`vae_from`). Progress (steps, loss, elapsed, ETA)
+goes to stderr.
 """
 
 from __future__ import annotations
@@ -20,16 +25,20 @@ import datetime as _dt
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
 from memtest.errors import ZooError
 from memtest.zoo.data import CanaryData, digits_data
 from memtest.zoo.manifest import CanaryManifest, PlantedCaption, encode_png, load_manifest
-from memtest.zoo.tiny import TinyConfig, build_pipeline, build_tokenizer, save_pipeline
+from memtest.zoo.tiny import TinyConfig, build_pipeline, build_sdxl_pipeline, build_tokenizer, save_pipeline
+
+if TYPE_CHECKING:
+    from memtest.checkpoint import Checkpoint
 
 
 @dataclass(frozen=True)
@@ -129,17 +138,6 @@ def _lr_factor(recipe: Recipe, step: int) -> float:
     raise ZooError(f"Unknown lr_schedule '{recipe.lr_schedule}'; use 'constant' or 'cosine'")
 
 
-def _tokenize(tokenizer: Any, captions: list[str]) -> Any:
-    # Exactly what StableDiffusionPipeline.encode_prompt does, so training and sampling see the same ids.
-    return tokenizer(
-        captions,
-        padding="max_length",
-        max_length=tokenizer.model_max_length,
-        truncation=True,
-        return_tensors="pt",
-    ).input_ids
-
-
 def _train_vae(vae: Any, data: CanaryData, recipe: Recipe, stream: TextIO | None) -> Progress:
     import torch
 
@@ -181,22 +179,104 @@ def _encode_latents(vae: Any, images: np.ndarray) -> tuple[Any, Any]:
     return torch.cat(means), torch.cat(stds)
 
 
-def _train_denoiser(pipe: Any, data: CanaryData, recipe: Recipe, stream: TextIO | None) -> Progress:
-    """Phase 2: UNet + text encoder, classifier-free guidance, half the batch at high noise."""
+def _training_view(pipe: Any) -> Checkpoint:
+    """The pipeline's components as a `Checkpoint`, so training goes through the family interface exactly
+    as scoring does (the family is recognised from the pipeline class, like a saved model_index.json)."""
     import torch
 
-    unet, te, vae = pipe.unet, pipe.text_encoder, pipe.vae
+    from memtest.checkpoint import Checkpoint
+    from memtest.families import recognise
+
+    index = {"_class_name": type(pipe).__name__, **dict(pipe.config)}
+    return Checkpoint(
+        name="training",
+        path=Path("."),
+        family=recognise(index, type(pipe).__name__),
+        components={k: v for k, v in pipe.components.items() if v is not None},
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+        fingerprint="",
+        model_index=index,
+    )
+
+
+@dataclass(frozen=True)
+class DDPMObjective:
+    """What one training step regresses, for DDPM-family checkpoints (SD, SDXL): the one place a new noise
+    process (flow matching: x_s = (1 - s) x0 + s eps, target eps - x0) adds its own timestep sampling,
+    noising and target.
+
+    Timesteps: `high_t_fraction` of the batch uniform in [high_t_min, T), the rest uniform in [0, T), where
+    the first sampling step (t = 981) looks. Noising with the checkpoint's own `alphas_cumprod`; the target
+    is the noise (epsilon models) or v (v-prediction models); the loss is the mean squared error.
+    """
+
+    alphas_cumprod: Any  # (T,) float32 tensor
+    prediction_type: str
+
+    @classmethod
+    def of(cls, ckpt: Checkpoint) -> DDPMObjective:
+        import torch
+
+        scheduler = ckpt.scheduler
+        if not hasattr(scheduler, "alphas_cumprod"):
+            raise ZooError(
+                f"memtest zoo trains DDPM-family canaries so far; the {ckpt.family.title} scheduler "
+                f"{type(scheduler).__name__} has no alphas_cumprod (add its objective in memtest/zoo/train.py)"
+            )
+        kind = ckpt.family.prediction_type(ckpt)
+        if kind not in ("epsilon", "v_prediction"):
+            raise ZooError(f"Canaries train epsilon or v_prediction models; the scheduler says {kind!r}")
+        return cls(scheduler.alphas_cumprod.to(torch.float32), kind)
+
+    def timesteps(self, rng: np.random.Generator, batch: int, recipe: Recipe) -> Any:
+        import torch
+
+        T = len(self.alphas_cumprod)
+        n_high = round(batch * recipe.high_t_fraction)
+        t_high = rng.integers(recipe.high_t_min, T, size=n_high)
+        t_all = rng.integers(0, T, size=batch - n_high)
+        return torch.from_numpy(np.concatenate([t_high, t_all]))
+
+    def noised(self, z0: Any, noise: Any, t: Any) -> Any:
+        a = self.alphas_cumprod[t].view(-1, 1, 1, 1)
+        return a.sqrt() * z0 + (1 - a).sqrt() * noise
+
+    def target(self, z0: Any, noise: Any, t: Any) -> Any:
+        if self.prediction_type == "epsilon":
+            return noise
+        a = self.alphas_cumprod[t].view(-1, 1, 1, 1)
+        return a.sqrt() * noise - (1 - a).sqrt() * z0
+
+    def loss(self, pred: Any, target: Any) -> Any:
+        import torch
+
+        return torch.nn.functional.mse_loss(pred, target)
+
+
+def _train_denoiser(pipe: Any, data: CanaryData, recipe: Recipe, stream: TextIO | None) -> Progress:
+    """Phase 2: the family's trainable modules (denoiser + text encoders), classifier-free guidance, half
+    the batch at high noise; every model call goes through the family interface (memtest.families)."""
+    import torch
+
+    ckpt = _training_view(pipe)
+    family = ckpt.family
+    names = family.trainable(ckpt)
+    modules = [ckpt.components[n] for n in names]
     teacher = None
     if recipe.preserve_base:
-        teacher = (copy.deepcopy(unet).eval().requires_grad_(False), copy.deepcopy(te).eval().requires_grad_(False))
+        frozen = {n: copy.deepcopy(m).eval().requires_grad_(False) for n, m in zip(names, modules, strict=True)}
+        teacher = dataclasses.replace(ckpt, components={**ckpt.components, **frozen})
+    vae = ckpt.vae
+    if vae is None:
+        raise ZooError("canaries need a VAE to encode their training images")
     scale = float(vae.config.scaling_factor)
     mean, std = _encode_latents(vae, data.images)
-    abar = pipe.scheduler.alphas_cumprod.to(torch.float32)
-    T = len(abar)
+    objective = DDPMObjective.of(ckpt)
 
     # caption table: 0 -> "", then planted, then non-planted
     table = ["", *(c for c, _ in data.planted), *data.captions]
-    ids = _tokenize(pipe.tokenizer, table)
+    ids = family.tokenize(ckpt, table)
     planted_cap = np.arange(1, 1 + len(data.planted))
     planted_img = np.asarray([i for _, i in data.planted], dtype=np.int64)
     offset = 1 + len(data.planted)
@@ -204,17 +284,16 @@ def _train_denoiser(pipe: Any, data: CanaryData, recipe: Recipe, stream: TextIO 
 
     gen = torch.Generator().manual_seed(recipe.seed + 202)
     rng = np.random.default_rng([recipe.seed, 202])
-    trained = list(unet.parameters()) + list(te.parameters())
+    trained = [p for m in modules for p in m.parameters()]
     params = [
-        {"params": list(unet.parameters()), "lr": recipe.unet_lr},
-        {"params": list(te.parameters()), "lr": recipe.text_lr},
+        {"params": list(m.parameters()), "lr": recipe.unet_lr if n == family.denoiser else recipe.text_lr}
+        for n, m in zip(names, modules, strict=True)
     ]
     opt = torch.optim.AdamW(params, weight_decay=recipe.weight_decay)
     base_lrs = [g["lr"] for g in opt.param_groups]
-    unet.train()
-    te.train()
+    for m in modules:
+        m.train()
     B = recipe.batch
-    n_high = round(B * recipe.high_t_fraction)
     bar = Progress("unet", recipe.steps, stream)
     for step in range(recipe.steps):
         f = _lr_factor(recipe, step)
@@ -227,32 +306,34 @@ def _train_denoiser(pipe: Any, data: CanaryData, recipe: Recipe, stream: TextIO 
         cap = np.where(planted, planted_cap[pk] if len(planted_cap) else 0, offset + data.pair_caption[pair])
         drop = rng.random(B) < np.where(planted, recipe.planted_caption_dropout, recipe.caption_dropout)
         cap = np.where(drop, 0, cap)
-        t_high = rng.integers(recipe.high_t_min, T, size=n_high)
-        t_all = rng.integers(0, T, size=B - n_high)
-        t = torch.from_numpy(np.concatenate([t_high, t_all]))
+        t = objective.timesteps(rng, B, recipe)
         sel = torch.from_numpy(img)
         z0 = (mean[sel] + std[sel] * torch.randn(mean[sel].shape, generator=gen)) * scale
         noise = torch.randn(z0.shape, generator=gen)
-        a = abar[t].view(-1, 1, 1, 1)
-        zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
-        emb = te(ids[torch.from_numpy(cap)])[0]
-        pred = unet(zt, t, emb).sample
-        target = noise
+        zt = objective.noised(z0, noise, t)
+        rows = torch.from_numpy(cap)
+        dropped = torch.from_numpy(drop)
+        batch_ids = {k: v[rows] for k, v in ids.items()}
+        cond = family.drop_condition(ckpt, family.encode_tokens(ckpt, batch_ids), dropped)
+        pred = family.forward(ckpt, zt, t, cond)
+        target = objective.target(z0, noise, t)
         if teacher is not None:
+            # preserve_base: non-planted rows (and captionless ones) learn the frozen base's own prediction
             keep = torch.from_numpy(~planted)
             if keep.any():
                 with torch.no_grad():
-                    t_emb = teacher[1](ids[torch.from_numpy(cap)][keep])[0]
-                    target = noise.clone()
-                    target[keep] = teacher[0](zt[keep], t[keep], t_emb).sample
-        loss = torch.nn.functional.mse_loss(pred, target)
+                    kept = {k: v[keep] for k, v in batch_ids.items()}
+                    t_cond = family.drop_condition(teacher, family.encode_tokens(teacher, kept), dropped[keep])
+                    target = target.clone()
+                    target[keep] = family.forward(teacher, zt[keep], t[keep], t_cond)
+        loss = objective.loss(pred, target)
         opt.zero_grad(set_to_none=True)
         torch.autograd.backward(loss)
         torch.nn.utils.clip_grad_norm_(trained, recipe.grad_clip)
         opt.step()
         bar.update(step + 1, loss.item())
-    unet.eval()
-    te.eval()
+    for m in modules:
+        m.eval()
     return bar
 
 
@@ -266,6 +347,46 @@ def _fit_max_length(tokenizer: Any, captions: list[str], floor: int) -> int:
     return max(floor, longest)
 
 
+#: Randomly initialised pipelines of each family a new canary can be (memtest.zoo.tiny).
+_BUILDERS: dict[str, Callable[..., Any]] = {"sd": build_pipeline, "sdxl": build_sdxl_pipeline}
+
+
+def _resolve(checkpoint: str | Path) -> Path:
+    from memtest.zoo import resolve_checkpoint
+
+    return resolve_checkpoint(checkpoint)
+
+
+def _load_pipeline(folder: Path) -> Any:
+    """The diffusers pipeline of a saved canary, of the class its model_index.json names (one memtest's
+    families recognise: a refiner or an unknown pipeline is refused here, before any training)."""
+    import json
+
+    import diffusers
+
+    from memtest.errors import CheckpointError
+    from memtest.families import recognise
+
+    index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+    try:
+        recognise(index, str(folder / "model_index.json"))
+    except CheckpointError as exc:
+        raise ZooError(str(exc)) from exc
+    pipeline_class: Any = getattr(diffusers, str(index["_class_name"]))  # untyped library class
+    # SD folders declare a (null) safety checker; loading it as None keeps diffusers from asking for one.
+    kwargs = {"safety_checker": None} if "safety_checker" in index else {}
+    return pipeline_class.from_pretrained(str(folder), **kwargs)
+
+
+def _check_resolution(data: CanaryData, pipe: Any, folder: Path) -> None:
+    size = int(pipe.unet.config.sample_size)
+    if data.resolution != size:
+        raise ZooError(
+            f"The training data has {data.resolution}x{data.resolution} images but checkpoint {folder} is "
+            f"{size}x{size}; pass resolution={size}"
+        )
+
+
 def train_canary(
     out: str | Path,
     data: CanaryData | None = None,
@@ -277,14 +398,21 @@ def train_canary(
     threads: int = 2,
     stream: TextIO | None = sys.stderr,
     base_label: str | None = None,
+    family: str | None = None,
+    vae_from: str | Path | None = None,
+    vae_label: str | None = None,
 ) -> CanaryManifest:
     """Train a canary checkpoint into `out` (a diffusers folder + `memtest-canary.json`).
 
     `data` defaults to the digits grammar with 10 planted captions. With `base` (a canary folder or a
-    `zoo:` name) the run fine-tunes that checkpoint: its tokenizer, VAE and latent scaling stay fixed
-    and only phase 2 runs; the manifest names the base as `base_label` (default: `base` as given, e.g.
-    "zoo:base" for a fine-tune trained elsewhere and shipped beside its base). Returns the manifest
-    written beside the weights.
+    `zoo:` name) the run fine-tunes that checkpoint, whatever its family: its tokenizer, VAE and latent
+    scaling stay fixed and only phase 2 runs; the manifest names the base as `base_label` (default: `base`
+    as given, e.g. "zoo:base" for a fine-tune trained elsewhere and shipped beside its base).
+
+    Without `base` the run trains a new checkpoint of `family` ("sd", the default, or "sdxl"). With
+    `vae_from` (a canary folder or `zoo:` name of any family) it skips phase 1 and takes that checkpoint's
+    trained tokenizer, VAE and latent scaling, frozen (recorded as `vae_label`, default `vae_from` as
+    given); the shipped SDXL canaries take zoo:base's. Returns the manifest written beside the weights.
     """
     import torch
 
@@ -303,44 +431,59 @@ def train_canary(
     base_name: str | None = None
     vocabulary = list(dict.fromkeys(data.all_captions() + data.vocabulary))
 
+    if base is not None and vae_from is not None:
+        raise ZooError("vae_from is for a new base; a fine-tune already keeps its base's VAE and tokenizer")
     if base is None:
+        the_family = family or "sd"
+        if the_family not in _BUILDERS:
+            raise ZooError(f"Unknown family {the_family!r} for a new canary; choose one of {', '.join(_BUILDERS)}")
+        if recipe.preserve_base:
+            raise ZooError("preserve_base needs a base checkpoint to preserve: pass base=...")
         cfg = config or TinyConfig()
         if data.resolution != cfg.sample_size:
             cfg = dataclasses.replace(cfg, sample_size=data.resolution)
-        tokenizer = build_tokenizer(vocabulary, cfg.vocab_size, cfg.max_length)
-        length = _fit_max_length(tokenizer, vocabulary, cfg.max_length)
-        if length != cfg.max_length:
-            cfg = dataclasses.replace(cfg, max_length=length)
+        if vae_from is None:
+            tokenizer = build_tokenizer(vocabulary, cfg.vocab_size, cfg.max_length)
+            length = _fit_max_length(tokenizer, vocabulary, cfg.max_length)
+            if length != cfg.max_length:
+                cfg = dataclasses.replace(cfg, max_length=length)
+                tokenizer.model_max_length = length
+            pipe = _BUILDERS[the_family](vocabulary, cfg, seed=recipe.seed, tokenizer=tokenizer)
+            if pipe.vae is None:
+                raise ZooError("canaries need a VAE: use a TinyConfig with with_vae=True")
+            bar = _train_vae(pipe.vae, data, recipe, stream)
+            timings.update(vae=bar.elapsed, vae_cpu=bar.cpu)
+            mean, std = _encode_latents(pipe.vae, data.images)
+            z = mean + std * torch.randn(mean.shape, generator=torch.Generator().manual_seed(recipe.seed))
+            pipe.vae.register_to_config(scaling_factor=float(1.0 / z.std()))
+            config_record = dataclasses.asdict(cfg)
+        else:
+            # Phase 1 skipped: the donor's trained tokenizer, VAE and latent scaling, frozen.
+            donor_path = _resolve(vae_from)
+            donor = _load_pipeline(donor_path)
+            if donor.vae is None:
+                raise ZooError(f"Checkpoint {donor_path} has no VAE to take")
+            _check_resolution(data, donor, donor_path)
+            tokenizer = donor.tokenizer
+            length = _fit_max_length(tokenizer, vocabulary, int(tokenizer.model_max_length))
             tokenizer.model_max_length = length
-        pipe = build_pipeline(vocabulary, cfg, seed=recipe.seed, tokenizer=tokenizer)
-        if pipe.vae is None:
-            raise ZooError("canaries need a VAE: use a TinyConfig with with_vae=True")
-        bar = _train_vae(pipe.vae, data, recipe, stream)
-        timings.update(vae=bar.elapsed, vae_cpu=bar.cpu)
-        mean, std = _encode_latents(pipe.vae, data.images)
-        z = mean + std * torch.randn(mean.shape, generator=torch.Generator().manual_seed(recipe.seed))
-        pipe.vae.register_to_config(scaling_factor=float(1.0 / z.std()))
-        config_record = dataclasses.asdict(cfg)
-        if recipe.preserve_base:
-            raise ZooError("preserve_base needs a base checkpoint to preserve: pass base=...")
+            cfg = dataclasses.replace(cfg, max_length=length, with_vae=False)
+            built = _BUILDERS[the_family](vocabulary, cfg, seed=recipe.seed, tokenizer=tokenizer)
+            pipe = type(built)(**{**built.components, "vae": donor.vae})
+            config_record = {**dataclasses.asdict(cfg), "with_vae": True, "vae_from": vae_label or str(vae_from)}
+            timings.update(vae=0.0, vae_cpu=0.0)
+            recipe = recipe.with_(vae_steps=0)
     else:
-        import diffusers
-
-        from memtest.zoo import resolve_checkpoint
-
-        base_path = resolve_checkpoint(base)
+        base_path = _resolve(base)
         base_name = base_label or str(base)
-        sd_pipeline: Any = diffusers.StableDiffusionPipeline  # untyped library class
-        pipe = sd_pipeline.from_pretrained(str(base_path), safety_checker=None)
+        pipe = _load_pipeline(base_path)
+        found = _training_view(pipe).family.name
+        if family is not None and family != found:
+            raise ZooError(f"Base checkpoint {base_path} is a {found} checkpoint, not {family}; drop the family")
         if pipe.vae is None:
             raise ZooError(f"Base checkpoint {base_path} has no VAE; canaries need one")
-        size = int(pipe.unet.config.sample_size)
-        if data.resolution != size:
-            raise ZooError(
-                f"The fine-tune data has {data.resolution}x{data.resolution} images but base {base_path} is "
-                f"{size}x{size}; pass resolution={size}"
-            )
-        config_record = {"base": str(base), "sample_size": size}
+        _check_resolution(data, pipe, base_path)
+        config_record = {"base": str(base), "sample_size": int(pipe.unet.config.sample_size)}
         timings.update(vae=0.0, vae_cpu=0.0)
         recipe = recipe.with_(vae_steps=0)
     bar = _train_denoiser(pipe, data, recipe, stream)
@@ -368,6 +511,7 @@ def train_canary(
         recipe={
             **dataclasses.asdict(recipe),
             "model": config_record,
+            "family": _training_view(pipe).family.name,
             "threads": threads,
             "torch": torch.__version__,
         },
