@@ -507,8 +507,71 @@ def _doc_threshold(doc: Mapping[str, Any]) -> float | None:
     return thresholds.pop() if len(thresholds) == 1 else None
 
 
+def _margin(case: Mapping[str, Any]) -> float | None:
+    margin = case.get("margin")
+    return float(margin) if isinstance(margin, (int, float)) and not isinstance(margin, bool) else None
+
+
+def case_priority(case: Mapping[str, Any]) -> tuple[int, float, str]:
+    """Where a case sits in the report's opening order: errors, failures, flagged cases (those nearest the
+    threshold, the weakest detections, first), the other judged cases from the closest to the threshold
+    down, then the rest; ties by id."""
+    outcome, cid, margin = case["outcome"], str(case["id"]), _margin(case)
+    if outcome in _OUTCOME_ORDER and outcome != "passed":
+        return (_OUTCOME_ORDER[outcome], 0.0, cid)
+    if case.get("flagged") is True:
+        return (2, abs(margin) if margin is not None else math.inf, cid)
+    if margin is not None:
+        return (3, -margin, cid)
+    return (4, 0.0, cid)
+
+
+def _case_label(case: Mapping[str, Any], sep: str = " (margin {})") -> str:
+    margin = _margin(case)
+    return str(case["id"]) + (sep.format(fmt_signed(margin)) if margin is not None else "")
+
+
+def look_at(cases: Sequence[Mapping[str, Any]]) -> str:
+    """One line saying what to look at first in this run."""
+    if not cases:
+        return "This results file contains no cases."
+    errors = [c for c in cases if c["outcome"] not in ("passed", "failed")]
+    failed = [c for c in cases if c["outcome"] == "failed"]
+    parts: list[str] = []
+    if errors:
+        causes = list(dict.fromkeys(str(c.get("message") or "no message") for c in errors))
+        others = f" and {len(causes) - 1} other cause(s)" if len(causes) > 1 else ""
+        parts.append(f"{len(errors)} case(s) could not be judged: {_truncate(causes[0], 160)}{others}")
+    above = sorted((c for c in failed if c["kind"] == "detect" and c.get("flagged") is True), key=case_priority)
+    missed = sorted((c for c in failed if c["kind"] == "detect" and c.get("flagged") is not True), key=case_priority)
+    mitigations = [c for c in failed if c["kind"] != "detect"]
+    if above:
+        worst = max(above, key=lambda c: _margin(c) or 0.0)
+        parts.append(
+            f"{len(above)} clean prompt(s) scored above the threshold (worst: {_case_label(worst, ', margin {}')})"
+        )
+    if missed:
+        closest = max(missed, key=lambda c: _margin(c) or -math.inf)
+        parts.append(
+            f"{len(missed)} memorized prompt(s) were not flagged (closest: {_case_label(closest, ', margin {}')})"
+        )
+    if mitigations:
+        parts.append(f"{len(mitigations)} mitigation(s) did not reach flat noise ({mitigations[0]['id']} first)")
+    if parts:
+        return "Look at: " + "; ".join(parts) + "."
+    judged = [c for c in cases if c["kind"] == "detect" and _margin(c) is not None]
+    clean = [c for c in judged if c.get("flagged") is not True]
+    flagged = [c for c in judged if c.get("flagged") is True]
+    line = f"Nothing failed: all {len(cases)} cases passed."
+    if clean:
+        line += f" Closest to the threshold: {_case_label(max(clean, key=lambda c: _margin(c) or -math.inf))}."
+    if flagged:
+        line += f" Weakest flagged case: {_case_label(min(flagged, key=lambda c: _margin(c) or math.inf))}."
+    return line
+
+
 def _case_rows(cases: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    ordered = sorted(cases, key=lambda c: (_OUTCOME_ORDER.get(c["outcome"], 9), str(c["id"])))
+    ordered = sorted(cases, key=case_priority)
     rows = []
     for case in ordered:
         values = [float(v) for v in case["values"]]
@@ -651,6 +714,7 @@ def build_context(doc: Mapping[str, Any]) -> dict[str, Any]:
         "threshold": fmt_num(threshold),
         "settings": _kv(doc["settings"]),
         "rows": _case_rows(cases),
+        "look": look_at(cases),
         "page": PAGE_ROWS,
         "suites": sorted({str(c["suite"]) for c in cases}),
         "histogram": histogram,

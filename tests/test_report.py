@@ -27,7 +27,7 @@ from sklearn.metrics import roc_auc_score
 from test_results import THRESHOLD, make_results, split_shards
 
 from memtest.errors import ResultsError
-from memtest.report import PAGE_ROWS, render_report, report_main, tpr_at_fpr, write_report
+from memtest.report import PAGE_ROWS, look_at, render_report, report_main, tpr_at_fpr, write_report
 from memtest.results import summarize, write_results
 
 REPO = Path(__file__).resolve().parents[1]
@@ -206,6 +206,52 @@ def test_full_report_has_every_section() -> None:
     imgs = [attrs for tag, attrs in page.tags if tag == "img"]
     assert len(imgs) == 2 * 4
     assert all((a["src"] or "").startswith("data:image/png;base64,") for a in imgs)
+
+
+def test_report_opens_on_what_matters() -> None:
+    """Errors, failures, flagged cases, then clean cases from the closest to the threshold; the cases come
+    before the checkpoint details, and one line at the top says what to look at."""
+    doc = make_results(40, errors=2, seed=3)
+    page = parse(render_report(doc))
+    rows = [attrs for tag, attrs in page.tags if tag == "tr" and "data-outcome" in attrs]
+    by_id = {c["id"]: c for c in doc["cases"]}
+    ranks = [{"error": 0, "failed": 1}.get(r["data-outcome"] or "", 2 if r["data-flagged"] == "1" else 3) for r in rows]
+    assert ranks == sorted(ranks) and ranks[0] == 0 and 1 in ranks and 2 in ranks and 3 in ranks
+    clean = [by_id[r["data-id"]]["margin"] for r, rank in zip(rows, ranks, strict=True) if rank == 3]
+    assert clean == sorted(clean, reverse=True) and all(m < 0 for m in clean)  # closest to the threshold first
+    flagged = [abs(by_id[r["data-id"]]["margin"]) for r, rank in zip(rows, ranks, strict=True) if rank == 2]
+    assert flagged == sorted(flagged)  # the weakest detections first
+    ids = [attrs.get("id") for _, attrs in page.tags]
+    assert ids.index("look") < ids.index("cases") < ids.index("checkpoint") < ids.index("calibration")
+    look = page.by_id["look"]
+    assert look.startswith("Look at: 2 case(s) could not be judged: CheckpointError: weights unreadable;")
+    assert look == look_at(doc["cases"]) and "\n" not in look
+
+
+def test_what_to_look_at_names_the_worst_cases() -> None:
+    cases = make_results(30, seed=1)["cases"]
+    for case, margin in zip([c for c in cases if c["expectation"] == "clean"][:2], (0.002, 0.05), strict=True):
+        case.update(score=THRESHOLD + margin, margin=margin, flagged=True, outcome="failed")  # clean, above
+    for case, margin in zip([c for c in cases if c["expectation"] == "memorized"][:2], (-0.01, -0.001), strict=True):
+        case.update(score=THRESHOLD + margin, margin=margin, flagged=False, outcome="failed")  # memorized, missed
+    above = [c for c in cases if c["outcome"] == "failed" and c["flagged"]]
+    missed = [c for c in cases if c["outcome"] == "failed" and not c["flagged"]]
+    assert above and missed
+    worst = max(above, key=lambda c: c["margin"])
+    closest = max(missed, key=lambda c: c["margin"])
+    assert look_at(cases) == (
+        f"Look at: {len(above)} clean prompt(s) scored above the threshold (worst: {worst['id']}, margin "
+        f"{worst['margin']:+.3g}); {len(missed)} memorized prompt(s) were not flagged (closest: {closest['id']}, "
+        f"margin {closest['margin']:+.3g})."
+    )
+    passing = [c for c in cases if c["outcome"] == "passed"]
+    near = max((c for c in passing if not c["flagged"]), key=lambda c: c["margin"])
+    weakest = min((c for c in passing if c["flagged"]), key=lambda c: c["margin"])
+    assert look_at(passing) == (
+        f"Nothing failed: all {len(passing)} cases passed. Closest to the threshold: {near['id']} (margin "
+        f"{near['margin']:+.3g}). Weakest flagged case: {weakest['id']} (margin {weakest['margin']:+.3g})."
+    )
+    assert look_at([]) == "This results file contains no cases."
 
 
 def test_report_without_optional_sections() -> None:
