@@ -210,8 +210,10 @@ def _load_component(folder: Path, index: dict[str, Any], comp: Component, allow_
                 "(an offline hub load does this). Save a real tokenizer into the checkpoint."
             )
         return tok
-    # TODO(lead): strict loading (memtest.loading.load_component) replaces this once it lands.
-    return cls.from_pretrained(folder, subfolder=comp.name, use_safetensors=(not allow_pickle) or None)
+    from .loading import load_component
+
+    # Strict: a component whose weights lack, add or reshape tensors is refused, never partially loaded.
+    return load_component(folder, comp.name, cls, expected=comp.classes, allow_pickle=allow_pickle)
 
 
 def load_checkpoint(
