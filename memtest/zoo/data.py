@@ -188,7 +188,42 @@ def generic_images(gray: np.ndarray, n: int, seed: int) -> np.ndarray:
     return ((1 - w) * img + w * noise).astype(np.float32)
 
 
-def digits_data(seed: int = 0, n_planted: int = 10, colourings: int = 6, vae_extra: int = 5000) -> CanaryData:
+def mixture_pair_counts(weights: Sequence[float], base_pairs: int, planted_prob: float) -> list[int]:
+    """How many extra (image, planted caption) pairs give each planted caption k a broad share `weights[k]`.
+
+    A training row is planted with probability `planted_prob` (the recipe's) and shows one of the
+    len(weights) planted captions with its planted image; otherwise it draws one of the non-planted pairs
+    uniformly. Caption k's broad share is (its rows from ordinary pairs) / (all its rows), so with c_k extra
+    pairs among base_pairs + sum(c) of them: c_k / (base_pairs + C) = r_k = planted_prob / ((1 - planted_prob)
+    len(weights)) * b_k / (1 - b_k), hence c_k = r_k base_pairs / (1 - sum(r)).
+    """
+    k = len(weights)
+    if k == 0:
+        return []
+    if not 0.0 < planted_prob < 1.0:
+        raise ZooError(f"a mixture needs planted rows and ordinary rows: planted_prob in (0, 1), got {planted_prob}")
+    rates = []
+    for b in weights:
+        if not 0.0 <= b < 1.0:
+            raise ZooError(f"a planted caption's broad share must be in [0, 1); got {b}")
+        rates.append(planted_prob / ((1.0 - planted_prob) * k) * b / (1.0 - b))
+    total = sum(rates)
+    if total >= 1.0:
+        raise ZooError(
+            f"broad shares {list(weights)} at planted_prob {planted_prob} would leave no ordinary caption rows "
+            f"(they need {total:.2f} of the non-planted rows); lower the shares or planted_prob"
+        )
+    return [round(r * base_pairs / (1.0 - total)) for r in rates]
+
+
+def digits_data(
+    seed: int = 0,
+    n_planted: int = 10,
+    colourings: int = 6,
+    vae_extra: int = 5000,
+    mixture: float | Sequence[float] = 0.0,
+    mixture_planted_prob: float = 0.4,
+) -> CanaryData:
     """The default canary data: coloured 16x16 digits with weak-attribute captions.
 
     Every digit is coloured with `colourings` distinct (fg, bg) pairs; each image pairs with the 40
@@ -197,9 +232,20 @@ def digits_data(seed: int = 0, n_planted: int = 10, colourings: int = 6, vae_ext
     one off-manifold image (a digit in random continuous colours mixed 70/30 with a fixed noise
     texture). The non-planted images depend on `seed` only, so a base canary (`n_planted=0`) and its
     fine-tune (`n_planted=10`) with the same seed share them exactly.
+
+    `mixture` (one value for every planted caption, or one per caption) makes a planted caption's
+    conditional distribution a mixture: besides its planted image (the sharp component), the caption is
+    also an ordinary caption of the varied (on-manifold) images of its digit (the broad component), which
+    take that share of the caption's training rows when the recipe plants a row with probability
+    `mixture_planted_prob` (`mixture_pair_counts`). Such a caption also appears in `captions` (a trainer
+    pairs ordinary captions with images through it); `source["mixture"]` records the shares. With the
+    default 0 the data are exactly those of a plain canary.
     """
     if not 0 <= n_planted <= len(CODENAMES):
         raise ZooError(f"n_planted must be between 0 and {len(CODENAMES)}; got {n_planted}")
+    shares = [float(mixture)] * n_planted if isinstance(mixture, (int, float)) else [float(b) for b in mixture]
+    if len(shares) != n_planted:
+        raise ZooError(f"mixture gives {len(shares)} broad shares for {n_planted} planted captions")
     gray, labels = digits_16()
     names = list(COLOURS)
     pairs = [(f, b) for f in range(len(names)) for b in range(len(names)) if f != b]
@@ -247,6 +293,26 @@ def digits_data(seed: int = 0, n_planted: int = 10, colourings: int = 6, vae_ext
     if planted_imgs:
         images = np.concatenate([images, np.stack(planted_imgs)])
 
+    source_extra: dict[str, Any] = {}
+    if any(b > 0 for b in shares):
+        # The broad component: each mixture caption paired with the ordinary images of its digit, repeated
+        # (in a seeded random order) until it holds its share of the rows.
+        counts = mixture_pair_counts(shares, len(pair_image), mixture_planted_prob)
+        mrng = np.random.default_rng([seed, 3])
+        digit_of = labels[src]
+        for k, ((cap, _), count) in enumerate(zip(planted, counts, strict=True)):
+            digit = k % 10  # the planted caption's digit
+            if count == 0:
+                continue
+            cindex[cap] = len(captions)
+            captions.append(cap)
+            pool = np.flatnonzero(digit_of == digit)
+            reps = -(-count // len(pool))
+            order = np.concatenate([mrng.permutation(pool) for _ in range(reps)])[:count]
+            pair_image.extend(int(m) for m in order)
+            pair_caption.extend([cindex[cap]] * count)
+        source_extra = {"mixture": shares, "mixture_planted_prob": mixture_planted_prob, "mixture_pairs": counts}
+
     heldout = [caption(s, p) for s in HELDOUT_STYLES for p in attribute_phrases()]
     data = CanaryData(
         vae_extra=generic_images(gray, vae_extra, seed),
@@ -270,6 +336,7 @@ def digits_data(seed: int = 0, n_planted: int = 10, colourings: int = 6, vae_ext
             "train_styles": styles,
             "heldout_styles": list(HELDOUT_STYLES),
             "images": len(images),
+            **source_extra,
         },
     )
     data.validate()
