@@ -79,6 +79,10 @@ DEFAULT_MAX_STEPS = DEFAULT_MITIGATION_STEPS
 #: threw every candidate away before it got there (0 of 40 accepted in 100 steps), so within the default
 #: budget a candidate keeps its seed, and restarts only pay off when the budget is raised.
 DEFAULT_RESTART_AFTER = 100
+#: Exact sharpness checks only for candidates whose forward-difference estimate (from the loss) is below this
+#: multiple of the threshold (and for every candidate's first x_T). On zoo:finetuned it leaves the optimisation
+#: and the acceptances as they were and makes a step 25-35% cheaper (docs/mitigation.md). None: check every step.
+DEFAULT_SCREEN: float | None = 2.0
 #: Baselines: words (RTA) or numbers (RNA) added to the prompt.
 DEFAULT_ADDITIONS = 2
 #: Prompt-embedding optimisation (Wen et al.): Adam learning rate and step budget.
@@ -172,6 +176,8 @@ class SailResult:
     settings: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     evaluations: int = 0  # calls of s_delta
+    rows_evaluated: int = 0  # rows through s_delta (forward), the cost in units of one x
+    checks: int = 0  # exact sharpness measurements of single candidates
 
     @property
     def latents(self) -> torch.Tensor:
@@ -254,10 +260,14 @@ def measure_sharpness(
     return _flat_sq(hv.detach())
 
 
-def sail_loss(s_delta: ScoreFn, x: torch.Tensor, delta: float, alpha: float) -> torch.Tensor:
-    """L(x) per row: ‖s_Δ(x + δ s_Δ(x)) − s_Δ(x)‖² + α ‖x‖² (differentiable in x)."""
-    s = s_delta(x)
-    return _flat_sq(s_delta(x + delta * s) - s) + alpha * _flat_sq(x)
+def sail_loss(
+    s_delta: ScoreFn, x: torch.Tensor, delta: float, alpha: float, start: ScoreFn | None = None
+) -> torch.Tensor:
+    """L(x) per row: ‖s_Δ(y + δ s_Δ(y)) − s_Δ(y)‖² + α ‖x‖² with y = start(x), the measured point (y = x
+    without `start`); differentiable in x."""
+    y = x if start is None else start(x)
+    s = s_delta(y)
+    return _flat_sq(s_delta(y + delta * s) - s) + alpha * _flat_sq(x)
 
 
 def default_alpha(delta: float, threshold: float, dim: int, init_noise_sigma: float = 1.0) -> float:
@@ -293,6 +303,9 @@ def sail(
     h: float | None = None,
     salt: str | None = None,
     callback: Callable[[SailStep], None] | None = None,
+    screen: float | None = DEFAULT_SCREEN,
+    warm_start: int = 0,
+    start: ScoreFn | None = None,
 ) -> SailResult:
     """Find `n` initial noises whose sharpness is below `threshold` (SPEC.md §4).
 
@@ -301,6 +314,21 @@ def sail(
     `n` defaults to len(seeds), `batch_size` (candidates optimised in parallel) to n. `method` and `h` are
     the detector's Hessian-vector-product settings, used for the acceptance check. Returns a
     `SailResult`; when `max_steps` runs out first, `succeeded` is False and `reason` says why.
+
+    Cheaper variants (acceptance is always the detector's own measurement):
+
+    - `screen=f`: every step's loss already holds a forward-difference estimate of the sharpness,
+      ‖s_Δ(x + δ s_Δ(x)) − s_Δ(x)‖² / δ²; the exact check (two more evaluations, reusing s_Δ(x)) runs only
+      for candidates whose estimate is below f times the threshold, and for each candidate's first x_T.
+      A step then costs the loss and its gradient alone (about 6 evaluations instead of 9).
+    - `warm_start=k`: before optimising, measure the sharpness of the given seeds and of k fresh ones and
+      let candidates enter the batch flattest first (seeds already below the threshold are accepted at
+      once, with 0 steps). Screening costs about 3 evaluations per 4 seeds.
+
+    `start` maps initial noises to the point the detector measures at (flow matching: the sampler's lead
+    Euler steps from x_1, `Scorer.start_map`); sharpness and loss are taken there and differentiated through
+    it, while the optimised variable, the norm term and the accepted latents stay the initial noises. A call
+    of `start` counts as one evaluation.
     """
     if not seeds:
         raise MitigationError("SAIL needs at least one seed to start from.")
@@ -309,6 +337,10 @@ def sail(
     _check_positive_int("restart_after", restart_after)
     if not isinstance(max_steps, int) or isinstance(max_steps, bool) or max_steps < 0:
         raise MitigationError(f"SAIL setting max_steps must be a non-negative integer, got {max_steps!r}.")
+    if not isinstance(warm_start, int) or isinstance(warm_start, bool) or warm_start < 0:
+        raise MitigationError(f"SAIL setting warm_start must be a non-negative integer, got {warm_start!r}.")
+    if screen is not None and not (screen >= 1 and math.isfinite(screen)):
+        raise MitigationError(f"SAIL setting screen must be a finite number >= 1 (or None), got {screen!r}.")
     if not math.isfinite(threshold):
         raise MitigationError(f"The acceptance threshold must be a finite number, got {threshold!r}.")
     if not (lr > 0 and math.isfinite(lr)):
@@ -318,7 +350,47 @@ def sail(
             raise MitigationError(f"SAIL setting {name} must be a non-negative finite number, got {value!r}.")
     started = time.perf_counter()
     stream = SeedStream(seeds, salt if salt is not None else ",".join(str(int(s)) for s in seeds))
-    slot_seed = [next(stream) for _ in range(slots)]
+    evaluations = 0
+    rows_evaluated = 0
+
+    def counted(z: torch.Tensor) -> torch.Tensor:
+        nonlocal evaluations, rows_evaluated
+        evaluations += 1
+        rows_evaluated += int(z.shape[0])
+        return s_delta(z)
+
+    def at(z: torch.Tensor) -> torch.Tensor:
+        """The measured point of initial noises z (z itself without `start`)."""
+        nonlocal evaluations, rows_evaluated
+        if start is None:
+            return z
+        evaluations += 1
+        rows_evaluated += int(z.shape[0])
+        return start(z)
+
+    initial: dict[int, float] = {}
+    queue: list[int] = []  # seeds screened by warm_start, flattest first; they enter the batch before fresh ones
+    if warm_start:
+        pool = [next(stream) for _ in range(len(seeds) + warm_start)]
+        for i in range(0, len(pool), max(slots, 1)):
+            chunk = pool[i : i + max(slots, 1)]
+            with torch.no_grad():
+                points = at(noise(chunk))
+            values = measure_sharpness(counted, points, method=method, h=h).tolist()
+            initial.update(zip(chunk, (float(v) for v in values), strict=True))
+        queue = sorted(pool, key=lambda sd: initial[sd] if math.isfinite(initial[sd]) else math.inf)
+    accepted: list[AcceptedLatent] = []
+    # screened seeds already below the threshold are accepted as drawn, flattest first
+    while queue and len(accepted) < want and initial[queue[0]] < threshold:
+        seed = queue.pop(0)
+        value = initial[seed]
+        accepted.append(AcceptedLatent(seed, noise([seed])[0].detach().clone(), value, value, 0))
+    known = dict(initial)  # exact sharpness of screened x_T: a candidate entering from the queue needs no check
+
+    def next_seed() -> int:
+        return queue.pop(0) if queue else next(stream)
+
+    slot_seed = [next_seed() for _ in range(slots)]
     x = noise(slot_seed).detach().clone()
     dim = x[0].numel()
     h_abs = fd_step(x, h)
@@ -326,30 +398,70 @@ def sail(
     adam = _BatchAdam(x, lr)
     own = [0] * slots
     before: list[float | None] = [None] * slots
-    initial: dict[int, float] = {}
-    accepted: list[AcceptedLatent] = []
     history: list[tuple[float, ...]] = []
-    evaluations = 0
     steps = 0
     best_open = math.inf
     reason = ""
+    checks = 0  # exact sharpness measurements of candidates (rows)
+    sharp: list[float] = [math.nan] * slots
 
-    def counted(z: torch.Tensor) -> torch.Tensor:
-        nonlocal evaluations
-        evaluations += 1
-        return s_delta(z)
+    def set_scale(s_now: torch.Tensor) -> None:
+        nonlocal delta, alpha
+        if delta is None:
+            norms = s_now.detach().flatten(1).norm(dim=1)
+            med = float(norms[torch.isfinite(norms)].median()) if torch.isfinite(norms).any() else 0.0
+            delta = h_abs / med if med > 0 else h_abs
+        if alpha is None:
+            alpha = default_alpha(delta, threshold, dim, init_noise_sigma)
 
     while True:
-        with torch.no_grad():
-            s_now = counted(x)
-        sharp = measure_sharpness(counted, x, method=method, h=h_abs, s_at_x=s_now).tolist()
+        grad: torch.Tensor | None = None
+        losses = [math.nan] * slots
+        exact_rows = {i for i in range(slots) if own[i] == 0 and slot_seed[i] in known}
+        for i in exact_rows:
+            sharp[i] = known[slot_seed[i]]
+        if len(accepted) >= want:
+            reason = f"accepted {want} latent(s) below the threshold {threshold:.6g} after {steps} step(s)"
+            break
+        if screen is None or steps >= max_steps:
+            # check every candidate exactly, then differentiate only the ones that step
+            with torch.no_grad():
+                y = at(x)
+                s_now = counted(y)
+            check = [i for i in range(slots) if i not in exact_rows]
+        else:
+            # one pass: the loss and its gradient for every candidate, whose first term estimates the sharpness
+            xl = x.detach().clone().requires_grad_(True)
+            with torch.enable_grad():
+                yl = at(xl)
+                s_l = counted(yl)
+                set_scale(s_l)
+                assert delta is not None and alpha is not None
+                first = _flat_sq(counted(yl + delta * s_l) - s_l)
+                loss_all = first + alpha * _flat_sq(xl)
+                (grad,) = torch.autograd.grad(loss_all.sum(), xl)
+            s_now, y = s_l.detach(), yl.detach()
+            estimate = (first.detach() / max(delta, 1e-300) ** 2).tolist()
+            losses = [float(v) for v in loss_all.detach().tolist()]
+            cut = screen * threshold
+            check = [i for i in range(slots) if i not in exact_rows and (own[i] == 0 or not (estimate[i] >= cut))]
+            sharp = [known[slot_seed[i]] if i in exact_rows else float(v) for i, v in enumerate(estimate)]
+        if check:
+            rows_c = torch.tensor(check, device=x.device)
+            values = measure_sharpness(
+                counted, y.index_select(0, rows_c), method=method, h=h_abs, s_at_x=s_now.index_select(0, rows_c)
+            ).tolist()
+            checks += len(check)
+            for i, v in zip(check, values, strict=True):
+                sharp[i] = float(v)
         newly: list[int] = []
         restart: list[int] = []
         for i, value in enumerate(sharp):
-            if own[i] == 0:
+            exact = i in check or i in exact_rows
+            if own[i] == 0 and exact:
                 before[i] = value
                 initial[slot_seed[i]] = value
-            if math.isfinite(value) and value < threshold:
+            if exact and math.isfinite(value) and value < threshold:
                 newly.append(i)
                 if len(accepted) < want:
                     b = before[i]
@@ -382,31 +494,27 @@ def sail(
             break
         stepping = [i for i in range(slots) if i not in newly and i not in restart]
         if stepping:
-            if delta is None:
-                norms = s_now.flatten(1).norm(dim=1)
-                med = float(norms[torch.isfinite(norms)].median()) if torch.isfinite(norms).any() else 0.0
-                delta = h_abs / med if med > 0 else h_abs
-            if alpha is None:
-                alpha = default_alpha(delta, threshold, dim, init_noise_sigma)
-            # Only the candidates that step are differentiated (rows are independent).
-            rows = torch.tensor(stepping, device=x.device)
-            xl = x.index_select(0, rows).detach().clone().requires_grad_(True)
-            with torch.enable_grad():
-                loss = sail_loss(counted, xl, delta, alpha)
-                (grad_rows,) = torch.autograd.grad(loss.sum(), xl)
-            grad = torch.zeros_like(x)
-            grad.index_copy_(0, rows, grad_rows.detach().to(x.dtype))
-            losses = [math.nan] * slots
-            for i, v in zip(stepping, loss.detach().tolist(), strict=True):
-                losses[i] = float(v)
-            history.append(tuple(losses))
+            if grad is None:
+                set_scale(s_now)
+                assert delta is not None and alpha is not None
+                # Only the candidates that step are differentiated (rows are independent).
+                rows = torch.tensor(stepping, device=x.device)
+                xl = x.index_select(0, rows).detach().clone().requires_grad_(True)
+                with torch.enable_grad():
+                    loss = sail_loss(counted, xl, delta, alpha, None if start is None else at)
+                    (grad_rows,) = torch.autograd.grad(loss.sum(), xl)
+                grad = torch.zeros_like(x)
+                grad.index_copy_(0, rows, grad_rows.detach().to(x.dtype))
+                for i, v in zip(stepping, loss.detach().tolist(), strict=True):
+                    losses[i] = float(v)
+            history.append(tuple(losses[i] if i in stepping else math.nan for i in range(slots)))
             finite = torch.isfinite(grad.flatten(1)).all(dim=1).tolist()
             for i in list(stepping):
                 if not (math.isfinite(losses[i]) and finite[i]):
                     stepping.remove(i)
                     restart.append(i)
             with torch.no_grad():
-                adam.step(x, grad, stepping)
+                adam.step(x, grad.to(x.dtype), stepping)
                 if renormalize:
                     for i in stepping:
                         x[i].mul_(radius / max(float(x[i].norm()), 1e-30))
@@ -414,7 +522,7 @@ def sail(
                 own[i] += 1
         steps += 1
         for i in sorted(set(newly) | set(restart)):
-            seed = next(stream)
+            seed = next_seed()
             slot_seed[i] = seed
             x[i] = noise([seed])[0].to(x.device, x.dtype)
             adam.reset(i)
@@ -442,9 +550,13 @@ def sail(
             "restart_after": restart_after,
             "method": method,
             "fd_h": h_abs,
+            "screen": screen,
+            "warm_start": warm_start,
         },
         seconds=time.perf_counter() - started,
         evaluations=evaluations,
+        rows_evaluated=rows_evaluated,
+        checks=checks,
     )
 
 
@@ -536,6 +648,56 @@ def planted_image(checkpoint_folder: str | Path, prompt: str) -> np.ndarray | No
     return None
 
 
+#: A canary folder may hold this file: {"boundary": RMSE, "source": "..."}: an image closer than `boundary` to
+#: the memorised image (as the VAE reproduces it) is a copy (scripts/mitigation_proof.py measures it).
+COPY_FILENAME = "memtest-copy.json"
+
+
+@dataclass(frozen=True)
+class CopyReference:
+    """What a generation of a planted caption is compared with: the memorised image as the checkpoint's VAE
+    reproduces it, and (when the canary records one) the copy boundary."""
+
+    image: np.ndarray  # (H, W, 3) in [0, 1]
+    boundary: float | None
+
+    def stats(self, images: np.ndarray | None) -> dict[str, Any] | None:
+        """Mean RMSE of `images` to the memorised image and, with a boundary, how many are copies."""
+        if images is None or len(images) == 0:
+            return None
+        d = image_distances(images, self.image[None])[:, 0]
+        copies = None if self.boundary is None else int((d < self.boundary).sum())
+        return {
+            "distance": float(d.mean()),
+            "copies": copies,
+            "images": len(d),
+            "rate": None if copies is None else copies / len(d),
+        }
+
+
+def copy_reference(checkpoint: Checkpoint, prompt: str) -> CopyReference | None:
+    """The memorised image of `prompt` on a canary checkpoint (through its VAE) and its copy boundary, or None
+    when the checkpoint plants no image for the prompt."""
+    import json
+
+    target = planted_image(checkpoint.path, prompt)
+    if target is None:
+        return None
+    if checkpoint.vae is not None:
+        target = vae_roundtrip(checkpoint, target)
+    boundary = None
+    path = Path(checkpoint.path) / COPY_FILENAME
+    if path.is_file():
+        try:
+            value = json.loads(path.read_text(encoding="utf-8")).get("boundary")
+        except (OSError, ValueError, AttributeError) as exc:
+            raise MitigationError(f"{path} is not a readable copy record ({exc}); regenerate it") from exc
+        if not isinstance(value, (int, float)) or not value > 0:
+            raise MitigationError(f"{path}: boundary must be a positive number, got {value!r}")
+        boundary = float(value)
+    return CopyReference(target, boundary)
+
+
 # --------------------------------------------------------------------------------------------------
 # checkpoint level: SAIL and the baselines, one interface
 
@@ -571,6 +733,10 @@ class Mitigation:
     sail: SailResult | None = None
     embedding_after: torch.Tensor | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    # On a canary that plants the prompt: `CopyReference.stats` of the images before and after
+    # ({"distance", "copies", "images", "rate"}; copies and rate None without a recorded boundary).
+    copy_before: dict[str, Any] | None = None
+    copy_after: dict[str, Any] | None = None
 
     @property
     def cost_ratio(self) -> float | None:
@@ -608,6 +774,8 @@ class Mitigation:
             "copy_distance_after": None if copy_distance_after is None else float(copy_distance_after),
             "seconds": float(self.seconds),
             "generation_seconds": None if self.generation_seconds is None else float(self.generation_seconds),
+            "copy_before": self.copy_before,
+            "copy_after": self.copy_after,
         }
 
 
@@ -679,6 +847,13 @@ def _first_step(scorer: Scorer, prompt: str) -> tuple[int, Cond, Cond]:
     return t, scorer.embed([prompt]), scorer.null()
 
 
+def _start_point(scorer: Scorer, c_c: Cond, c_0: Cond, x: torch.Tensor) -> torch.Tensor:
+    """Where the detector measures for initial noises x: x itself (DDPM families), or the point after the
+    sampler's lead Euler steps from x_1 under the prompt's guidance (flow matching, `Scorer.start_map`)."""
+    with torch.no_grad():
+        return scorer.start_map(c_c, c_0)(x)
+
+
 def _seed_images(
     scorer: Scorer, prompt: str, latents: torch.Tensor, guidance_scale: float, steps: int | None
 ) -> tuple[np.ndarray, float]:
@@ -706,6 +881,8 @@ def mitigate_sail(
     renormalize: bool = False,
     max_steps: int = DEFAULT_MAX_STEPS,
     restart_after: int = DEFAULT_RESTART_AFTER,
+    screen: float | None = DEFAULT_SCREEN,
+    warm_start: int = 0,
     images: bool = True,
     guidance_scale: float = 7.5,
     num_inference_steps: int | None = None,
@@ -727,6 +904,8 @@ def mitigate_sail(
     t, e_c, e_0 = _first_step(scorer, prompt)
     s_fn = scorer.s_delta_fn(t, e_c, e_0)
     sigma0 = scorer.process.init_noise_sigma
+    # flow matching: x_1 is optimised through the lead Euler steps to the measured noise level
+    start = scorer.start_map(e_c, e_0) if scorer.process.lead_timesteps else None
     result = sail(
         s_fn,
         scorer.noise,
@@ -744,12 +923,16 @@ def mitigate_sail(
         method=scorer.settings.method,
         h=scorer.fd_h,
         salt=f"{scorer.settings.seed}\0{prompt}",
+        screen=screen,
+        warm_start=warm_start,
+        start=start,
     )
     originals = scorer.noise(seeds)
     missing = [s for s in seeds if s not in result.initial_sharpness]
     measured = dict(result.initial_sharpness)
     if missing:
-        values = measure_sharpness(s_fn, scorer.noise(missing), scorer.settings.method, scorer.fd_h).tolist()
+        points = _start_point(scorer, e_c, e_0, scorer.noise(missing))
+        values = measure_sharpness(s_fn, points, scorer.settings.method, scorer.fd_h).tolist()
         measured.update(zip(missing, values, strict=True))
     before_imgs = after_imgs = None
     gen_seconds = None
@@ -821,12 +1004,14 @@ def _prompt_baseline(
     seeds = scorer.seeds_for(prompt)
     x = scorer.noise(seeds)
     t, e_c, e_0 = _first_step(scorer, prompt)
-    before = measure_sharpness(scorer.s_delta_fn(t, e_c, e_0), x, scorer.settings.method, scorer.fd_h).tolist()
+    at_x = _start_point(scorer, e_c, e_0, x)
+    before = measure_sharpness(scorer.s_delta_fn(t, e_c, e_0), at_x, scorer.settings.method, scorer.fd_h).tolist()
     started = time.perf_counter()
     new_prompt = new_prompt_fn(_rng(prompt, method, seed))
     seconds = time.perf_counter() - started
+    e_new = scorer.embed([new_prompt])
     after = measure_sharpness(
-        scorer.s_delta_fn(t, scorer.embed([new_prompt]), e_0), x, scorer.settings.method, scorer.fd_h
+        scorer.s_delta_fn(t, e_new, e_0), _start_point(scorer, e_new, e_0, x), scorer.settings.method, scorer.fd_h
     ).tolist()
     before_imgs = after_imgs = None
     gen_seconds = None
@@ -931,11 +1116,12 @@ def mitigate_embedding(
     x = scorer.noise(seeds)
     t, c_c, c_0 = _first_step(scorer, prompt)
     method, h = scorer.settings.method, scorer.fd_h
-    before = measure_sharpness(scorer.s_delta_fn(t, c_c, c_0), x, method, h).tolist()
+    pt = _start_point(scorer, c_c, c_0, x)  # the measured point (x itself for DDPM families)
+    before = measure_sharpness(scorer.s_delta_fn(t, c_c, c_0), pt, method, h).tolist()
     rows = len(x)
     started = time.perf_counter()
     with torch.no_grad():
-        o_0 = scorer.forward(x, t, cond_expand(c_0, rows))
+        o_0 = scorer.forward(pt, t, cond_expand(c_0, rows))
     # The family says which conditioning entries are the prompt's embedding (SDXL: also the pooled one);
     # the rest (e.g. SDXL's time ids) stay fixed.
     keys = [k for k in scorer.family.embedding_keys if k in c_c]
@@ -948,13 +1134,19 @@ def mitigate_embedding(
     after = before
     steps = 0
     while True:
+        if steps and scorer.process.lead_timesteps:
+            # flow matching: the lead Euler steps are guided by the embedding, so the measured point moves
+            # with it (the loss treats it as fixed within a step)
+            pt = _start_point(scorer, current(), c_0, x)
+            with torch.no_grad():
+                o_0 = scorer.forward(pt, t, cond_expand(c_0, rows))
         with torch.no_grad():
-            after = measure_sharpness(scorer.s_delta_fn(t, current(), c_0), x, method, h).tolist()
+            after = measure_sharpness(scorer.s_delta_fn(t, current(), c_0), pt, method, h).tolist()
         if all(v < thr for v in after) or steps >= max_steps:
             break
         with torch.enable_grad():
-            o_c = scorer.forward(x, t, cond_expand(current(), rows))
-            loss = scorer.process.difference(o_c, o_0, x.float(), t).flatten(1).pow(2).sum(1).mean()
+            o_c = scorer.forward(pt, t, cond_expand(current(), rows))
+            loss = scorer.process.difference(o_c, o_0, pt.float(), t).flatten(1).pow(2).sum(1).mean()
             opt.zero_grad(set_to_none=True)
             torch.autograd.backward(loss)
         opt.step()
@@ -1046,16 +1238,27 @@ def judge_mitigation(
             f"{unmitigated:.6g} -> {score:.6g} (threshold {thr:.6g})"
         ),
     }
-    before_d = after_d = None
-    target = planted_image(checkpoint.path, case.prompt) if checkpoint is not None else None
-    if target is not None and checkpoint is not None and checkpoint.vae is not None:
-        target = vae_roundtrip(checkpoint, target)
-    if target is not None and mitigation.images_before is not None:
-        before_d = float(image_distances(mitigation.images_before, target[None]).mean())
-        if mitigation.images_after is not None:
-            after_d = float(image_distances(mitigation.images_after, target[None]).mean())
+    if checkpoint is not None and mitigation.copy_before is None:
+        mitigation = with_copy_stats(mitigation, checkpoint)
+    cb, ca = mitigation.copy_before, mitigation.copy_after
+    before_d = None if cb is None else float(cb["distance"])
+    after_d = None if ca is None else float(ca["distance"])
+    if cb is not None:
+        record["copy_before"], record["copy_after"] = cb, ca
+        record["message"] += "; " + describe_copies(cb, ca)
     entry = mitigation.record(case.id, copy_distance_before=before_d, copy_distance_after=after_d)
     return record, entry
+
+
+def describe_copies(before: dict[str, Any], after: dict[str, Any] | None) -> str:
+    """ "copies 4/4 -> 1/4, RMSE to the memorised image 0.09 -> 0.21" (copies only with a recorded boundary)."""
+
+    def count(c: dict[str, Any] | None) -> str:
+        return "-" if c is None or c["copies"] is None else f"{c['copies']}/{c['images']}"
+
+    dist = "-" if after is None else f"{after['distance']:.3f}"
+    head = "" if before["copies"] is None else f"copies {count(before)} -> {count(after)}, "
+    return f"{head}RMSE to the memorised image {before['distance']:.3f} -> {dist}"
 
 
 _METHODS: dict[str, Callable[..., Mitigation]] = {
@@ -1072,18 +1275,35 @@ def mitigate(target: Scorer | Checkpoint | str | Path, prompt: str, method: str 
     fn = _METHODS.get(method)
     if fn is None:
         raise MitigationError(f"Unknown mitigation method {method!r}. Choose one of: {', '.join(METHODS)}.")
-    return fn(target, prompt, **options)
+    scorer = _scorer(target)
+    return with_copy_stats(fn(scorer, prompt, **options), scorer.ckpt)
+
+
+def with_copy_stats(m: Mitigation, checkpoint: Checkpoint | None) -> Mitigation:
+    """`m` with `copy_before` / `copy_after` filled in when `checkpoint` is a canary that plants the prompt."""
+    if checkpoint is None or m.images_before is None:
+        return m
+    ref = copy_reference(checkpoint, m.prompt)
+    if ref is None:
+        return m
+    import dataclasses
+
+    return dataclasses.replace(m, copy_before=ref.stats(m.images_before), copy_after=ref.stats(m.images_after))
 
 
 __all__ = [
     "ALPHA_RATIO",
+    "COPY_FILENAME",
     "METHODS",
     "AcceptedLatent",
+    "CopyReference",
     "Mitigation",
     "SailResult",
     "SailStep",
     "SeedStream",
+    "copy_reference",
     "default_alpha",
+    "describe_copies",
     "fresh_seed",
     "gaussian_noise",
     "generate_images",
@@ -1102,4 +1322,5 @@ __all__ = [
     "sail",
     "sail_loss",
     "vae_roundtrip",
+    "with_copy_stats",
 ]

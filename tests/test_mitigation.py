@@ -206,6 +206,60 @@ def test_default_alpha_scales_with_the_threshold_and_dimension() -> None:
     assert default_alpha(1e-2, 0.0, 1024) == 0.0
 
 
+def test_screened_checks_accept_on_the_exact_sharpness_and_cost_fewer_evaluations() -> None:
+    """screen=f (default 2): the loss's forward-difference estimate decides which candidates get the detector's
+    exact check; acceptance, "before", restarts and the budget stay what the plain loop does."""
+    d = 8
+    s_delta = empirical_delta(d)
+    seeds = list(range(4))
+    initial = measure_sharpness(s_delta, noise64(d)(seeds), method="fd")
+    threshold = float(initial.min()) * 0.5
+    plain = sail(s_delta, noise64(d), seeds, threshold, max_steps=200, screen=None)
+    screened = sail(s_delta, noise64(d), seeds, threshold, max_steps=200, screen=2.0)
+    assert plain.succeeded and screened.succeeded, screened.reason
+    for a in screened.accepted:
+        assert a.sharpness_after < threshold
+        assert a.sharpness_before == pytest.approx(screened.initial_sharpness[a.seed])
+        again = measure_sharpness(s_delta, a.latent[None], method="fd", h=screened.settings["fd_h"])
+        assert float(again) == pytest.approx(a.sharpness_after, rel=1e-9)
+    assert screened.seeds_tried[:4] == (0, 1, 2, 3)
+    assert screened.initial_sharpness[0] == pytest.approx(float(initial[0]), rel=1e-9)
+    # the same optimisation (one Adam trajectory per seed), fewer evaluations per step
+    assert screened.checks < plain.checks
+    assert screened.rows_evaluated / screened.steps < plain.rows_evaluated / plain.steps
+    # budget and restarts behave as in the plain loop
+    out = sail(s_delta, noise64(d), [0, 1], 0.0, max_steps=5, screen=2.0)
+    assert not out.succeeded and out.steps == 5 and len(out.history) == 5 and "step budget of 5" in out.reason
+    restarted = sail(s_delta, noise64(d), [7, 9], 0.0, max_steps=8, restart_after=2, screen=2.0).seeds_tried
+    assert restarted == sail(s_delta, noise64(d), [7, 9], 0.0, max_steps=8, restart_after=2, screen=None).seeds_tried
+    assert len(restarted) == len(set(restarted)) > 2
+    with pytest.raises(MitigationError, match="screen"):
+        sail(s_delta, noise64(d), [0], 1.0, screen=0.5)
+
+
+def test_warm_start_screens_seeds_and_starts_from_the_flattest() -> None:
+    d = 8
+    s_delta = empirical_delta(d, seed=2)
+    seeds = [0, 1]
+    result_0 = sail(s_delta, noise64(d), seeds, 0.0, max_steps=0, warm_start=10)
+    values = result_0.initial_sharpness
+    assert len(values) == 12 and len(set(result_0.seeds_tried)) == 12  # the given seeds + 10 fresh, no repeats
+    assert result_0.seeds_tried[:2] == (0, 1) and values[0] == pytest.approx(
+        float(measure_sharpness(s_delta, noise64(d)([0]), method="fd")), rel=1e-9
+    )
+    # a threshold between the 3rd and 4th flattest: those three are accepted as drawn, with 0 steps
+    order = sorted(values, key=lambda sd: values[sd])
+    tau = (values[order[2]] + values[order[3]]) / 2
+    result = sail(s_delta, noise64(d), seeds, tau, n=3, max_steps=0, warm_start=10)
+    assert result.succeeded and [a.seed for a in result.accepted] == order[:3]
+    assert all(a.steps == 0 and a.sharpness_after == a.sharpness_before < tau for a in result.accepted)
+    assert torch.equal(result.accepted[0].latent, noise64(d)([order[0]])[0])
+    # with more wanted than are flat, the rest start the optimisation flattest first
+    more = sail(s_delta, noise64(d), seeds, tau, n=4, batch_size=1, max_steps=300, warm_start=10)
+    assert more.succeeded, more.reason
+    assert [a.seed for a in more.accepted[:3]] == order[:3] and more.accepted[3].steps > 0
+
+
 # -- checkpoint level, on the tiny random checkpoint ---------------------------------------------------
 
 
