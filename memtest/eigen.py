@@ -139,13 +139,16 @@ def block_eigenvalues(
 def prompt_spectrum(
     scorer: Any, prompt: str, k: int = 8, generation: int = 0, iters: int = 30, method: str = "fd"
 ) -> Spectrum:
-    """Spectrum of sym(H_Δ) at x_T of one generation of `prompt` on a `memtest.scoring.Scorer`'s checkpoint."""
+    """Spectrum of sym(H_Δ) of one generation of `prompt` on a `memtest.scoring.Scorer`'s checkpoint, where the
+    detector measures it: at x_T (DDPM families), or after the sampler's lead Euler steps from x_1 (flow
+    matching: `Scorer.start_map`) at the first measured timestep."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     seeds = scorer.seeds_for(prompt)
-    x = scorer.noise([seeds[generation]]).to(torch.float32)
     e_c = scorer.embed([prompt])
     e_0 = scorer.null()
+    with torch.no_grad():
+        x = scorer.start_map(e_c, e_0)(scorer.noise([seeds[generation]]).to(torch.float32))
     s_fn = scorer.s_delta_fn(scorer.timesteps[0], e_c, e_0)
     with sdpa_kernel([SDPBackend.MATH]):
         return block_eigenvalues(s_fn, x, k=k, iters=iters, method=method)

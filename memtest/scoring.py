@@ -65,6 +65,10 @@ def derive_seeds(base: int, n: int, prompt: str | None = None) -> list[int]:
 _eps_from_output = eps_from_output  # the name older callers import
 
 
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
 class Scorer:
     """Scores prompts on one checkpoint under fixed settings. Reuse it: conditionings are cached.
 
@@ -176,6 +180,31 @@ class Scorer:
             return process.field(o_c, o_0, x.to(torch.float32), t)
 
         return s_delta
+
+    def start_map(self, c_c: Cond, c_0: Cond) -> Callable[[torch.Tensor], torch.Tensor]:
+        """x_T -> the point the metric is measured at (the first measured timestep, `timesteps[0]`).
+
+        DDPM families measure at x_T itself: the identity. Flow-matching checkpoints first take the sampler's
+        guided Euler steps through `process.lead_timesteps`, as scoring does; the map is differentiable (no
+        inference mode), so SAIL can optimise x_1 through it. Rows of x are generations; `c_c` and `c_0` have
+        one row per generation (or are tiled like `s_delta_fn`'s).
+        """
+        process = self.process
+        lead = tuple(process.lead_timesteps)
+        if not lead:
+            return _identity
+        scale = self.settings.guidance_scale
+
+        def start(x: torch.Tensor) -> torch.Tensor:
+            reps = x.shape[0] // cond_len(c_c)
+            cc = cond_tile(c_c, reps) if reps > 1 else c_c
+            c0 = cond_tile(c_0, reps) if reps > 1 else c_0
+            for t in lead:
+                o_c, o_0 = self._outputs(x, t, cc, c0).chunk(2)
+                x = process.step(process.guide(o_c, o_0, scale), t, x.to(torch.float32))
+            return x.to(torch.float32)
+
+        return start
 
     # -- scoring ----------------------------------------------------------------------------------
     def _score_batch(self, prompts: Sequence[str]) -> list[PromptScore]:
@@ -310,6 +339,7 @@ def score_prompts(
     num_inference_steps: int = 50,
     guidance_scale: float = 7.5,
     fd_h: float | None = None,
+    flow_steps: int | None = None,
     progress: Progress | None = None,
 ) -> list[PromptScore]:
     """Score each prompt; see `ScoreSettings` for the meaning of each setting."""
@@ -325,6 +355,7 @@ def score_prompts(
         guidance_scale=guidance_scale,
         batch_size=batch_size,
         fd_h=fd_h,
+        flow_steps=flow_steps,
     )
     return Scorer(ckpt, settings).score(prompts, progress=progress)
 

@@ -394,3 +394,97 @@ def test_generation_runs_through_the_familys_pipeline(flow_ckpts: dict[str, Any]
     assert np.isfinite(by_prompt).all() and by_prompt.min() >= 0 and by_prompt.max() <= 1
     np.testing.assert_allclose(by_cond, by_prompt, atol=1e-4)
     assert not np.allclose(by_prompt[0], by_prompt[1])  # the given latents are used
+
+
+# -- the measured point: SAIL and eigen-analysis measure where the scorer does ---------------------------
+
+
+def test_start_map_is_identity_for_ddpm_and_the_lead_steps_for_flow(flow_ckpts: dict[str, Any], tiny_eps: Any) -> None:
+    from memtest.families.base import cond_cat
+    from memtest.scoring import Scorer
+
+    ddpm = Scorer(tiny_eps, ScoreSettings(n=1))
+    x = ddpm.noise([0])
+    identity = ddpm.start_map(ddpm.embed(PROMPTS[:1]), ddpm.null())
+    assert identity(x) is x
+    for flow_steps in (0, 2):
+        scorer = Scorer(flow_ckpts["sd3-no-t5"], ScoreSettings(n=2, flow_steps=flow_steps))
+        c_c, c_0 = scorer.embed(PROMPTS[:1]), scorer.null()
+        x1 = scorer.noise([0, 1])
+        with torch.no_grad():
+            got = scorer.start_map(c_c, c_0)(x1)
+        want, process = x1, scorer.process
+        for t in process.lead_timesteps:  # the scorer's own walk, written out
+            with torch.no_grad():
+                o_c, o_0 = scorer.forward(torch.cat([want, want]), t, cond_cat([c_c, c_c, c_0, c_0])).chunk(2)
+            want = process.step(process.guide(o_c, o_0, 7.5), t, want)
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+        assert (flow_steps == 0) is torch.equal(got, x1)
+    # differentiable: SAIL's gradient reaches x_1 through the Euler steps
+    x1 = scorer.noise([0]).requires_grad_(True)
+    (g,) = torch.autograd.grad(scorer.start_map(c_c, c_0)(x1).pow(2).sum(), x1)
+    assert torch.isfinite(g).all() and not torch.allclose(g, 2 * x1.detach())
+
+
+def test_the_spectrum_of_a_flow_prompt_is_taken_where_the_scorer_measures(flow_ckpts: dict[str, Any]) -> None:
+    """Before, prompt_spectrum evaluated the field at x_1 with the first measured (later) timestep."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from memtest.eigen import block_eigenvalues, prompt_spectrum
+    from memtest.scoring import Scorer
+
+    scorer = Scorer(flow_ckpts["sd3-no-t5"], ScoreSettings(n=2))
+    prompt = PROMPTS[0]
+    c_c, c_0 = scorer.embed([prompt]), scorer.null()
+    s_fn = scorer.s_delta_fn(scorer.timesteps[0], c_c, c_0)
+    spec = prompt_spectrum(scorer, prompt, k=2, iters=3)
+    x1 = scorer.noise(scorer.seeds_for(prompt)[:1])
+    with torch.no_grad():
+        point = scorer.start_map(c_c, c_0)(x1)
+    with sdpa_kernel([SDPBackend.MATH]):
+        want = block_eigenvalues(s_fn, point, k=2, iters=3, method="fd")
+        at_x1 = block_eigenvalues(s_fn, x1, k=2, iters=3, method="fd")
+    assert spec.eigenvalues == pytest.approx(want.eigenvalues, rel=1e-6)
+    assert spec.eigenvalues != at_x1.eigenvalues  # (a random tiny model's field changes little over one step)
+
+
+# -- SAIL on flow checkpoints: x_1 optimised through the lead Euler steps --------------------------------
+
+
+def test_sail_loss_is_taken_at_the_start_points_image() -> None:
+    from memtest.mitigation import sail_loss
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(6, 6, generator=g, dtype=torch.float64)
+
+    def s_delta(z: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(z @ a)
+
+    def start(z: torch.Tensor) -> torch.Tensor:
+        return 0.9 * z + 0.1
+
+    x = torch.randn(3, 6, generator=g, dtype=torch.float64)
+    got = sail_loss(s_delta, x, 1e-3, 0.5, start)
+    want = sail_loss(s_delta, start(x), 1e-3, 0.0) + 0.5 * x.pow(2).sum(1)  # the norm term stays on x_1
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
+
+
+def test_flow_sail_optimises_x1_and_accepts_on_the_detectors_sharpness(flow_ckpts: dict[str, Any]) -> None:
+    """Before, SAIL measured and differentiated the field at x_1 with the first measured (later) timestep."""
+    from memtest.mitigation import measure_sharpness, mitigate_sail
+    from memtest.scoring import Scorer
+
+    scorer = Scorer(flow_ckpts["sd3-no-t5"], ScoreSettings(n=2))
+    prompt = PROMPTS[0]
+    detected = scorer.score([prompt])[0]
+    threshold = 0.7 * min(detected.values)
+    m = mitigate_sail(scorer, prompt, threshold=threshold, images=False, max_steps=30)
+    assert m.sharpness_before == pytest.approx(detected.values, rel=1e-3)
+    assert m.succeeded, m.reason
+    c_c, c_0 = scorer.embed([prompt]), scorer.null()
+    s_fn = scorer.s_delta_fn(scorer.timesteps[0], c_c, c_0)
+    latents = m.latents_after  # initial noises x_1, measured after the same Euler step
+    assert latents is not None
+    with torch.no_grad():
+        again = measure_sharpness(s_fn, scorer.start_map(c_c, c_0)(latents), "fd", scorer.fd_h).tolist()
+    assert again == pytest.approx(list(m.sharpness_after), rel=1e-3) and max(again) < threshold
