@@ -252,7 +252,7 @@ def _skeleton(cls: Any, sub: Path, library: str) -> Any:
     """The component's module built from its config on the meta device (no memory, no initialisation)."""
     import torch
 
-    with torch.device("meta"):
+    with _quiet_libraries(), torch.device("meta"):
         if library == "diffusers":
             return cls.from_config(cls.load_config(str(sub)))
         config = cls.config_class.from_pretrained(str(sub))
