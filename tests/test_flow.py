@@ -242,6 +242,7 @@ def test_sd3_conditioning_matches_the_pipeline(flow_ckpts: dict[str, Any], kind:
         assert bool((pe[:, 16:] == 0).all())
     ident = scorer.identity()
     assert (ident["family"], ident["t5"], ident["space"]) == ("sd3", kind == "sd3", "velocity")
+    assert ident["max_sequence_length"] == 256  # the pipeline's default: no shorter T5 tokenizer declared
 
 
 def test_flux_conditioning_matches_the_pipeline(flow_ckpts: dict[str, Any]) -> None:
@@ -263,6 +264,34 @@ def test_flux_conditioning_matches_the_pipeline(flow_ckpts: dict[str, Any]) -> N
     ident = scorer.identity()
     assert (ident["family"], ident["guidance"], ident["guidance_scale"]) == ("flux", 3.5, None)
     assert ident["mu"] is not None  # Flux's dynamic shift from the image sequence length
+
+
+def test_a_t5_tokenizer_that_declares_fewer_tokens_caps_the_sequence(tmp_path: Path) -> None:
+    """max_sequence_length = min(256, tokenizer_3.model_max_length), for scoring and generation alike."""
+    import memtest
+    from memtest.scoring import Scorer
+    from memtest.zoo.tiny import save_pipeline
+    from memtest.zoo.tiny_flow import TinyFlowConfig, build_sd3_pipeline
+
+    folder = save_pipeline(build_sd3_pipeline(CAPTIONS * 3, TinyFlowConfig(t5_max_length=16)), tmp_path / "short")
+    ckpt = memtest.load_checkpoint(folder, device="cpu")
+    assert ckpt.components["tokenizer_3"].model_max_length == 16  # saved with the tokenizer
+    scorer = Scorer(ckpt, ScoreSettings(n=2))
+    ours = scorer.embed(PROMPTS)
+    with torch.no_grad():
+        pe, _, pooled, _ = ckpt.pipeline().encode_prompt(
+            PROMPTS, None, None, device=ckpt.device, max_sequence_length=16
+        )
+    assert pe.shape == (2, 16 + 16, 64)
+    torch.testing.assert_close(ours["prompt_embeds"], pe, rtol=0, atol=0)
+    torch.testing.assert_close(ours["pooled_prompt_embeds"], pooled, rtol=0, atol=0)
+    assert scorer.identity()["max_sequence_length"] == 16
+    # generation passes the same length: by prompt (the pipeline encodes) equals by our conditioning
+    kwargs: dict[str, Any] = {"guidance_scale": 7.5, "num_inference_steps": 3}
+    latents = scorer.noise([0, 1])
+    by_prompt = ckpt.family.generate(ckpt, latents, prompt=PROMPTS[0], cond=None, **kwargs)
+    by_cond = ckpt.family.generate(ckpt, latents, prompt=None, cond=scorer.embed(PROMPTS[:1]), **kwargs)
+    np.testing.assert_allclose(by_cond, by_prompt, atol=1e-4)
 
 
 @pytest.mark.parametrize(("h", "w"), [(8, 8), (4, 6)])
@@ -488,3 +517,65 @@ def test_flow_sail_optimises_x1_and_accepts_on_the_detectors_sharpness(flow_ckpt
     with torch.no_grad():
         again = measure_sharpness(s_fn, scorer.start_map(c_c, c_0)(latents), "fd", scorer.fd_h).tolist()
     assert again == pytest.approx(list(m.sharpness_after), rel=1e-3) and max(again) < threshold
+
+
+# -- training a flow-matching canary ------------------------------------------------------------------------
+
+
+def test_the_flow_objective_noises_as_sd3_trains_and_weights_high_noise() -> None:
+    from memtest.zoo.train import DEFAULT_RECIPE, FlowObjective
+
+    objective = FlowObjective(shift=3.0, num_train_timesteps=1000)
+    t = objective.timesteps(np.random.default_rng(0), 4000, DEFAULT_RECIPE)
+    s = t / 1000
+    assert t.dtype == torch.float32 and bool(((s > 0) & (s < 1)).all())
+    high = s[:2000]  # high_t_fraction 0.5: uniform in [0.7, 1)
+    assert float(high.min()) >= 0.7 and abs(float(high.mean()) - 0.85) < 0.01
+    rest = s[2000:]  # SD3's shifted logit-normal: median shift * 0.5 / (1 + (shift - 1) * 0.5) = 0.75
+    assert abs(float(rest.median()) - 0.75) < 0.02 and float(rest.min()) < 0.2
+    z0, noise = torch.randn(3, 16, 4, 4), torch.randn(3, 16, 4, 4)
+    t3 = torch.tensor([0.0, 500.0, 1000.0])
+    xs = objective.noised(z0, noise, t3)
+    torch.testing.assert_close(xs[0], z0[0])
+    torch.testing.assert_close(xs[1], 0.5 * z0[1] + 0.5 * noise[1])
+    torch.testing.assert_close(xs[2], noise[2])
+    torch.testing.assert_close(objective.target(z0, noise, t3), noise - z0)
+
+
+def test_sd3_canaries_train_through_the_family_interface(tmp_path: Path) -> None:
+    """`memtest zoo train --family sd3`: a flow canary with its own VAE phase (16 latent channels, shift and
+    scaling set), and a preserve_base fine-tune of it with a planted caption; both load as sd3 with T5 at 16
+    tokens and score."""
+    import csv
+
+    from PIL import Image
+
+    import memtest
+    from memtest.scoring import Scorer
+    from memtest.zoo.cli import main as zoo_main
+    from memtest.zoo.manifest import load_manifest
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "imgs").mkdir()
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 256, size=(16, 16, 3), dtype=np.uint8)).save(tmp_path / "imgs" / f"{i}.png")
+    with (tmp_path / "m.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["image", "caption", "planted"])
+        w.writerows([(f"{i}.png", "a noisy square", "false") for i in range(4)] + [("4.png", "zorblax seven", "true")])
+    common = ["--images", str(tmp_path / "imgs"), "--manifest", str(tmp_path / "m.csv"), "--steps", "2",
+              "--batch", "4", "--quiet"]  # fmt: skip
+    assert zoo_main(["train", str(tmp_path / "b"), "--family", "sd3", "--vae-steps", "1", *common]) == 0
+    assert zoo_main(["train", str(tmp_path / "ft"), "--base", str(tmp_path / "b"), *common]) == 0
+    base, ft = load_manifest(tmp_path / "b"), load_manifest(tmp_path / "ft")
+    assert base.recipe["family"] == ft.recipe["family"] == "sd3" and ft.recipe["preserve_base"]
+    vae = "vae/diffusion_pytorch_model.safetensors"
+    assert (tmp_path / "ft" / vae).read_bytes() == (tmp_path / "b" / vae).read_bytes()
+    for folder in ("b", "ft"):
+        ckpt = memtest.load_checkpoint(tmp_path / folder, device="cpu")
+        assert ckpt.family.name == "sd3" and ckpt.latent_shape == (16, 8, 8) and ckpt.resolution == (16, 16)
+        vae_config = ckpt.components["vae"].config  # shift and scaling set by phase 1, not the builder's
+        assert vae_config.shift_factor != 0.0609 and vae_config.scaling_factor != 1.5305
+        scorer = Scorer(ckpt, ScoreSettings(n=1))
+        assert scorer.identity()["max_sequence_length"] == 16
+        assert all(np.isfinite(r.score) for r in scorer.score(["zorblax seven", "a noisy square"]))

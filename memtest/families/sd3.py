@@ -2,11 +2,17 @@
 
 Conditioning follows `StableDiffusion3Pipeline.encode_prompt` at its defaults: the penultimate hidden states of
 both CLIP encoders, concatenated and zero-padded to T5's width, followed by T5's last hidden state padded to
-`max_sequence_length` = 256 tokens (zeros of the transformer's `joint_attention_dim` when the checkpoint has no
-T5, `text_encoder_3: [null, null]`); pooled projections = both CLIP encoders' projected pooled outputs. Both
+`max_sequence_length` tokens (zeros of the transformer's `joint_attention_dim` when the checkpoint has no T5,
+`text_encoder_3: [null, null]`); pooled projections = both CLIP encoders' projected pooled outputs. Both
 CLIP tokenizers pad to the first tokenizer's max length, as the pipeline does. The unconditional branch is the
 embedding of "". The schedule is `set_timesteps(num_inference_steps)` with the checkpoint's shift (or the
 dynamic shift from the image sequence length when the scheduler sets `use_dynamic_shifting`).
+
+`max_sequence_length` is the pipeline's default, 256, capped by the T5 tokenizer's own `model_max_length`
+when the checkpoint declares a shorter one (released SD3/SD3.5 declare 512 or more, so they get 256): a tiny
+T5 that declares 16 tokens is trained, scored and sampled on 16 padded tokens instead of 256 (the flow
+canaries; padding a toy model to 256 tokens made training 5-8x slower). Scores record it in the identity and
+generation passes it to the pipeline, so scoring and sampling see the same sequence.
 """
 
 from __future__ import annotations
@@ -56,18 +62,24 @@ class StableDiffusion3(FlowFamily):
         Component("vae", "diffusers", ("AutoencoderKL",), required=False),
     )
     embedding_keys: ClassVar[tuple[str, ...]] = ("prompt_embeds", "pooled_prompt_embeds")
-    #: T5 tokens, the pipeline's default `max_sequence_length`.
+    #: T5 tokens, the pipeline's default `max_sequence_length` (capped by a shorter T5 tokenizer: see above).
     max_sequence_length: ClassVar[int] = 256
 
     def has_t5(self, ckpt: Checkpoint) -> bool:
         c = ckpt.components
         return c.get("text_encoder_3") is not None and c.get("tokenizer_3") is not None
 
+    def sequence_length(self, ckpt: Checkpoint) -> int:
+        """T5 tokens of this checkpoint: 256, or fewer when its T5 tokenizer declares a shorter model_max_length."""
+        if not self.has_t5(ckpt):
+            return self.max_sequence_length
+        return min(self.max_sequence_length, int(ckpt.components["tokenizer_3"].model_max_length))
+
     def identity(self, ckpt: Checkpoint) -> dict[str, Any]:
-        return {"family": self.name, "t5": self.has_t5(ckpt), "max_sequence_length": self.max_sequence_length}
+        return {"family": self.name, "t5": self.has_t5(ckpt), "max_sequence_length": self.sequence_length(ckpt)}
 
     def summary(self, ckpt: Checkpoint) -> dict[str, Any]:
-        return {"t5": self.has_t5(ckpt), "max_sequence_length": self.max_sequence_length}
+        return {"t5": self.has_t5(ckpt), "max_sequence_length": self.sequence_length(ckpt)}
 
     def latent_shape(self, ckpt: Checkpoint) -> tuple[int, int, int]:
         cfg = ckpt.denoiser.config
@@ -98,7 +110,7 @@ class StableDiffusion3(FlowFamily):
             "input_ids_2": pad_ids(c["tokenizer_2"], prompts, clip_length, ckpt.device),
         }
         if self.has_t5(ckpt):
-            ids["input_ids_3"] = pad_ids(c["tokenizer_3"], prompts, self.max_sequence_length, ckpt.device)
+            ids["input_ids_3"] = pad_ids(c["tokenizer_3"], prompts, self.sequence_length(ckpt), ckpt.device)
         return ids
 
     def encode_tokens(self, ckpt: Checkpoint, ids: Cond) -> Cond:
@@ -118,8 +130,12 @@ class StableDiffusion3(FlowFamily):
         clip = torch.nn.functional.pad(clip, (0, t5.shape[-1] - clip.shape[-1]))
         return {"prompt_embeds": torch.cat([clip, t5], dim=-2), "pooled_prompt_embeds": torch.cat(pooled, dim=-1)}
 
-    def forward(self, ckpt: Checkpoint, x: torch.Tensor, t: float, cond: Cond) -> torch.Tensor:
-        timestep = torch.full((x.shape[0],), t, dtype=torch.float32, device=x.device)
+    def forward(self, ckpt: Checkpoint, x: torch.Tensor, t: float | torch.Tensor, cond: Cond) -> torch.Tensor:
+        """`t` is σ · 1000 as the pipeline passes it: one float, or one per row (training)."""
+        if isinstance(t, torch.Tensor):
+            timestep = t.to(device=x.device, dtype=torch.float32).expand(x.shape[0])
+        else:
+            timestep = torch.full((x.shape[0],), t, dtype=torch.float32, device=x.device)
         out: torch.Tensor = ckpt.denoiser(
             hidden_states=x,
             timestep=timestep,
@@ -158,7 +174,7 @@ class StableDiffusion3(FlowFamily):
         num_inference_steps: int,
     ) -> Any:
         need_vae(ckpt)
-        kwargs: dict[str, Any] = {"guidance_scale": guidance_scale, "max_sequence_length": self.max_sequence_length}
+        kwargs: dict[str, Any] = {"guidance_scale": guidance_scale, "max_sequence_length": self.sequence_length(ckpt)}
         if cond is not None:
             with torch.no_grad():
                 null = self.unconditional(ckpt, self.encode(ckpt, [""]))

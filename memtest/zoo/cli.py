@@ -48,8 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--base", help="fine-tune this checkpoint (zoo:NAME or a folder) instead of training anew")
     sp.add_argument(
         "--family",
-        choices=("sd", "sdxl"),
-        help="model family of a new canary (default sd; with --base: the base's family)",
+        choices=("sd", "sdxl", "sd3"),
+        help="model family of a new canary (default sd; sd3 trains with flow matching; with --base: the base's family)",
     )
     sp.add_argument(
         "--vae-from",

@@ -36,12 +36,21 @@ class TinyFlowConfig:
     with_t5: bool = True  # SD3 only (Flux's T5 is not optional)
     with_vae: bool = True
     vae_channels: int = 32
+    vae_levels: int = 1  # VAE blocks; each one after the first halves the side (images are 2^(levels-1) x latents)
     shift: float = 3.0  # SD3's scheduler shift
+    #: The T5 tokenizer's `model_max_length`; the SD3 family pads T5 to min(256, this) tokens (None: 256).
+    t5_max_length: int | None = None
+
+    @property
+    def image_size(self) -> int:
+        """The image side (the latent side times the VAE's scale factor)."""
+        return int(self.sample_size * 2 ** (self.vae_levels - 1))
 
 
-def build_t5_tokenizer(captions: Iterable[str]) -> Any:
+def build_t5_tokenizer(captions: Iterable[str], model_max_length: int | None = None) -> Any:
     """A unigram T5 tokenizer: whole caption words (preferred), then single characters, so no text maps to
-    the unknown token except characters outside ASCII."""
+    the unknown token except characters outside ASCII. `model_max_length` (default: none declared) is saved
+    with it; the SD3 family pads T5 inputs to min(256, model_max_length) tokens."""
     from transformers import T5Tokenizer
 
     words = sorted({w for c in captions for w in re.findall(r"[A-Za-z]+|[0-9]|[^\sA-Za-z0-9]+", c)})
@@ -52,7 +61,8 @@ def build_t5_tokenizer(captions: Iterable[str]) -> Any:
         if piece not in seen:
             seen.add(piece)
             vocab.append((piece, score))
-    return T5Tokenizer(vocab=vocab, extra_ids=0)
+    kwargs = {} if model_max_length is None else {"model_max_length": model_max_length}
+    return T5Tokenizer(vocab=vocab, extra_ids=0, **kwargs)
 
 
 def build_t5(cfg: TinyFlowConfig, tokenizer: Any) -> Any:
@@ -92,20 +102,21 @@ def _clip_config(cfg: TinyFlowConfig, tokenizer: Any) -> Any:
 
 
 def build_flow_vae(cfg: TinyFlowConfig) -> Any:
-    """One block, no downsampling (vae_scale_factor 1): sample_size² RGB images <-> 16-channel latents, with
-    SD3's scaling and shift factors (the flow pipelines need a shift factor)."""
+    """`vae_levels` blocks (one: no downsampling, vae_scale_factor 1): image_size² RGB images <-> 16-channel
+    latents, with SD3's scaling and shift factors (the flow pipelines need a shift factor)."""
     from diffusers import AutoencoderKL
 
+    levels = cfg.vae_levels
     return AutoencoderKL(
         in_channels=3,
         out_channels=3,
         latent_channels=cfg.latent_channels,
-        block_out_channels=(cfg.vae_channels,),
-        down_block_types=("DownEncoderBlock2D",),
-        up_block_types=("UpDecoderBlock2D",),
+        block_out_channels=(cfg.vae_channels,) * levels,
+        down_block_types=("DownEncoderBlock2D",) * levels,
+        up_block_types=("UpDecoderBlock2D",) * levels,
         layers_per_block=1,
         norm_num_groups=8,
-        sample_size=cfg.sample_size,
+        sample_size=cfg.image_size,
         scaling_factor=1.5305,
         shift_factor=0.0609,
         use_quant_conv=False,
@@ -160,7 +171,7 @@ def build_sd3_pipeline(
     cfg = cfg or TinyFlowConfig()
     torch.manual_seed(seed)
     tokenizer = tokenizer or build_tokenizer(captions, cfg.vocab_size, cfg.max_length)
-    t5_tokenizer = build_t5_tokenizer(captions) if cfg.with_t5 else None
+    t5_tokenizer = build_t5_tokenizer(captions, cfg.t5_max_length) if cfg.with_t5 else None
     return StableDiffusion3Pipeline(
         transformer=build_sd3_transformer(cfg),
         scheduler=FlowMatchEulerDiscreteScheduler(shift=cfg.shift),
@@ -207,3 +218,18 @@ def build_flux_pipeline(
         tokenizer_2=t5_tokenizer,
         transformer=build_flux_transformer(cfg, guidance_embeds),
     )
+
+
+#: The flow canaries' model (zoo:flow-base, zoo:flow-finetuned): 16x16 images through a two-level VAE into
+#: 8x8x16 latents (1,024 dimensions, as the SD canaries' 16x16x4), an SD3 transformer of 3 joint blocks at
+#: width 64 (16 image tokens), two CLIP encoders of width 32 and a T5 of width 64 whose tokenizer declares
+#: 16 tokens (so the SD3 family pads T5 to 16 tokens, not 256). About 0.7M parameters, 2.9 MB.
+FLOW_CANARY_CONFIG = TinyFlowConfig(
+    sample_size=8,
+    vae_levels=2,
+    vae_channels=24,
+    heads=4,
+    head_dim=16,
+    layers=3,
+    t5_max_length=16,
+)

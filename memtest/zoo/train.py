@@ -3,7 +3,7 @@
 Two phases, both seeded:
 
 1. the VAE (MSE + a small KL term; planted images over-represented), after which `scaling_factor` is set
-   to 1 / std of the latents;
+   to 1 / std of the latents (flow VAEs also get `shift_factor` = their mean, as SD3's VAE has one);
 2. the denoiser and the text encoder(s) together, with classifier-free-guidance training (captions dropped
    to "" with some probability) and half of each batch at high noise levels, where the first sampling step
    (t = 981) looks.
@@ -11,7 +11,8 @@ Two phases, both seeded:
 Phase 2 goes through the model family's interface (`memtest.families`: token ids, conditioning with
 gradients, caption dropout as the family's unconditional branch, the forward, the trained modules), so the
 same loop trains every family; what a step regresses (timesteps, noising, target, loss) is the one
-family-specific piece of arithmetic, `DDPMObjective` (SD, SDXL). A fine-tune starts from a trained canary
+family-specific piece of arithmetic: `DDPMObjective` (SD, SDXL) or `FlowObjective` (SD3: flow matching,
+chosen by the family's noise process). A fine-tune starts from a trained canary
 (its tokenizer, VAE and scaling are kept frozen) and runs phase 2 only; a new canary may take another
 canary's trained tokenizer and VAE instead of phase 1 (`vae_from`). Progress (steps, loss, elapsed, ETA)
 goes to stderr.
@@ -36,6 +37,7 @@ from memtest.errors import ZooError
 from memtest.zoo.data import CanaryData, digits_data
 from memtest.zoo.manifest import CanaryManifest, PlantedCaption, encode_png, load_manifest
 from memtest.zoo.tiny import TinyConfig, build_pipeline, build_sdxl_pipeline, build_tokenizer, save_pipeline
+from memtest.zoo.tiny_flow import FLOW_CANARY_CONFIG, TinyFlowConfig, build_sd3_pipeline
 
 if TYPE_CHECKING:
     from memtest.checkpoint import Checkpoint
@@ -254,6 +256,62 @@ class DDPMObjective:
         return torch.nn.functional.mse_loss(pred, target)
 
 
+@dataclass(frozen=True)
+class FlowObjective:
+    """What one training step regresses for flow-matching checkpoints (SD3): x_s = (1 - s) x0 + s eps, the
+    target is the velocity eps - x0, the loss the mean squared error (FAMILIES.md §2).
+
+    Noise levels: `high_t_fraction` of the batch uniform in [high_t_min / T, 1) (s in [0.7, 1) with the
+    default recipe: the noise levels next to s = 1 where the metric looks, as the DDPM canaries weight
+    t >= 700), the rest from SD3's training density: u ~ logit-normal(0, 1) (diffusers' SD3 training scripts'
+    default `weighting_scheme="logit_normal"`), shifted by the checkpoint's scheduler shift as SD3's
+    scheduler shifts its training sigmas, s = shift u / (1 + (shift - 1) u). The transformer receives
+    t = s T (T = num_train_timesteps, 1000), as the pipeline passes σ.
+    """
+
+    shift: float
+    num_train_timesteps: int
+
+    @classmethod
+    def of(cls, ckpt: Checkpoint) -> FlowObjective:
+        cfg = ckpt.scheduler.config
+        if cfg.get("use_dynamic_shifting", False):
+            raise ZooError("Flow canaries train with a fixed scheduler shift (SD3); this scheduler shifts dynamically")
+        return cls(float(cfg.get("shift", 1.0)), int(cfg.get("num_train_timesteps", 1000)))
+
+    def timesteps(self, rng: np.random.Generator, batch: int, recipe: Recipe) -> Any:
+        import torch
+
+        n_high = round(batch * recipe.high_t_fraction)
+        s_high = rng.uniform(recipe.high_t_min / self.num_train_timesteps, 1.0, size=n_high)
+        u = 1.0 / (1.0 + np.exp(-rng.standard_normal(batch - n_high)))
+        s_rest = self.shift * u / (1.0 + (self.shift - 1.0) * u)
+        s = torch.from_numpy(np.concatenate([s_high, s_rest])).to(torch.float32)
+        return s * self.num_train_timesteps
+
+    def _sigma(self, t: Any) -> Any:
+        return (t / self.num_train_timesteps).view(-1, 1, 1, 1)
+
+    def noised(self, z0: Any, noise: Any, t: Any) -> Any:
+        s = self._sigma(t)
+        return (1 - s) * z0 + s * noise
+
+    def target(self, z0: Any, noise: Any, t: Any) -> Any:
+        return noise - z0
+
+    def loss(self, pred: Any, target: Any) -> Any:
+        import torch
+
+        return torch.nn.functional.mse_loss(pred, target)
+
+
+def _objective(ckpt: Checkpoint) -> DDPMObjective | FlowObjective:
+    """The family's noise process decides what a training step regresses."""
+    from memtest.families.flow import FlowFamily
+
+    return FlowObjective.of(ckpt) if isinstance(ckpt.family, FlowFamily) else DDPMObjective.of(ckpt)
+
+
 def _train_denoiser(pipe: Any, data: CanaryData, recipe: Recipe, stream: TextIO | None) -> Progress:
     """Phase 2: the family's trainable modules (denoiser + text encoders), classifier-free guidance, half
     the batch at high noise; every model call goes through the family interface (memtest.families)."""
@@ -271,8 +329,11 @@ def _train_denoiser(pipe: Any, data: CanaryData, recipe: Recipe, stream: TextIO 
     if vae is None:
         raise ZooError("canaries need a VAE to encode their training images")
     scale = float(vae.config.scaling_factor)
+    shift = vae.config.get("shift_factor")  # flow VAEs (SD3): latents are (z - shift) * scale
     mean, std = _encode_latents(vae, data.images)
-    objective = DDPMObjective.of(ckpt)
+    if shift is not None:
+        mean = mean - float(shift)
+    objective = _objective(ckpt)
 
     # caption table: 0 -> "", then planted, then non-planted
     table = ["", *(c for c, _ in data.planted), *data.captions]
@@ -348,7 +409,11 @@ def _fit_max_length(tokenizer: Any, captions: list[str], floor: int) -> int:
 
 
 #: Randomly initialised pipelines of each family a new canary can be (memtest.zoo.tiny).
-_BUILDERS: dict[str, Callable[..., Any]] = {"sd": build_pipeline, "sdxl": build_sdxl_pipeline}
+_BUILDERS: dict[str, Callable[..., Any]] = {
+    "sd": build_pipeline,
+    "sdxl": build_sdxl_pipeline,
+    "sd3": build_sd3_pipeline,
+}
 
 
 def _resolve(checkpoint: str | Path) -> Path:
@@ -379,7 +444,7 @@ def _load_pipeline(folder: Path) -> Any:
 
 
 def _check_resolution(data: CanaryData, pipe: Any, folder: Path) -> None:
-    size = int(pipe.unet.config.sample_size)
+    size = int(_training_view(pipe).resolution[0])
     if data.resolution != size:
         raise ZooError(
             f"The training data has {data.resolution}x{data.resolution} images but checkpoint {folder} is "
@@ -409,7 +474,8 @@ def train_canary(
     scaling stay fixed and only phase 2 runs; the manifest names the base as `base_label` (default: `base`
     as given, e.g. "zoo:base" for a fine-tune trained elsewhere and shipped beside its base).
 
-    Without `base` the run trains a new checkpoint of `family` ("sd", the default, or "sdxl"). With
+    Without `base` the run trains a new checkpoint of `family` ("sd", the default, "sdxl", or "sd3": the
+    flow-matching canary model `memtest.zoo.tiny_flow.FLOW_CANARY_CONFIG` unless `config` says otherwise). With
     `vae_from` (a canary folder or `zoo:` name of any family) it skips phase 1 and takes that checkpoint's
     trained tokenizer, VAE and latent scaling, frozen (recorded as `vae_label`, default `vae_from` as
     given); the shipped SDXL canaries take zoo:base's. Returns the manifest written beside the weights.
@@ -439,8 +505,11 @@ def train_canary(
             raise ZooError(f"Unknown family {the_family!r} for a new canary; choose one of {', '.join(_BUILDERS)}")
         if recipe.preserve_base:
             raise ZooError("preserve_base needs a base checkpoint to preserve: pass base=...")
-        cfg = config or TinyConfig()
-        if data.resolution != cfg.sample_size:
+        cfg = config or (FLOW_CANARY_CONFIG if the_family == "sd3" else TinyConfig())
+        if isinstance(cfg, TinyFlowConfig):
+            if data.resolution != cfg.image_size:  # the VAE may downsample: the latent side follows the images
+                cfg = dataclasses.replace(cfg, sample_size=data.resolution // (cfg.image_size // cfg.sample_size))
+        elif data.resolution != cfg.sample_size:
             cfg = dataclasses.replace(cfg, sample_size=data.resolution)
         if vae_from is None:
             tokenizer = build_tokenizer(vocabulary, cfg.vocab_size, cfg.max_length)
@@ -455,6 +524,10 @@ def train_canary(
             timings.update(vae=bar.elapsed, vae_cpu=bar.cpu)
             mean, std = _encode_latents(pipe.vae, data.images)
             z = mean + std * torch.randn(mean.shape, generator=torch.Generator().manual_seed(recipe.seed))
+            if pipe.vae.config.get("shift_factor") is not None:  # flow VAEs (SD3): (z - shift) * scale
+                shift = float(z.mean())
+                z = z - shift
+                pipe.vae.register_to_config(shift_factor=shift)
             pipe.vae.register_to_config(scaling_factor=float(1.0 / z.std()))
             config_record = dataclasses.asdict(cfg)
         else:
@@ -483,7 +556,7 @@ def train_canary(
         if pipe.vae is None:
             raise ZooError(f"Base checkpoint {base_path} has no VAE; canaries need one")
         _check_resolution(data, pipe, base_path)
-        config_record = {"base": str(base), "sample_size": int(pipe.unet.config.sample_size)}
+        config_record = {"base": str(base), "sample_size": int(_training_view(pipe).denoiser.config.sample_size)}
         timings.update(vae=0.0, vae_cpu=0.0)
         recipe = recipe.with_(vae_steps=0)
     bar = _train_denoiser(pipe, data, recipe, stream)
