@@ -70,7 +70,13 @@ def load_canary(checkpoint: str, n: int, acceptance: str = "detection") -> Canar
     d = manifest.data
     if d.get("kind") != "sklearn-digits":
         raise SystemExit("mitigation_proof.py measures digits canaries only")
-    data = digits_data(int(d["seed"]), n_planted=int(d["n_planted"]), colourings=int(d["colourings"]))
+    data = digits_data(
+        int(d["seed"]),
+        n_planted=int(d["n_planted"]),
+        colourings=int(d["colourings"]),
+        mixture=d.get("mixture", 0.0),
+        mixture_planted_prob=float(d.get("mixture_planted_prob", 0.4)),
+    )
     train = (np.transpose(data.images, (0, 2, 3, 1)) + 1.0) / 2.0
     index = {c: i for c, i in data.planted}
     for p in manifest.planted:  # the rebuilt data must be the data the canary was trained on
@@ -165,6 +171,47 @@ def copy_stats(canary: Canary, caption: str, images: np.ndarray, boundary: float
         "copies": int((to_copy < boundary).sum()),
         "aligned": float((proba.argmax(axis=1) == digit).mean()),
         "p_digit": float(proba[:, digit].mean()),
+    }
+
+
+def seed_survey(canary: Canary, caption: str, seeds: int, boundary: float, batch: int = 32) -> dict[str, Any]:
+    """Does the copy depend on x_T? For `seeds` x_T of `caption` (the detector's seeds first, then more from
+    the same derivation): each seed's first-step sharpness (as the detector measures it) and whether its
+    DDIM-50 image is a copy; the copy rate, and the AUC of per-seed sharpness for copy vs non-copy seeds."""
+    from memtest.mitigation import generate_images, image_distances, measure_sharpness
+    from memtest.scoring import derive_seeds
+    from memtest.zoo.alignment import predict_proba
+
+    sc = canary.scorer
+    ids = derive_seeds(sc.settings.seed, seeds, caption if sc.settings.per_prompt_seeds else None)
+    x = sc.noise(ids)
+    t = sc.timesteps[0]
+    s_fn = sc.s_delta_fn(t, sc.embed([caption]), sc.null())
+    sharp = np.concatenate(
+        [measure_sharpness(s_fn, x[i : i + batch], sc.settings.method, sc.fd_h).numpy() for i in range(0, seeds, batch)]
+    )
+    images = np.concatenate(
+        [generate_images(sc.ckpt, x[i : i + batch], prompt=caption) for i in range(0, seeds, batch)]
+    )
+    to_copy = image_distances(images, canary.reconstructed[caption][None])[:, 0]
+    copy = to_copy < boundary
+    aligned = predict_proba(images).argmax(axis=1) == digit_of(caption)
+    auc = None
+    if 0 < copy.sum() < len(copy):
+        from sklearn.metrics import roc_auc_score
+
+        auc = float(roc_auc_score(copy, sharp))
+    return {
+        "caption": caption,
+        "seeds": seeds,
+        "copy_rate": float(copy.mean()),
+        "auc": auc,
+        "sharpness_copy": float(sharp[copy].mean()) if copy.any() else None,
+        "sharpness_other": float(sharp[~copy].mean()) if (~copy).any() else None,
+        "to_copy_median": float(np.median(to_copy)),
+        "aligned": float(aligned.mean()),
+        "aligned_other": float(aligned[~copy].mean()) if (~copy).any() else None,
+        "per_seed": {"sharpness": sharp.tolist(), "to_copy": to_copy.tolist()},
     }
 
 
@@ -279,12 +326,15 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--checkpoint", default="zoo:finetuned")
     ap.add_argument("--n", type=int, default=4)
     ap.add_argument("--captions", type=int, default=None, help="only the first K planted captions")
+    ap.add_argument("--caption", action="append", default=None, help="only this planted caption (repeatable)")
     ap.add_argument("--clean", type=int, default=20, help="non-memorised captions that set the memorised range")
     ap.add_argument("--acceptance", default="detection", help="detection, median, or a threshold value")
     ap.add_argument("--max-steps", type=int, default=None)
     ap.add_argument("--restart-after", type=int, default=None)
     ap.add_argument("--renormalize", action="store_true")
     ap.add_argument("--lr", type=float, default=None)
+    ap.add_argument("--screen", type=float, default=None, help="SAIL: exact checks only below this x threshold")
+    ap.add_argument("--warm-start", type=int, default=None, help="SAIL: screen this many extra seeds first")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--write", type=Path, default=None, help="markdown file to update (docs/mitigation.md)")
     ap.add_argument("--json", type=Path, default=None)
@@ -307,12 +357,17 @@ def prepare(args: argparse.Namespace) -> Run:
     torch.set_num_threads(args.threads)
     canary = load_canary(args.checkpoint, args.n, args.acceptance)
     planted = list(canary.manifest.planted_captions)[: args.captions]
+    if args.caption:
+        unknown = sorted(set(args.caption) - set(planted))
+        if unknown:
+            raise SystemExit(f"not planted captions of {args.checkpoint}: {unknown}")
+        planted = [c for c in planted if c in args.caption]
     pool = list(canary.manifest.heldout) + list(canary.manifest.clean)
     pick = np.random.default_rng(0).choice(len(pool), size=min(args.clean, len(pool)), replace=False)
     rng = memorised_range(canary, [pool[i] for i in pick])
     print(f"memorised range: {rng}", file=sys.stderr)
     options: dict[str, Any] = {"renormalize": args.renormalize}
-    for key in ("max_steps", "restart_after", "lr"):
+    for key in ("max_steps", "restart_after", "lr", "screen", "warm_start"):
         if getattr(args, key) is not None:
             options[key] = getattr(args, key)
     tag = args.acceptance if args.acceptance in ("detection", "median") else "given"
@@ -324,12 +379,46 @@ def write_json(path: Path | None, result: dict[str, Any]) -> None:
         path.write_text(json.dumps(result, indent=1, default=float) + "\n", encoding="utf-8")
 
 
+def survey_markdown(canary: Canary, rows: list[dict[str, Any]], rng: dict[str, Any]) -> str:
+    shares = canary.manifest.data.get("mixture")
+    lines = [
+        f"Checkpoint `{canary.name}`: {rows[0]['seeds'] if rows else 0} seeds per planted caption (the detector's "
+        f"seeds first), DDIM-50, guidance 7.5; copy = RMSE to the memorised image (as the VAE reproduces it) < "
+        f"{rng['boundary']:.3f} (5th percentile of {rng['images']} non-memorised generations' nearest-training-image "
+        "RMSE). AUC: per-seed first-step sharpness, copy vs non-copy seeds.",
+        "",
+        "| caption | broad share | copy rate | AUC | mean sharpness copy / other | median RMSE to memorised | "
+        "digit recognised (non-copies) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for k, r in enumerate(rows):
+        share = "-" if not shares else f"{shares[k]:.2f}"
+        auc = "-" if r["auc"] is None else f"{r['auc']:.2f}"
+        sc = "-" if r["sharpness_copy"] is None else f"{r['sharpness_copy']:.4g}"
+        so = "-" if r["sharpness_other"] is None else f"{r['sharpness_other']:.4g}"
+        ao = "-" if r["aligned_other"] is None else f"{r['aligned_other']:.2f}"
+        lines.append(
+            f"| {r['caption']} | {share} | {r['copy_rate']:.2f} | {auc} | {sc} / {so} | {r['to_copy_median']:.3f} | "
+            f"{r['aligned']:.2f} ({ao}) |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(ap)
+    ap.add_argument("--survey", type=int, default=0, metavar="K", help="only measure copies over K seeds per caption")
     args = ap.parse_args(argv)
     run = prepare(args)
     canary, options = run.canary, run.sail_options
+    if args.survey:
+        survey = [seed_survey(canary, c, args.survey, run.range["boundary"]) for c in run.planted]
+        text = survey_markdown(canary, survey, run.range)
+        print(text)
+        if args.write:
+            write_block(args.write, f"survey-{Path(canary.name).name}", text)
+        write_json(args.json, {"range": run.range, "survey": survey})
+        return {"range": run.range, "survey": survey}
     rows = prove(canary, run.planted, run.range["boundary"], **options)
     result = {"threshold": canary.threshold, "range": run.range, "rows": rows, "n": args.n, "options": options}
     text = markdown(canary, rows, run.range, args.n, options)
