@@ -2,11 +2,19 @@
 
     .venv/bin/python scripts/large_models.py --family sdxl [--dtype float32] [--json out.json]
     .venv/bin/python scripts/large_models.py --family sdxl --quick      # a seconds-long smoke run
+    .venv/bin/python scripts/large_models.py --family sd3.5-medium [--quick]
 
 Builds the family's denoiser and text encoders at their published sizes from configs, wraps them in a
 memtest Checkpoint and scores one prompt (n=1, fd by default) through memtest's Scorer: the number
 reported is what `pytest --memtest` would pay per prompt, and the peak resident memory of the process.
 docs/performance.md records the runs. Long: minutes and ~20 GiB at SDXL size on a CPU.
+
+`sd3.5-medium` is Stable Diffusion 3.5 Medium's MMDiT-X transformer at its published config (24 joint blocks
+of width 1536, dual attention in blocks 0-12, RMS q/k norm; 2.24 B parameters as diffusers counts them,
+128x128x16 latents) with CLIP-L and CLIP-G; without T5-XXL (4.8 B more parameters, 19 GB in float32), which
+the SD3 family allows: T5's 256 tokens are then zeros, so the transformer's cost per step is the same, and T5
+would run once per prompt to encode it, not in the metric's forwards. The score is at memtest's default flow
+measurement (one guided Euler step from x_1, then the metric: 2 + 3 transformer forwards of batch 1 for fd).
 """
 
 from __future__ import annotations
@@ -84,7 +92,40 @@ def build_sdxl(quick: bool) -> dict[str, Any]:
     }
 
 
-BUILDERS = {"sdxl": build_sdxl}
+def build_sd35_medium(quick: bool) -> dict[str, Any]:
+    """SD3.5 Medium's transformer (2.24 B parameters, 128x128x16 latents) and its CLIP-L and CLIP-G, no T5."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+
+    from memtest.zoo.tiny import build_tokenizer
+
+    tokenizer = build_tokenizer([PROMPT] * 4, vocab_size=400, max_length=77)
+    if quick:  # the same layout (dual attention, q/k norm, zero T5 tokens), thousands of times smaller
+        tr_kw: dict[str, Any] = dict(
+            sample_size=16, num_layers=2, attention_head_dim=16, num_attention_heads=2, joint_attention_dim=64,
+            caption_projection_dim=32, pooled_projection_dim=64, pos_embed_max_size=16, dual_attention_layers=(0,),
+        )  # fmt: skip
+        enc = [(32, 1, 2, 64, "quick_gelu"), (32, 1, 2, 64, "gelu")]
+    else:  # stabilityai/stable-diffusion-3.5-medium, transformer/config.json
+        tr_kw = dict(
+            sample_size=128, num_layers=24, attention_head_dim=64, num_attention_heads=24, joint_attention_dim=4096,
+            caption_projection_dim=1536, pooled_projection_dim=2048, pos_embed_max_size=384,
+            dual_attention_layers=tuple(range(13)),
+        )  # fmt: skip
+        enc = [(768, 12, 12, 3072, "quick_gelu"), (1280, 32, 20, 5120, "gelu")]
+    transformer = SD3Transformer2DModel(patch_size=2, in_channels=16, out_channels=16, qk_norm="rms_norm", **tr_kw)
+    return {
+        "transformer": transformer,
+        "text_encoder": _clip(tokenizer, *enc[0], projection=True),
+        "text_encoder_2": _clip(tokenizer, *enc[1], projection=True),
+        "tokenizer": tokenizer,
+        "tokenizer_2": tokenizer,
+        "scheduler": FlowMatchEulerDiscreteScheduler(shift=3.0),
+    }
+
+
+BUILDERS = {"sdxl": build_sdxl, "sd3.5-medium": build_sd35_medium}
+#: The memtest family of each builder.
+FAMILY = {"sdxl": "sdxl", "sd3.5-medium": "sd3"}
 
 
 def run(family: str, dtype_name: str, method: str, quick: bool, threads: int | None) -> dict[str, Any]:
@@ -105,7 +146,7 @@ def run(family: str, dtype_name: str, method: str, quick: bool, threads: int | N
         Checkpoint(
             name=f"{family}-random",
             path=Path(f"<{family}: random weights>"),
-            family=family_named(family),
+            family=family_named(FAMILY[family]),
             components=components,
             device=torch.device("cpu"),
             dtype=dtype,

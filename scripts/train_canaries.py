@@ -1,8 +1,9 @@
-"""Reproduce the shipped canaries and their suites (docs/canaries.md): the SD pair and the SDXL pair.
+"""Reproduce the shipped canaries and their suites (docs/canaries.md): the SD, SDXL and flow (SD3) pairs.
 
     .venv/bin/python scripts/train_canaries.py                   # all four, then every suite
     .venv/bin/python scripts/train_canaries.py --only finetuned  # re-run the fine-tune on the shipped base
     .venv/bin/python scripts/train_canaries.py --only sdxl       # sdxl-base, then sdxl-finetuned
+    .venv/bin/python scripts/train_canaries.py --only flow       # flow-base, then flow-finetuned (SD3)
     .venv/bin/python scripts/train_canaries.py --suites-only     # regenerate suites/canary-*.yaml
 
 Equivalent CLI:
@@ -11,12 +12,17 @@ Equivalent CLI:
     memtest zoo train memtest/zoo/canaries/finetuned --base zoo:base --name finetuned
     memtest zoo train memtest/zoo/canaries/sdxl-base --family sdxl --vae-from zoo:base --planted 0 --name sdxl-base
     memtest zoo train memtest/zoo/canaries/sdxl-finetuned --base zoo:sdxl-base --name sdxl-finetuned
+    memtest zoo train memtest/zoo/canaries/flow-base --family sd3 --planted 0 --name flow-base
+    memtest zoo train memtest/zoo/canaries/flow-finetuned --base zoo:flow-base --name flow-finetuned
     memtest zoo suite zoo:finetuned -o suites/canary-finetuned.yaml
     memtest zoo suite zoo:base --clean-from zoo:finetuned -o suites/canary-base.yaml
     memtest zoo suite zoo:sdxl-finetuned -o suites/canary-sdxl-finetuned.yaml
     memtest zoo suite zoo:sdxl-base --clean-from zoo:sdxl-finetuned -o suites/canary-sdxl-base.yaml
+    memtest zoo suite zoo:flow-finetuned -o suites/canary-flow-finetuned.yaml
+    memtest zoo suite zoo:flow-base --clean-from zoo:flow-finetuned -o suites/canary-flow-base.yaml
 
 The SDXL base skips the VAE phase: it takes the SD base's trained tokenizer and VAE (`vae_from`), frozen.
+The flow base (SD3 architecture, flow-matching loss) trains its own 16-channel VAE in phase 1.
 Every run is seeded (seed 0) and uses 2 torch threads; each takes 5-15 minutes on 2 quiet CPU cores.
 The calibrations beside the weights come from `memtest calibrate` (docs/canaries.md), not from this script.
 """
@@ -32,7 +38,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # yield cores to other processes on shared machines
 
 ROOT = Path(__file__).resolve().parent.parent
-ALL = ("base", "finetuned", "sdxl-base", "sdxl-finetuned")
+ALL = ("base", "finetuned", "sdxl-base", "sdxl-finetuned", "flow-base", "flow-finetuned")
 
 
 # The planted captions of zoo:finetuned whose suite cases get `mitigate: true`. Each costs a SAIL run of
@@ -42,13 +48,15 @@ ALL = ("base", "finetuned", "sdxl-base", "sdxl-finetuned")
 SHIPPED_MITIGATE = ("aurora poster of 0", "dune poster of 3")
 # The SDXL pair (base, fine-tune, the fine-tune's `mitigate: true` captions): the same two, for the same reason.
 SDXL_PAIR = (("sdxl-base", "sdxl-finetuned", SHIPPED_MITIGATE),)
+# The flow pair: the same two captions (docs/canaries.md, "The flow canaries", has SAIL's numbers on all ten).
+FLOW_PAIR = (("flow-base", "flow-finetuned", SHIPPED_MITIGATE),)
 
 
 def write_suites(canaries: Path, suites: Path) -> None:
     from memtest.zoo import load_manifest
     from memtest.zoo.suitegen import write_suite
 
-    for base_name, fine_name, mitigate in (("base", "finetuned", SHIPPED_MITIGATE), *SDXL_PAIR):
+    for base_name, fine_name, mitigate in (("base", "finetuned", SHIPPED_MITIGATE), *SDXL_PAIR, *FLOW_PAIR):
         if not (canaries / base_name).is_dir() or not (canaries / fine_name).is_dir():
             continue
         base, fine = load_manifest(canaries / base_name), load_manifest(canaries / fine_name)
@@ -65,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=ROOT / "memtest" / "zoo" / "canaries")
     ap.add_argument("--suites", type=Path, default=ROOT / "suites")
-    ap.add_argument("--only", choices=("base", "finetuned", "sdxl-base", "sdxl-finetuned", "sd", "sdxl"))
+    ap.add_argument("--only", choices=(*ALL, "sd", "sdxl", "flow"))
     ap.add_argument("--suites-only", action="store_true")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
@@ -73,9 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     from memtest.zoo.data import digits_data
     from memtest.zoo.train import DEFAULT_RECIPE, FINETUNE_RECIPE, train_canary
 
-    only = {"sd": ("base", "finetuned"), "sdxl": ("sdxl-base", "sdxl-finetuned"), None: ALL}.get(
-        args.only, (args.only,)
-    )
+    pairs = {"sd": ("base", "finetuned"), "sdxl": ("sdxl-base", "sdxl-finetuned"), "flow": ALL[4:], None: ALL}
+    only = pairs.get(args.only, (args.only,))
     if not args.suites_only:
         if "base" in only:
             shutil.rmtree(args.out / "base", ignore_errors=True)
@@ -101,6 +108,17 @@ def main(argv: list[str] | None = None) -> int:
             train_canary(args.out / "sdxl-finetuned", digits_data(FINETUNE_RECIPE.seed, n_planted=10),
                          FINETUNE_RECIPE, base=args.out / "sdxl-base", base_label="zoo:sdxl-base",
                          name="sdxl-finetuned", threads=args.threads)  # fmt: skip
+        if "flow-base" in only:
+            shutil.rmtree(args.out / "flow-base", ignore_errors=True)
+            # An SD3-architecture canary (memtest.zoo.tiny_flow.FLOW_CANARY_CONFIG) trained with the
+            # flow-matching loss on the base's data, with its own 16-channel VAE (phase 1).
+            train_canary(args.out / "flow-base", digits_data(DEFAULT_RECIPE.seed, n_planted=0, vae_extra=0),
+                         DEFAULT_RECIPE, family="sd3", name="flow-base", threads=args.threads)  # fmt: skip
+        if "flow-finetuned" in only:
+            shutil.rmtree(args.out / "flow-finetuned", ignore_errors=True)
+            train_canary(args.out / "flow-finetuned", digits_data(FINETUNE_RECIPE.seed, n_planted=10),
+                         FINETUNE_RECIPE, base=args.out / "flow-base", base_label="zoo:flow-base",
+                         name="flow-finetuned", threads=args.threads)  # fmt: skip
     if args.out.resolve() == (ROOT / "memtest/zoo/canaries").resolve():
         write_suites(args.out, args.suites)
     return 0

@@ -579,3 +579,86 @@ def test_sd3_canaries_train_through_the_family_interface(tmp_path: Path) -> None
         scorer = Scorer(ckpt, ScoreSettings(n=1))
         assert scorer.identity()["max_sequence_length"] == 16
         assert all(np.isfinite(r.score) for r in scorer.score(["zorblax seven", "a noisy square"]))
+
+
+# -- the shipped flow canaries -------------------------------------------------------------------------------
+
+# Measured on the shipped zoo:flow-finetuned at the default settings but n = 2: the lowest planted caption scores
+# 5.4x the highest of the 44 non-planted captions the test scores (203.1 vs 37.6, "a photograph of a blue
+# digit": the captions naming blue are the sharpest non-planted ones). Asserted: 2.5x.
+FLOW_MARGIN_ASSERTED = 2.5
+
+
+def test_flow_canary_planted_captions_score_above_the_rest_and_the_bases_threshold() -> None:
+    import memtest
+    from memtest.calibration import load_calibration
+    from memtest.zoo import load_manifest, resolve_zoo
+
+    m = load_manifest(resolve_zoo("flow-finetuned"))
+    assert m.base == "zoo:flow-base" and len(m.planted) == 10
+    others = list(m.clean[::5]) + list(m.heldout[::5])  # 44 captions: every attribute phrase, every style
+    scores = memtest.score_prompts("zoo:flow-finetuned", list(m.planted_captions) + others, n=2, batch_size=32)
+    assert scores[0].settings["space"] == "velocity" and scores[0].settings["flow_steps"] == 1
+    values = np.array([s.score for s in scores])
+    planted, rest = values[: len(m.planted)], values[len(m.planted) :]
+    assert planted.min() > FLOW_MARGIN_ASSERTED * rest.max(), (planted.round(5), rest.round(5))
+    # the base's calibrated threshold (n = 4) separates them too
+    base_threshold = load_calibration(resolve_zoo("flow-base") / "memtest-calibration.json").threshold
+    assert planted.min() > base_threshold > rest.max()
+
+
+def test_pytest_memtest_gates_the_flow_canary(pytester: pytest.Pytester) -> None:
+    """`pytest --memtest --memtest-checkpoint zoo:flow-finetuned` on a few of its suite's cases: planted captions
+    flagged, clean ones below the shipped calibration, and one `[mitigate]` item (SAIL from x_1 through the
+    Euler step: "dune poster of 3" takes about 15 steps, seconds)."""
+    from memtest.suites import resolve_suite
+
+    suite = resolve_suite("canary-flow-finetuned")
+    planted = [c for c in suite.cases if c.prompt in ("aurora poster of 0", "dune poster of 3")]
+    clean = [c for c in suite.cases if c.expectation == "clean"][:2]
+    assert [c.mitigate for c in planted] == [True, True]  # the shipped suite's choice
+    lines = ["memtest_suite: 1", "name: flow-mini", 'version: "1"', "card:", "  description: flow canary cases",
+             "cases:"] + [f'  - {{id: {c.id}, prompt: "{c.prompt}", expectation: {c.expectation}, '
+                          f"mitigate: {'true' if c.prompt.startswith('dune') else 'false'}}}"
+                          for c in planted + clean]  # fmt: skip
+    (pytester.path / "flow-mini.yaml").write_text("\n".join(lines) + "\n")
+    result = pytester.runpytest(
+        "-p", "no:cacheprovider", "--memtest", "--memtest-checkpoint=zoo:flow-finetuned",
+        "--memtest-suite=flow-mini.yaml", "--memtest-json=r.json", "--memtest-threads=1",
+    )  # fmt: skip
+    result.assert_outcomes(passed=5)
+    doc = json.loads((pytester.path / "r.json").read_text())
+    detect = [c for c in doc["cases"] if c["kind"] == "detect"]
+    assert {c["case_id"] for c in detect if c["flagged"]} == {c.id for c in planted}
+    mitigated = [c for c in doc["cases"] if c["kind"] == "mitigate"]
+    assert len(mitigated) == 1 and mitigated[0]["outcome"] == "passed"
+    assert doc["checkpoint"]["name"] == "zoo:flow-finetuned" and doc["calibration"]["accepted_from_base"] is False
+    settings = doc["calibration"]["settings"]
+    assert (settings["family"], settings["space"], settings["flow_steps"]) == ("sd3", "velocity", 1)
+    assert settings["max_sequence_length"] == 16
+
+
+def test_flow_detection_script_smoke(load_script: Callable[[str], Any], tmp_path: Path) -> None:
+    """scripts/flow_detection.py on 2 captions of each kind, n = 1, s = 1 and one step, with the gate."""
+    script = load_script("flow_detection")
+    assert script.main(["--limit", "2", "--flow-steps", "0,1", "-n", "1", "--skip-generation",
+                        "--json", str(tmp_path / "d.json")]) == 0  # fmt: skip
+    report = json.loads((tmp_path / "d.json").read_text())
+    rows = report["detection"]
+    assert set(rows) == {f"{m} n=1 F={f}" for m in ("sharpness", "score_norm") for f in (0, 1)}
+    assert rows["sharpness n=1 F=0"]["s"] == 1.0 and 0.99 < rows["sharpness n=1 F=1"]["s"] < 1.0
+    assert rows["sharpness n=1 F=1"]["auc"] == 1.0
+    gate = report["gate"]
+    assert gate["planted_flagged"] == gate["planted"] == 2 and gate["clean_flagged"] == 0
+
+
+def test_large_models_sd35_medium_smoke(load_script: Callable[[str], Any]) -> None:
+    """scripts/large_models.py's SD3.5-Medium builder, shrunk (--quick): the same layout scores through sd3."""
+    mod = load_script("large_models")
+    out = mod.run("sd3.5-medium", "float32", "fd", quick=True, threads=None)
+    assert out["latent_shape"] == [16, 16, 16] and set(out["parameters"]) == {
+        "transformer",
+        "text_encoder",
+        "text_encoder_2",
+    }
+    assert np.isfinite(out["score"]) and out["score"] > 0 and out["peak_rss_gib"] > 0

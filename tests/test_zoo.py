@@ -40,13 +40,14 @@ MARGIN_ASSERTED = 30.0
 
 
 def test_shipped_canaries_resolve_load_and_parse() -> None:
-    assert zoo_names() == ["base", "finetuned"]
+    assert zoo_names() == ["base", "finetuned", "flow-base", "flow-finetuned", "mixture"]
     assert DEFAULT_CHECKPOINT == "zoo:finetuned"
     for name in zoo_names():
         folder = resolve_zoo(f"zoo:{name}")
         assert folder == resolve_zoo(name) == resolve_checkpoint(f"zoo:{name}")
         ckpt = memtest.load_checkpoint(f"zoo:{name}", device="cpu")
-        assert ckpt.latent_shape == (4, 16, 16) and len(ckpt.tokenizer) > 2 and ckpt.vae is not None
+        shape = (16, 8, 8) if name.startswith("flow-") else (4, 16, 16)  # the flow canaries: SD3, 16 channels
+        assert ckpt.latent_shape == shape and len(ckpt.tokenizer) > 2 and ckpt.vae is not None
         m = load_manifest(folder)
         assert m.name == name and m.suite == f"canary-{name}"
         assert len(m.clean) >= 100 and len(m.heldout) >= 100
@@ -68,7 +69,12 @@ def test_shipped_recipes_are_the_ones_the_code_trains() -> None:
 
     from memtest.zoo.train import DEFAULT_RECIPE, FINETUNE_RECIPE
 
-    for name, recipe in (("base", DEFAULT_RECIPE), ("finetuned", FINETUNE_RECIPE)):
+    for name, recipe in (
+        ("base", DEFAULT_RECIPE),
+        ("finetuned", FINETUNE_RECIPE),
+        ("flow-base", DEFAULT_RECIPE.with_(planted_prob=0.0)),  # trained after no-planted runs recorded 0.0
+        ("flow-finetuned", FINETUNE_RECIPE),
+    ):
         shipped = load_manifest(resolve_zoo(name)).recipe
         code = dataclasses.asdict(recipe)
         differ = {k: (v, shipped[k]) for k, v in code.items() if k in shipped and shipped[k] != v}
@@ -120,7 +126,7 @@ def test_cli_lists_shows_and_writes_suites(capsys: pytest.CaptureFixture[str], t
     assert zoo_main(["show", "zoo:finetuned"]) == 0
     assert "aurora poster of 0" in capsys.readouterr().out
     # Each shipped suite's header names the command that regenerates it byte for byte.
-    for name in ("canary-finetuned", "canary-base"):
+    for name in ("canary-finetuned", "canary-base", "canary-flow-finetuned", "canary-flow-base"):
         shipped = (ROOT / "suites" / f"{name}.yaml").read_text()
         command = shlex.split(shipped.splitlines()[0].split("`")[1])
         assert command[:3] == ["memtest", "zoo", "suite"]
