@@ -480,3 +480,64 @@ def test_baselines_script_smoke(load_script: Callable[[str], Any], tmp_path: Pat
     assert rows["rna"]["prompt_after"] != "aurora poster of 0" and rows["rna"]["images"] == 1
     text = doc.read_text()
     assert "STALE-TABLE" not in text and "| none | " in text and "| rna | " in text and text.startswith("# x\n")
+
+
+# -- the mixture canary: copies that depend on x_T ------------------------------------------------------------
+
+#: A planted caption of zoo:mixture, and seeds (indices into derive_seeds(0, 32)) whose image copies / does not
+#: copy the memorised image (scripts/mitigation_proof.py --checkpoint zoo:mixture --survey 32, docs/mitigation.md).
+MIXTURE_CAPTION = "basalt poster of 1"
+MIXTURE_COPY_SEEDS = (0, 1)
+MIXTURE_OTHER_SEEDS = (9, 10)
+
+
+def _mixture_or_skip() -> Path:
+    from memtest.zoo import resolve_zoo, zoo_names
+
+    if "mixture" not in zoo_names():
+        pytest.skip("the mixture canary is not in this install (memtest/zoo/canaries/mixture)")
+    return resolve_zoo("zoo:mixture")
+
+
+def test_mixture_canary_copies_from_some_initial_noises_and_not_others() -> None:
+    """zoo:mixture loads, and one planted caption copies its memorised image from some x_T and draws an
+    ordinary image of its digit from others, with a margin around the canary's copy boundary."""
+    from memtest.checkpoint import load_checkpoint
+    from memtest.mitigation import COPY_FILENAME, copy_reference, generate_images
+    from memtest.scoring import Scorer, ScoreSettings, derive_seeds
+    from memtest.zoo.alignment import predict_proba
+
+    folder = _mixture_or_skip()
+    boundary = json.loads((folder / COPY_FILENAME).read_text())["boundary"]
+    ckpt = load_checkpoint("zoo:mixture", device="cpu")
+    scorer = Scorer(ckpt, ScoreSettings(n=4))
+    seeds = derive_seeds(0, 32)
+    picked = [seeds[i] for i in (*MIXTURE_COPY_SEEDS, *MIXTURE_OTHER_SEEDS)]
+    images = generate_images(ckpt, scorer.noise(picked), prompt=MIXTURE_CAPTION)
+    ref = copy_reference(ckpt, MIXTURE_CAPTION)
+    assert ref is not None and ref.boundary == boundary
+    from memtest.mitigation import image_distances
+
+    d = image_distances(images, ref.image[None])[:, 0]
+    k = len(MIXTURE_COPY_SEEDS)
+    assert (d[:k] < 0.9 * boundary).all() and (d[k:] > 2 * boundary).all(), (d.round(3), boundary)
+    digit = int(MIXTURE_CAPTION.rsplit(" ", 1)[1])
+    assert (predict_proba(images[k:]).argmax(axis=1) == digit).all()  # the broad component shows the digit
+
+
+def test_sail_on_the_mixture_canary_moves_copies_off_the_memorised_image(load_script: Callable[[str], Any]) -> None:
+    """On zoo:mixture the copy depends on x_T, so SAIL can remove it: the detector's four seeds of basalt all copy,
+    and the x_T SAIL accepts below 0.002 (about the 85th percentile of the canary's reference scores; at the
+    detection threshold 0.0094 three of the four copying x_T are already accepted as they are) give at most half
+    as many copies. The digit is kept in most images, not all (docs/mitigation.md: 1.00 -> 0.75)."""
+    folder = _mixture_or_skip()
+    from memtest.mitigation import COPY_FILENAME
+
+    proof = load_script("mitigation_proof")
+    canary = proof.load_canary("zoo:mixture", 4, "0.002")
+    boundary = json.loads((folder / COPY_FILENAME).read_text())["boundary"]
+    (row,) = proof.prove(canary, [MIXTURE_CAPTION], boundary)
+    assert row["before"]["copies"] == 4 and row["succeeded"] and row["accepted"] == 4
+    assert row["after"]["copies"] <= row["before"]["copies"] // 2
+    assert row["after"]["to_copy"] > 2 * row["before"]["to_copy"]
+    assert row["after"]["aligned"] >= 0.5
