@@ -234,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     folder = resolve_checkpoint(args.checkpoint)
     m = load_manifest(folder)
     data = canary_data(m)
+    if m.recipe.get("family") == "sd3":  # its ideal model and generation differ: flow_detection.py measures it
+        raise SystemExit("flow-matching canaries: use scripts/flow_detection.py (the per-s table, gate, ground truth)")
     pos, neg = list(m.planted_captions), list(m.clean) + list(m.heldout)
     report: dict[str, Any] = {"checkpoint": args.checkpoint, "planted": len(pos), "non_planted": len(neg)}
     print(f"{args.checkpoint}: {len(pos)} planted vs {len(neg)} non-planted captions", flush=True)
