@@ -278,7 +278,9 @@ class Engine:
     def checkpoint(self) -> Any:
         if self._checkpoint is None:
             from .checkpoint import load_checkpoint
+            from .threads import apply_threads
 
+            apply_threads(self.config.threads)  # before the first torch work of this process
             self._checkpoint = load_checkpoint(
                 self.config.checkpoint,
                 device=self.device(),

@@ -31,6 +31,7 @@ def _add_settings(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, action=opt.action, dest=opt.dest, default=None, help=opt.help)
         else:
             parser.add_argument(flag, dest=opt.dest, type=opt.type or str, default=None, help=opt.help)
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
 
 
 def _config(ns: argparse.Namespace, calibrate: bool = False) -> Any:
@@ -39,8 +40,17 @@ def _config(ns: argparse.Namespace, calibrate: bool = False) -> Any:
     return config_from_values(values)
 
 
-def _progress(done: int, total: int) -> None:
-    print(f"\rmemtest: scored {done}/{total} prompts", end="\n" if done == total else "", file=sys.stderr, flush=True)
+def _progress(ns: argparse.Namespace, what: str) -> Any:
+    """Scoring progress on stderr: a live bar on a terminal, a plain line every few seconds in a log."""
+    from .progress import Progress
+
+    return Progress(f"memtest: {what}", unit="prompts", stream=None if ns.quiet else sys.stderr, every=5.0)
+
+
+def _threads() -> int:
+    import torch
+
+    return int(torch.get_num_threads())
 
 
 def cmd_audit(ns: argparse.Namespace) -> int:
@@ -57,7 +67,7 @@ def cmd_audit(ns: argparse.Namespace) -> int:
     engine = Engine(cfg)
     started = time.perf_counter()
     cal, _ = engine.calibration()
-    scores = engine.scores([c.prompt for c in cases], progress=_progress)
+    scores = engine.scores([c.prompt for c in cases], progress=_progress(ns, "scoring"))
     records = []
     for case in cases:
         rec = judge(case, scores[case.prompt]["score"], scores[case.prompt]["values"], cal.threshold)
@@ -80,7 +90,7 @@ def cmd_audit(ns: argparse.Namespace) -> int:
     print(
         f"memtest audit {verdict}: {s['passed']} passed, {s['failed']} failed, {s['errors']} errors, "
         f"{s['flagged']} flagged of {s['total']} cases on {name} "
-        f"(threshold {cal.threshold:.6g}, {time.perf_counter() - started:.1f}s)"
+        f"(threshold {cal.threshold:.6g}, {time.perf_counter() - started:.1f}s, {_threads()} torch threads)"
     )
     for rec in records:
         if rec["outcome"] != "passed":
@@ -109,7 +119,7 @@ def cmd_calibrate(ns: argparse.Namespace) -> int:
     name, folder = resolve_checkpoint(cfg.checkpoint)
     cases = select_cases(resolve_suites(cfg.suites, folder, name), calibrate=True, shard=None)
     engine = Engine(cfg)
-    scores = engine.scores([c.prompt for c in cases], progress=_progress)
+    scores = engine.scores([c.prompt for c in cases], progress=_progress(ns, "calibrating"))
     cal = engine.build_calibration(cases, scores)
     out = save_calibration(cal, ns.output)
     print(
@@ -169,6 +179,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return zoo_main(args[1:])
     ns = build_parser().parse_args(args)
+    from .threads import passive_waits
+
+    passive_waits()  # before anything imports torch
     try:
         return int(ns.func(ns))
     except MemtestError as exc:

@@ -1,15 +1,24 @@
-"""How many torch threads a memtest process uses.
+"""How many torch threads a memtest process uses, and how they wait.
 
-Small models run many tiny parallel regions, and an OpenMP pool with more threads than free cores spends
-its time waiting on barriers instead of working: with two xdist workers of two threads each, or beside
-another torch job on the same cores, a run was 30x slower than quiet. So each process takes its share of
-the cores it may run on, not every core of the machine, and an explicit OMP_NUM_THREADS/MKL_NUM_THREADS
-(the usual way a CI runner says how many cores a job has) wins over that guess.
+The count: OMP_NUM_THREADS/MKL_NUM_THREADS when set (the usual way a CI runner says how many cores a job
+has), else the cores this process may run on (its affinity), or `--memtest-threads N`. It is deliberately
+the same in every xdist worker: CPU kernels split their reductions by thread count, so a prompt's score
+changes with it (by 0.16% for a canary prompt between 1 and 2 threads), and scores must not depend on how
+a suite is split over workers (`-n 2` gives the same scores as one process, bit for bit). Dividing the
+cores among workers would break that; pass --memtest-threads to choose a count yourself.
+
+The waits: small models run many tiny parallel regions, and OpenMP's default spins at each barrier,
+holding a core that the thread it waits for needs. Beside another torch job on the same cores (or with
+more workers than cores) that collapses: scoring 16 canary prompts on the 2-core machine under load took
+40-64 s with 2 spinning threads, 7.5-9.7 s with 1 thread and 3.9 s with 2 threads that sleep instead
+(OMP_WAIT_POLICY=PASSIVE; 1.3 s of CPU instead of 8-10 s). `passive_waits` sets that unless the user
+chose a policy; it works only before torch loads its OpenMP runtime, which reads the variable once.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
 from .errors import MemtestError
 
@@ -31,32 +40,37 @@ def _positive_env(name: str) -> int | None:
     return int(head) if head.isdigit() and int(head) > 0 else None
 
 
-def xdist_workers() -> int:
-    """The number of xdist workers sharing the machine, as xdist tells its workers (1 outside xdist)."""
-    raw = os.environ.get("PYTEST_XDIST_WORKER_COUNT", "").strip()
-    return int(raw) if raw.isdigit() and int(raw) > 0 else 1
-
-
-def default_threads(*, workers: int | None = None) -> int:
-    """OMP_NUM_THREADS (or MKL_NUM_THREADS) when set, else the usable cores divided among the xdist
-    workers (`workers`, default: what xdist tells this process), at least 1."""
+def default_threads() -> int:
+    """OMP_NUM_THREADS (or MKL_NUM_THREADS) when set, else the usable cores; the same in every xdist worker."""
     for name in _THREAD_ENV:
         value = _positive_env(name)
         if value is not None:
             return value
-    return max(1, usable_cores() // max(1, workers if workers is not None else xdist_workers()))
+    return usable_cores()
 
 
-def describe_threads(n: int | None = None, *, workers: int | None = None) -> str:
+def describe_threads(n: int | None = None) -> str:
     """`threads=N (where N comes from)`, for headers and logs; `n` is the configured value (None: default)."""
     if n is not None:
         return f"threads={n} (set)"
     for name in _THREAD_ENV:
-        if _positive_env(name) is not None:
-            return f"threads={_positive_env(name)} (from {name})"
-    count = max(1, workers if workers is not None else xdist_workers())
-    share = f" / {count} xdist workers" if count > 1 else ""
-    return f"threads={default_threads(workers=count)} (default: {usable_cores()} usable cores{share})"
+        value = _positive_env(name)
+        if value is not None:
+            return f"threads={value} (from {name})"
+    return f"threads={usable_cores()} (default: the usable cores)"
+
+
+def passive_waits() -> bool:
+    """Let OpenMP threads sleep, not spin, while they wait (see the module docstring), unless
+    OMP_WAIT_POLICY is set already; returns whether this process's waits are passive."""
+    if "OMP_WAIT_POLICY" not in os.environ and "torch" not in sys.modules:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    return os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE"
+
+
+def describe_waits() -> str:
+    policy = os.environ.get("OMP_WAIT_POLICY", "").strip()
+    return f"OpenMP waits {policy.lower()}" if policy else "OpenMP waits active (torch was loaded before memtest)"
 
 
 def apply_threads(n: int | None = None) -> int:
@@ -67,6 +81,7 @@ def apply_threads(n: int | None = None) -> int:
     """
     if n is not None and n < 1:
         raise MemtestError(f"threads must be at least 1, got {n}. Pass --memtest-threads=1 or more, or leave it unset.")
+    passive_waits()  # when this is the first import of torch
     import torch
 
     threads = default_threads() if n is None else n
@@ -80,4 +95,11 @@ def apply_threads(n: int | None = None) -> int:
     return int(torch.get_num_threads())
 
 
-__all__ = ["apply_threads", "default_threads", "describe_threads", "usable_cores", "xdist_workers"]
+__all__ = [
+    "apply_threads",
+    "default_threads",
+    "describe_threads",
+    "describe_waits",
+    "passive_waits",
+    "usable_cores",
+]

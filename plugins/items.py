@@ -20,6 +20,25 @@ class GateFailure(Exception):
     """A case's outcome is `failed`: the message is the full explanation, no traceback needed."""
 
 
+def wants_traceback(config: pytest.Config) -> bool:
+    return bool(config.getoption("memtest_traceback", False) or config.getoption("fulltrace", False))
+
+
+def short_failure(config: pytest.Config, exc: BaseException) -> str | None:
+    """The failure text of a memtest error: its message (what is wrong and the fix), without the frames of
+    diffusers and torch that led to it; None for other exceptions, or when the traceback is asked for."""
+    if isinstance(exc, GateFailure):
+        return str(exc)
+    from memtest.errors import MemtestError
+
+    if not isinstance(exc, MemtestError) or wants_traceback(config):
+        return None
+    text = f"{type(exc).__name__}: {exc}"
+    if exc.__cause__ is not None:
+        text += f"\n(caused by {type(exc.__cause__).__name__}; --memtest-traceback shows its traceback)"
+    return text
+
+
 class MemtestItem(pytest.Item):
     """One suite case. `runtest` asserts on the case's (batch-scored, cached) result."""
 
@@ -38,11 +57,8 @@ class MemtestItem(pytest.Item):
         self.memtest.run_case(self)
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
-        from memtest.errors import MemtestError
-
-        if isinstance(excinfo.value, GateFailure | MemtestError):
-            return str(excinfo.value)
-        return str(super().repr_failure(excinfo))
+        short = short_failure(self.config, excinfo.value)
+        return short if short is not None else str(super().repr_failure(excinfo, style))
 
     def reportinfo(self) -> tuple[Path | str, int | None, str]:
         source = self.case.source or self.case.suite
@@ -84,6 +100,10 @@ class SuiteCollector(pytest.Collector):
     def collect(self) -> list[pytest.Item | pytest.Collector]:
         return list(_items(self, self.suite, self.memtest))
 
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
+        short = short_failure(self.config, excinfo.value)
+        return short if short is not None else super().repr_failure(excinfo)
+
 
 class SuiteFile(pytest.File):
     """A suite YAML file found among the test paths."""
@@ -95,3 +115,7 @@ class SuiteFile(pytest.File):
 
         suite = load_suite(self.path)  # a SuiteError here is a collection error, never a silent skip
         return list(_items(self, suite, self.memtest))
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
+        short = short_failure(self.config, excinfo.value)
+        return short if short is not None else super().repr_failure(excinfo)

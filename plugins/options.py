@@ -21,6 +21,15 @@ def add_options(parser: pytest.Parser) -> None:
         default=False,
         help="run the memtest audit (prompt suites as tests)",
     )
+    # Not in optspec: it shapes pytest's failure output, so `memtest audit` has no use for it.
+    group.addoption(
+        "--memtest-traceback",
+        action="store_true",
+        dest="memtest_traceback",
+        default=False,
+        help="show the full traceback (with diffusers'/torch's frames) of memtest errors, not just their message "
+        "and fix (pytest's --full-trace does too)",
+    )
     for opt in OPTIONS:
         if opt.action == "store_true":
             group.addoption(opt.flag, action="store_true", dest=opt.dest, default=None, help=opt.help)

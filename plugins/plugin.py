@@ -7,6 +7,8 @@ method of that object. Nothing here imports torch, so without `--memtest` the pl
 
 from __future__ import annotations
 
+from collections.abc import Generator
+
 import pytest
 
 from .fixtures import memtest_case, memtest_checkpoint, memtest_mitigation, parametrize_cases
@@ -29,6 +31,22 @@ def pytest_configure(config: pytest.Config) -> None:
         session = MemtestSession(config)
         config.stash[SESSION_KEY] = session
         config.pluginmanager.register(session, "memtest-session")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A memtest error in any phase of any test (a fixture's setup included) reads as its message and
+    fix, not as the diffusers/torch frames under it (--memtest-traceback keeps them)."""
+    report = yield
+    if call.excinfo is not None and report.failed:
+        from .items import short_failure
+
+        short = short_failure(item.config, call.excinfo.value)
+        if short is not None:
+            report.longrepr = short
+    return report
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

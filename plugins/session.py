@@ -9,6 +9,7 @@ file, the report and (when calibrating) the calibration, once, complete.
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import shutil
 from collections.abc import Generator
@@ -17,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from memtest.errors import MemtestError
+from memtest.errors import CheckpointError, MemtestError
 
 from .items import GateFailure, MemtestItem, MitigationItem, SuiteCollector, SuiteFile
 from .options import output_paths, read_config
@@ -33,6 +34,11 @@ class MemtestSession:
         self.audit = read_config(config)
         self.json_path, self.report_path = output_paths(config)
         self.is_worker = hasattr(config, "workerinput")
+        if self.audit.threads is not None and self.audit.threads < 1:
+            raise pytest.UsageError(f"--memtest-threads must be at least 1, got {self.audit.threads}.")
+        from memtest.threads import passive_waits
+
+        passive_waits()  # before torch loads (here, or in xdist workers, which inherit the environment)
         try:
             self.checkpoint_name, self.checkpoint_folder = resolve_checkpoint(self.audit.checkpoint)
         except MemtestError as exc:
@@ -46,6 +52,7 @@ class MemtestSession:
         self.workers: dict[str, dict[str, Any]] = {}
         self.written: list[tuple[str, str]] = []
         self.finish_error: str | None = None
+        self._load_error: tuple[type[MemtestError], str] | None = None
         if config.getoption("memtest_cache_clear") and not self.is_worker and self.audit.cache_dir:
             shutil.rmtree(self._resolve(self.audit.cache_dir), ignore_errors=True)
 
@@ -97,6 +104,9 @@ class MemtestSession:
             + (f" shard={a.shard[0]}/{a.shard[1]}" if a.shard else "")
             + (" accept-base-calibration" if a.accept_base_calibration else "")
         )
+        from memtest.threads import describe_threads, describe_waits
+
+        lines.append(f"memtest: torch {describe_threads(a.threads)} in each process, {describe_waits()}")
         return lines
 
     def _describe_calibration(self, path: Path) -> str:
@@ -202,20 +212,46 @@ class MemtestSession:
                 return ([nxt] if isinstance(nxt, int) else []) + indices
         return None
 
-    def _progress(self, done: int, total: int) -> None:
+    def _progress(self) -> Any:
+        """Scoring progress on the terminal: a live bar on a terminal, plain lines in a log; nothing on xdist
+        workers (the controller owns the terminal) or with -q; nothing for a single batch."""
         tr = self.config.pluginmanager.get_plugin("terminalreporter")
-        if tr is not None and not self.is_worker and total > self.audit.batch_size:
-            tr.write_line(f"memtest: scored {done}/{total} prompts")
+        if tr is None or self.is_worker or self.config.get_verbosity() < 0:
+            return None
+        from memtest.progress import Progress
+
+        return Progress(
+            "memtest: scoring",
+            unit="prompts",
+            stream=_TerminalStream(self.config, tr),
+            live=bool(getattr(tr, "isatty", False)),
+            min_total=self.audit.batch_size,
+            width=min(int(self.config.get_terminal_writer().fullwidth), 100),
+        )
+
+    def _loaded_engine(self) -> Any:
+        """The engine with its checkpoint loaded. A checkpoint that failed to load fails every later case
+        at once with the same message, instead of loading (and failing) again for each case."""
+        if self._load_error is not None:
+            cls, message = self._load_error
+            raise cls(message)
+        engine = self.engine
+        try:
+            engine.checkpoint  # noqa: B018 (loads it)
+        except CheckpointError as exc:
+            self._load_error = (type(exc), str(exc))
+            raise
+        return engine
 
     def run_case(self, item: MemtestItem) -> None:
         from memtest.audit import judge, reproduce_command
 
         case = item.case
         try:
-            engine = self.engine
+            engine = self._loaded_engine()
             if engine.cache.get(case.prompt) is None:
                 prompts = [i.case.prompt for i in self._pending(item)]
-                engine.scores(prompts, progress=self._progress)
+                engine.scores(prompts, progress=self._progress())
             scored = engine.scores([case.prompt])[case.prompt]
             threshold = None
             if not self.audit.calibrate:
@@ -247,7 +283,7 @@ class MemtestSession:
         the prompt's unmitigated score. The work and the judging live in `memtest.mitigation`."""
         case = item.case
         try:
-            engine = self.engine
+            engine = self._loaded_engine()
             cal, _ = engine.calibration()
             unmitigated = engine.scores([case.prompt])[case.prompt]["score"]
             from memtest.mitigation import judge_mitigation, mitigate_sail
@@ -263,6 +299,9 @@ class MemtestSession:
         item.memtest_record = record
         item.memtest_mitigation = entry
         item.user_properties.append(("memtest_mitigation_sharpness", record["score"]))
+        for when in ("before", "after"):  # on a canary that plants the prompt: copies and RMSE to its image
+            if record.get(f"copy_{when}"):
+                item.user_properties.append((f"memtest_copy_{when}", record[f"copy_{when}"]))
         if record["outcome"] == "failed":
             raise GateFailure(
                 f"{record['message']}\n"
@@ -420,6 +459,12 @@ class MemtestSession:
             tr.write_line("closest clean cases to the threshold (margin = score - threshold):")
             for r in sorted(judged, key=lambda r: -r["margin"])[:5]:
                 tr.write_line(f"  {r['id']:<48} score {r['score']:.6g}  margin {r['margin']:+.4g}  {r['outcome']}")
+        errors: dict[str, int] = {}
+        for r in recs:
+            if r["outcome"] == "error":
+                errors[str(r.get("message"))] = errors.get(str(r.get("message")), 0) + 1
+        for message, count in errors.items():  # one line per distinct cause, however many cases it stopped
+            tr.write_line(f"{count} case(s) errored: {message}", red=True)
         memorized = [r for r in detect if r.get("margin") is not None and r["expectation"] == "memorized"]
         if memorized:
             weakest = min(memorized, key=lambda r: r["margin"])
@@ -447,6 +492,26 @@ class MemtestSession:
             tr.write_line(f"{kind} written: {path}")
         if self.finish_error:
             tr.write_line(f"memtest error: {self.finish_error}", red=True)
+
+
+class _TerminalStream:
+    """pytest's terminal as a stream for memtest.progress: writes bypass output capturing (scoring runs
+    inside a test) and start on a fresh line when pytest is mid-line."""
+
+    def __init__(self, config: pytest.Config, tr: Any) -> None:
+        self.config, self.tr = config, tr
+
+    def write(self, text: str) -> None:
+        capman = self.config.pluginmanager.get_plugin("capturemanager")
+        with capman.global_and_fixture_disabled() if capman is not None else contextlib.nullcontext():
+            self.tr.ensure_newline()
+            self.tr.write(text, flush=True)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return bool(getattr(self.tr, "isatty", False))
 
 
 __all__ = ["SESSION_KEY", "MemtestSession"]
