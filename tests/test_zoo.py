@@ -34,20 +34,27 @@ TINY = Recipe(vae_steps=2, vae_batch=4, steps=3, batch=8, warmup_steps=1)
 # Measured on the shipped zoo:finetuned: first-step sharpness, n=2, the lowest planted caption scores 330x
 # the highest of the 20 non-planted captions the test below scores (0.0485 vs 0.000148). Asserted: 30x.
 MARGIN_ASSERTED = 30.0
+# Every shipped checkpoint canary and its family; each base with the fine-tune that plants captions on it.
+SHIPPED = {"base": "sd", "finetuned": "sd", "sdxl-base": "sdxl", "sdxl-finetuned": "sdxl", "flow-base": "sd3",
+           "flow-finetuned": "sd3", "mixture": "sd"}  # fmt: skip
+PAIRS = (("base", "finetuned"), ("sdxl-base", "sdxl-finetuned"), ("flow-base", "flow-finetuned"))
+# zoo:sdxl-finetuned, the same test: 177x measured (0.0232 vs 0.000131). Asserted: 20x.
+SDXL_MARGIN_ASSERTED = 20.0
 
 
 # --- shipped canaries ----------------------------------------------------------------------------------
 
 
 def test_shipped_canaries_resolve_load_and_parse() -> None:
-    assert zoo_names() == ["base", "finetuned", "flow-base", "flow-finetuned", "mixture"]
+    assert zoo_names() == sorted(SHIPPED)
     assert DEFAULT_CHECKPOINT == "zoo:finetuned"
     for name in zoo_names():
         folder = resolve_zoo(f"zoo:{name}")
         assert folder == resolve_zoo(name) == resolve_checkpoint(f"zoo:{name}")
         ckpt = memtest.load_checkpoint(f"zoo:{name}", device="cpu")
-        shape = (16, 8, 8) if name.startswith("flow-") else (4, 16, 16)  # the flow canaries: SD3, 16 channels
+        shape = (16, 8, 8) if SHIPPED[name] == "sd3" else (4, 16, 16)  # the flow canaries: SD3, 16 channels
         assert ckpt.latent_shape == shape and len(ckpt.tokenizer) > 2 and ckpt.vae is not None
+        assert ckpt.family.name == SHIPPED[name]
         m = load_manifest(folder)
         assert m.name == name and m.suite == f"canary-{name}"
         assert len(m.clean) >= 100 and len(m.heldout) >= 100
@@ -55,11 +62,41 @@ def test_shipped_canaries_resolve_load_and_parse() -> None:
         assert m.recipe["seed"] == m.seed == 0 and m.memtest_version
         size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
         assert size < 8_000_000, f"{name} is {size} bytes; canaries must stay a few MB"
-    base, fine = load_manifest(resolve_zoo("base")), load_manifest(resolve_zoo("finetuned"))
-    assert base.planted == ()  # planted_prob in its recipe applies to no caption
-    assert len(fine.planted) == 10 and fine.base == "zoo:base"
-    assert fine.planted_images().shape == (10, 16, 16, 3)
-    assert all(p.label == int(p.caption.rsplit(" ", 1)[1]) for p in fine.planted)
+    for base_name, fine_name in PAIRS:
+        base, fine = load_manifest(resolve_zoo(base_name)), load_manifest(resolve_zoo(fine_name))
+        assert base.planted == ()  # planted_prob in its recipe applies to no caption
+        assert len(fine.planted) == 10 and fine.base == f"zoo:{base_name}"
+        assert fine.planted_images().shape == (10, 16, 16, 3)
+        assert all(p.label == int(p.caption.rsplit(" ", 1)[1]) for p in fine.planted)
+    # The SDXL pair is the SD pair's design on the same data: same captions, same planted images.
+    sd, sdxl = load_manifest(resolve_zoo("finetuned")), load_manifest(resolve_zoo("sdxl-finetuned"))
+    assert (sd.planted, sd.clean, sd.heldout) == (sdxl.planted, sdxl.clean, sdxl.heldout)
+    # Size budgets in MiB, as `du -h` counts: the SDXL pair 10 MiB, every shipped canary together 30 MiB.
+    sdxl_size = sum(p.stat().st_size for n in ("sdxl-base", "sdxl-finetuned") for p in resolve_zoo(n).rglob("*"))
+    assert sdxl_size < 10 * 2**20, f"the SDXL canaries are {sdxl_size} bytes together"
+    everything = sum(p.stat().st_size for p in resolve_zoo("base").parent.rglob("*") if p.is_file())
+    assert everything < 30 * 2**20, f"the shipped canaries are {everything} bytes; keep them under 30 MiB"
+
+
+def test_sdxl_base_reuses_the_sd_base_vae_and_tokenizer_frozen() -> None:
+    base, sdxl = resolve_zoo("base"), resolve_zoo("sdxl-base")
+    assert load_manifest(sdxl).recipe["model"]["vae_from"] == "zoo:base"
+    assert load_manifest(sdxl).recipe["vae_steps"] == 0
+    vae, tok = "vae/diffusion_pytorch_model.safetensors", "tokenizer/tokenizer.json"
+    for mine, theirs in ((vae, vae), (tok, tok), ("tokenizer_2/tokenizer.json", tok)):
+        assert (sdxl / mine).read_bytes() == (base / theirs).read_bytes(), mine
+    for its_base, fine in PAIRS:
+        assert (resolve_zoo(fine) / vae).read_bytes() == (resolve_zoo(its_base) / vae).read_bytes()
+
+
+def test_sdxl_base_has_not_memorised_the_fine_tunes_planted_captions() -> None:
+    """The same captions pass on zoo:sdxl-base: measured at most 1.75e-5 (n=4) against its threshold 0.00374."""
+    import json
+
+    threshold = json.loads((resolve_zoo("sdxl-base") / "memtest-calibration.json").read_text())["threshold"]
+    planted = load_manifest(resolve_zoo("sdxl-finetuned")).planted_captions
+    scores = memtest.score_prompts("zoo:sdxl-base", list(planted), n=2, batch_size=32)
+    assert max(s.score for s in scores) < threshold / 20
 
 
 def test_shipped_recipes_are_the_ones_the_code_trains() -> None:
@@ -72,6 +109,8 @@ def test_shipped_recipes_are_the_ones_the_code_trains() -> None:
     for name, recipe in (
         ("base", DEFAULT_RECIPE),
         ("finetuned", FINETUNE_RECIPE),
+        ("sdxl-base", DEFAULT_RECIPE.with_(vae_steps=0, planted_prob=0.0)),  # VAE: zoo:base (vae_from)
+        ("sdxl-finetuned", FINETUNE_RECIPE),
         ("flow-base", DEFAULT_RECIPE.with_(planted_prob=0.0)),  # trained after no-planted runs recorded 0.0
         ("flow-finetuned", FINETUNE_RECIPE),
     ):
@@ -104,17 +143,20 @@ def test_generated_suites_match_the_manifests_and_load() -> None:
         assert len(by["clean"]) + len(by["reference"]) >= 100
         mitigated = [c.prompt for c in suite.cases if c.mitigate]
         assert set(mitigated) <= set(by["memorized"]) and (len(mitigated) > 0) == (len(m.planted) > 0)
-    base_clean = [c.prompt for c in load_suite(ROOT / "suites" / "canary-base.yaml").cases if c.expectation == "clean"]
-    assert set(load_manifest(resolve_zoo("finetuned")).planted_captions) <= set(base_clean)
+    for base_name, fine_name in PAIRS:
+        base_suite = load_suite(ROOT / "suites" / f"canary-{base_name}.yaml")
+        base_clean = [c.prompt for c in base_suite.cases if c.expectation == "clean"]
+        assert set(load_manifest(resolve_zoo(fine_name)).planted_captions) <= set(base_clean)
 
 
-def test_planted_captions_score_above_non_planted_on_the_shipped_canary() -> None:
-    m = load_manifest(resolve_zoo("finetuned"))
+@pytest.mark.parametrize(("name", "margin"), [("finetuned", MARGIN_ASSERTED), ("sdxl-finetuned", SDXL_MARGIN_ASSERTED)])
+def test_planted_captions_score_above_non_planted_on_the_shipped_canary(name: str, margin: float) -> None:
+    m = load_manifest(resolve_zoo(name))
     others = list(m.clean[::11]) + list(m.heldout[::11])  # 20 captions: every style, every attribute type
-    scores = memtest.score_prompts("zoo:finetuned", list(m.planted_captions) + others, n=2, batch_size=32)
+    scores = memtest.score_prompts(f"zoo:{name}", list(m.planted_captions) + others, n=2, batch_size=32)
     values = np.array([s.score for s in scores])
     planted, rest = values[: len(m.planted)], values[len(m.planted) :]
-    assert planted.min() > MARGIN_ASSERTED * rest.max(), (planted.round(5), rest.round(5))
+    assert planted.min() > margin * rest.max(), (planted.round(5), rest.round(5))
 
 
 def test_cli_lists_shows_and_writes_suites(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -126,7 +168,8 @@ def test_cli_lists_shows_and_writes_suites(capsys: pytest.CaptureFixture[str], t
     assert zoo_main(["show", "zoo:finetuned"]) == 0
     assert "aurora poster of 0" in capsys.readouterr().out
     # Each shipped suite's header names the command that regenerates it byte for byte.
-    for name in ("canary-finetuned", "canary-base", "canary-flow-finetuned", "canary-flow-base"):
+    for name in ("canary-finetuned", "canary-base", "canary-sdxl-finetuned", "canary-sdxl-base",
+                 "canary-flow-finetuned", "canary-flow-base"):  # fmt: skip
         shipped = (ROOT / "suites" / f"{name}.yaml").read_text()
         command = shlex.split(shipped.splitlines()[0].split("`")[1])
         assert command[:3] == ["memtest", "zoo", "suite"]

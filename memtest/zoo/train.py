@@ -556,7 +556,7 @@ def train_canary(
         if pipe.vae is None:
             raise ZooError(f"Base checkpoint {base_path} has no VAE; canaries need one")
         _check_resolution(data, pipe, base_path)
-        config_record = {"base": str(base), "sample_size": int(_training_view(pipe).denoiser.config.sample_size)}
+        config_record = {"base": base_name, "sample_size": int(_training_view(pipe).denoiser.config.sample_size)}
         timings.update(vae=0.0, vae_cpu=0.0)
         recipe = recipe.with_(vae_steps=0)
     bar = _train_denoiser(pipe, data, recipe, stream)
