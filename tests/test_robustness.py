@@ -66,11 +66,6 @@ def test_a_broken_checkpoint_fails_each_case_in_a_few_lines(
     assert "JSONDecodeError" in full.stdout.str() and "direct cause" in full.stdout.str()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="WIRING: passes once memtest.checkpoint loads components with memtest.loading.load_component "
-    "(today diffusers loads a UNet with missing tensors and leaves them uninitialised)",
-)
 def test_a_checkpoint_missing_tensors_fails_short_and_names_them(
     pytester: pytest.Pytester, gate_env: dict[str, Any], tmp_path: Path
 ) -> None:
