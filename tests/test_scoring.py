@@ -139,3 +139,16 @@ def test_non_finite_model_output_is_an_error(tiny_eps_path: Path) -> None:
         ckpt.unet.conv_out.bias.fill_(float("nan"))
     with pytest.raises(ScoringError, match=r"non-finite sharpness.*zorblax poster of 3"):
         memtest.score_prompts(ckpt, PROMPTS[:1], n=1)
+
+
+def test_non_finite_message_names_each_prompt_once(tiny_eps_path: Path) -> None:
+    """The batch is padded with copies of its last prompt; the message still names every prompt once."""
+    ckpt = memtest.load_checkpoint(tiny_eps_path, device="cpu")
+    with torch.no_grad():
+        ckpt.unet.conv_out.bias.fill_(float("nan"))
+    with pytest.raises(ScoringError) as info:
+        memtest.score_prompts(ckpt, PROMPTS[:2], n=2, batch_size=8)
+    message = str(info.value)
+    assert "for 2 prompt(s)" in message
+    for p in PROMPTS[:2]:
+        assert message.count(repr(p)) == 1, message
