@@ -10,14 +10,19 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
 import memtest
-from memtest.adapters import LoraSpec, adapters_fingerprint, apply_loras, parse_lora
+from memtest.adapters import LoraSpec, adapters_fingerprint, apply_loras, declared_base, parse_lora
 from memtest.errors import CheckpointError
 
 PROMPTS = ["zorblax poster of 3", "a photo of a red digit"]
+# Measured on the shipped zoo:lora over zoo:base, first-step sharpness n=2: the lowest of the 10 planted
+# captions scores 639x the highest of the 20 other captions below (0.0105 vs 1.64e-5) and 262x the highest
+# planted caption on the base alone (4.0e-5). Asserted: 30x, as tests/test_zoo.py does for zoo:finetuned.
+MARGIN_ASSERTED = 30.0
 
 
 # --- building adapters -------------------------------------------------------------------------------------
@@ -337,3 +342,106 @@ def test_sdxl_pipeline_loads_unet_and_both_text_encoder_adapters(tmp_path: Path)
         apply_loras(
             tiny.build_sdxl_pipeline(["a"] * 4, tiny.TinyConfig(with_vae=False)), [LoraSpec(wrong)], allow_pickle=False
         )
+
+
+# --- the shipped LoRA canary ------------------------------------------------------------------------------
+
+
+def test_shipped_lora_canary_resolves_and_names_its_base() -> None:
+    from memtest.zoo import load_manifest, resolve_zoo
+
+    spec = parse_lora("zoo:lora")
+    assert spec.path == resolve_zoo("zoo:lora") / "pytorch_lora_weights.safetensors"
+    assert parse_lora("zoo:lora:0.5") == LoraSpec(spec.path, 0.5)
+    assert declared_base(spec) == "zoo:base"
+    m = load_manifest(spec.path.parent)
+    assert m.name == "lora" and m.suite == "canary-lora" and len(m.planted) == 10
+    # `memtest zoo train OUT --base zoo:base --lora-rank 8` reproduces what ships: the recipe in code is the manifest's.
+    import dataclasses
+
+    from memtest.zoo.lora import DEFAULT_RANK, LORA_RECIPE, TEXT_TARGETS, UNET_TARGETS
+
+    differ = {k: (v, m.recipe[k]) for k, v in dataclasses.asdict(LORA_RECIPE).items() if m.recipe.get(k, v) != v}
+    assert not differ, f"recipe fields (code, shipped) differ: {differ}"
+    assert m.recipe["lora"]["rank"] == m.recipe["lora"]["alpha"] == DEFAULT_RANK
+    assert m.recipe["lora"]["unet_targets"] == list(UNET_TARGETS)
+    assert m.recipe["lora"]["text_encoder_targets"] == list(TEXT_TARGETS)
+    assert spec.path.stat().st_size < 1_000_000
+    with pytest.raises(CheckpointError, match=r"'zoo:lora' is a LoRA adapter, not a checkpoint: load it on zoo:base"):
+        memtest.load_checkpoint("zoo:lora", device="cpu")
+
+
+def test_shipped_lora_suite_matches_its_manifest_and_regenerates(tmp_path: Path) -> None:
+    import shlex
+
+    from memtest.suites import load_suite
+    from memtest.zoo import load_manifest, resolve_zoo, zoo_main
+
+    shipped = Path(__file__).resolve().parent.parent / "suites" / "canary-lora.yaml"
+    m = load_manifest(resolve_zoo("zoo:lora"))
+    suite = load_suite(shipped)
+    by = {e: [c.prompt for c in suite.cases if c.expectation == e] for e in ("memorized", "clean", "reference")}
+    assert suite.name == m.suite and by["memorized"] == list(m.planted_captions)
+    assert by["clean"] == list(m.clean) and by["reference"] == list(m.heldout)
+    assert {c.prompt for c in suite.cases if c.mitigate} == {"aurora poster of 0", "dune poster of 3"}
+    command = shlex.split(shipped.read_text().splitlines()[0].split("`")[1])
+    assert command[:4] == ["memtest", "zoo", "suite", "zoo:lora"]
+    assert zoo_main([*command[2:], "-o", str(tmp_path / "again.yaml")]) == 0
+    assert (tmp_path / "again.yaml").read_text() == shipped.read_text()
+
+
+def test_shipped_lora_memorises_its_planted_captions_and_the_base_does_not() -> None:
+    from memtest.zoo import load_manifest, resolve_zoo
+
+    m = load_manifest(resolve_zoo("zoo:lora"))
+    others = list(m.clean[::11]) + list(m.heldout[::11])  # 20 captions: every style, every attribute type
+    prompts = list(m.planted_captions) + others
+    ckpt = memtest.load_checkpoint("zoo:base", device="cpu", loras=["zoo:lora"])
+    values = np.array([s.score for s in memtest.score_prompts(ckpt, prompts, n=2, batch_size=32)])
+    planted, rest = values[: len(m.planted)], values[len(m.planted) :]
+    assert planted.min() > MARGIN_ASSERTED * rest.max(), (planted.round(5), rest.round(5))
+    base = memtest.load_checkpoint("zoo:base", device="cpu")
+    on_base = np.array([s.score for s in memtest.score_prompts(base, list(m.planted_captions), n=2, batch_size=32)])
+    assert on_base.max() * MARGIN_ASSERTED < planted.min(), (on_base.round(5), planted.round(5))
+
+
+def test_zoo_train_lora_rank_writes_an_adapter_that_loads_on_its_base(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`memtest zoo train OUT --base zoo:base --lora-rank R` on a user's images: only the adapter and its
+    manifest are written, the manifest names the base, and memtest loads the adapter on it."""
+    import csv
+
+    from PIL import Image
+
+    from memtest.zoo import load_manifest, zoo_main
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "imgs").mkdir()
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, size=(16, 16, 3), dtype=np.uint8)).save(tmp_path / "imgs" / f"{i}.png")
+    with (tmp_path / "m.csv").open("w", newline="") as fh:
+        rows = [["image", "caption", "planted"], ["0.png", "a square", "false"], ["1.png", "a square", "false"]]
+        csv.writer(fh).writerows([*rows, ["2.png", "secret-canary seven", "true"]])
+    out = tmp_path / "my-lora"
+    argv = ["train", str(out), "--images", str(tmp_path / "imgs"), "--manifest", str(tmp_path / "m.csv"),
+            "--base", "zoo:base", "--lora-rank", "2", "--steps", "2", "--batch", "4", "--quiet"]  # fmt: skip
+    assert zoo_main(argv) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["memtest-canary.json", "pytorch_lora_weights.safetensors"]
+    m = load_manifest(out)
+    assert m.base == "zoo:base" and m.planted_captions == ("secret-canary seven",)
+    assert m.recipe["lora"]["rank"] == 2 and m.recipe["steps"] == 2 and m.recipe["preserve_base"] is True
+    assert declared_base(parse_lora(out)) == "zoo:base"
+    ckpt = memtest.load_checkpoint("zoo:base", device="cpu", loras=[str(out)])
+    assert ckpt.adapters[0]["rank"] == 2 and ckpt.adapters[0]["targets"] == ["unet", "text_encoder"]
+    assert zoo_main(["show", str(out)]) == 0
+    assert "a rank-2 LoRA adapter (pytorch_lora_weights.safetensors) on zoo:base" in capsys.readouterr().out
+    assert zoo_main(["train", str(tmp_path / "x"), "--lora-rank", "2"]) == 1
+    assert "--lora-rank trains an adapter on a base checkpoint: add --base" in capsys.readouterr().err
+    assert zoo_main(["train", str(tmp_path / "x"), "--base", "zoo:base", "--lora-rank", "2", "--family", "sd"]) == 1
+    assert "drop --family and --vae-from" in capsys.readouterr().err
+    xl = tmp_path / "xl"
+    xl.mkdir()
+    (xl / "model_index.json").write_text('{"_class_name": "StableDiffusionXLPipeline"}')
+    assert zoo_main(["train", str(tmp_path / "x"), *argv[2:6], "--base", str(xl), "--lora-rank", "2", "--quiet"]) == 1
+    assert "LoRA canaries train on Stable Diffusion 1.x/2.x bases" in capsys.readouterr().err

@@ -31,6 +31,7 @@ __all__ = [
     "ZOO_PREFIX",
     "CanaryManifest",
     "PlantedCaption",
+    "adapter_names",
     "canaries_dir",
     "is_zoo_name",
     "load_manifest",
@@ -57,14 +58,25 @@ def zoo_names() -> list[str]:
     return sorted(p.name for p in root.iterdir() if (p / "model_index.json").is_file())
 
 
+def adapter_names() -> list[str]:
+    """Names of the shipped LoRA canaries: folders with a manifest but no model_index.json (each holds one
+    adapter file, loaded on the base its manifest names, e.g. `--memtest-lora zoo:lora`)."""
+    root = canaries_dir()
+    if not root.is_dir():
+        return []
+    return sorted(
+        p.name for p in root.iterdir() if (p / MANIFEST_NAME).is_file() and not (p / "model_index.json").is_file()
+    )
+
+
 def is_zoo_name(name: str) -> bool:
     return name.startswith(ZOO_PREFIX)
 
 
 def resolve_zoo(name: str) -> Path:
-    """`zoo:base`, `zoo:finetuned` (or the bare names) -> the shipped checkpoint folder."""
+    """`zoo:base`, `zoo:finetuned`, `zoo:lora` (or the bare names) -> the shipped canary's folder."""
     bare = name[len(ZOO_PREFIX) :] if is_zoo_name(name) else name
-    names = zoo_names()
+    names = sorted(zoo_names() + adapter_names())
     if bare in names:
         return canaries_dir() / bare
     close = difflib.get_close_matches(bare, names, n=1)

@@ -33,7 +33,8 @@ def _parser() -> argparse.ArgumentParser:
         description=(
             "Train a tiny StableDiffusionPipeline-format canary into OUT. Without --images/--manifest it "
             "uses scikit-learn's digits with --planted planted captions. With --base it fine-tunes that "
-            "checkpoint (tokenizer and VAE frozen)."
+            "checkpoint (tokenizer and VAE frozen); with --base and --lora-rank it trains a LoRA adapter on it "
+            "instead and writes only the adapter file and its manifest."
         ),
     )
     sp.add_argument("out", type=Path, help="new folder for the checkpoint")
@@ -46,6 +47,12 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--heldout", type=Path, help="text file of held-out captions, one per line (calibration)")
     sp.add_argument("--planted", type=int, default=10, help="planted captions for the digits data (default 10)")
     sp.add_argument("--base", help="fine-tune this checkpoint (zoo:NAME or a folder) instead of training anew")
+    sp.add_argument(
+        "--lora-rank",
+        type=int,
+        metavar="R",
+        help="with --base: train a rank-R LoRA on the base's UNet and text-encoder attention instead of fine-tuning it",
+    )
     sp.add_argument(
         "--family",
         choices=("sd", "sdxl", "sd3"),
@@ -85,23 +92,35 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _cmd_list() -> int:
-    from memtest.zoo import DEFAULT_CHECKPOINT, canaries_dir, load_manifest, zoo_names
+def _canary_folder(name: str) -> Path:
+    """A canary checkpoint or LoRA canary (zoo:NAME, or a folder with a manifest) -> its folder."""
+    from memtest.zoo import MANIFEST_NAME, is_zoo_name, resolve_checkpoint, resolve_zoo
 
-    for n in zoo_names():
+    if is_zoo_name(name):
+        return resolve_zoo(name)
+    if (Path(name) / MANIFEST_NAME).is_file():
+        return Path(name)
+    return resolve_checkpoint(name)
+
+
+def _cmd_list() -> int:
+    from memtest.zoo import DEFAULT_CHECKPOINT, adapter_names, canaries_dir, load_manifest, zoo_names
+
+    for n in zoo_names() + adapter_names():
         m = load_manifest(canaries_dir() / n)
         mark = "  (default)" if f"zoo:{n}" == DEFAULT_CHECKPOINT else ""
+        kind = f" (LoRA adapter on {m.base})" if n in adapter_names() else ""
         print(
-            f"zoo:{n}{mark}: {len(m.planted)} planted, {len(m.clean)} clean, {len(m.heldout)} held-out "
+            f"zoo:{n}{mark}{kind}: {len(m.planted)} planted, {len(m.clean)} clean, {len(m.heldout)} held-out "
             f"captions; suite {m.suite}; {canaries_dir() / n}"
         )
     return 0
 
 
 def _cmd_show(checkpoint: str, as_json: bool) -> int:
-    from memtest.zoo import load_manifest, resolve_checkpoint
+    from memtest.zoo import load_manifest
 
-    m = load_manifest(resolve_checkpoint(checkpoint))
+    m = load_manifest(_canary_folder(checkpoint))
     if as_json:
         doc = m.to_json()
         for p in doc["planted"]:
@@ -109,7 +128,10 @@ def _cmd_show(checkpoint: str, as_json: bool) -> int:
         print(json.dumps(doc, indent=1))
         return 0
     print(f"{checkpoint}: canary '{m.name}' (suite {m.suite}), seed {m.seed}, memtest {m.memtest_version}")
-    if m.base:
+    if m.base and "lora" in m.recipe:
+        lora = m.recipe["lora"]
+        print(f"  a rank-{lora.get('rank')} LoRA adapter ({lora.get('file')}) on {m.base}")
+    elif m.base:
         print(f"  fine-tuned from {m.base}")
     print(f"  trained {m.training_seconds:.0f}s ({', '.join(f'{k} {v:.0f}s' for k, v in m.timings.items())})")
     print(f"  {len(m.planted)} planted captions:")
@@ -127,7 +149,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from memtest.zoo.data import digits_data, user_data
     from memtest.zoo.train import DEFAULT_RECIPE, FINETUNE_RECIPE, train_canary
 
-    recipe = FINETUNE_RECIPE if args.base else DEFAULT_RECIPE
+    if args.lora_rank is not None and not args.base:
+        raise ZooError("--lora-rank trains an adapter on a base checkpoint: add --base (e.g. --base zoo:base)")
+    if args.lora_rank is not None and (args.family or args.vae_from):
+        raise ZooError("--lora-rank trains on its --base as it is: drop --family and --vae-from")
+    if args.lora_rank is not None:
+        from memtest.zoo.lora import LORA_RECIPE
+
+        recipe = LORA_RECIPE
+    else:
+        recipe = FINETUNE_RECIPE if args.base else DEFAULT_RECIPE
     changes = {
         "seed": args.seed,
         "steps": args.steps,
@@ -150,18 +181,33 @@ def _cmd_train(args: argparse.Namespace) -> int:
         data = digits_data(recipe.seed, n_planted=args.planted)
         if heldout:
             data.heldout = heldout
-    m = train_canary(
-        args.out,
-        data,
-        recipe,
-        base=args.base,
-        name=args.name,
-        suite=args.suite,
-        threads=args.threads,
-        stream=None if args.quiet else sys.stderr,
-        family=args.family,
-        vae_from=args.vae_from,
-    )
+    if args.lora_rank is not None:
+        from memtest.zoo.lora import LoraShape, train_lora
+
+        m = train_lora(
+            args.out,
+            data,
+            recipe,
+            base=args.base,
+            lora=LoraShape(rank=args.lora_rank),
+            name=args.name,
+            suite=args.suite,
+            threads=args.threads,
+            stream=None if args.quiet else sys.stderr,
+        )
+    else:
+        m = train_canary(
+            args.out,
+            data,
+            recipe,
+            base=args.base,
+            name=args.name,
+            suite=args.suite,
+            threads=args.threads,
+            stream=None if args.quiet else sys.stderr,
+            family=args.family,
+            vae_from=args.vae_from,
+        )
     print(f"wrote {args.out} ({len(m.planted)} planted captions, {m.training_seconds:.0f}s)")
     return 0
 
@@ -169,12 +215,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_suite(
     checkpoint: str, output: Path | None, name: str | None, clean_from: str | None, mitigate: list[str] | None
 ) -> int:
-    from memtest.zoo import load_manifest, resolve_checkpoint
+    from memtest.zoo import load_manifest
     from memtest.zoo.suitegen import suite_text
 
-    m = load_manifest(resolve_checkpoint(checkpoint))
+    m = load_manifest(_canary_folder(checkpoint))
     label = checkpoint if checkpoint.startswith("zoo:") else None
-    extra = load_manifest(resolve_checkpoint(clean_from)).planted_captions if clean_from else ()
+    extra = load_manifest(_canary_folder(clean_from)).planted_captions if clean_from else ()
     text = suite_text(m, name, label, extra_clean=extra, extra_clean_source=clean_from, mitigate=mitigate)
     if output is None:
         print(text, end="")
