@@ -11,6 +11,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -473,30 +474,52 @@ def results_document(
 
 
 def reproduce_command(config: AuditConfig, case: AuditCase) -> str:
-    """A command that re-runs exactly this case with the same settings."""
+    """A command that re-runs exactly this case with the same settings.
+
+    It names every setting that changes the case's score or verdict: the checkpoint and each LoRA
+    adapter (PATH[:SCALE], in order) with --memtest-allow-pickle when it was needed to load them, the
+    case's suite, metric, method, n and seed (always, so an ini file cannot change them), steps,
+    flow-steps, dtype, device and torch threads where not the default (threads and device can change
+    a score's last bits), the calibration and --memtest-accept-base-calibration (the verdict), fpr where
+    not the default, --memtest-calibrate when calibrating and the mitigation step budget (the `-k`
+    selection also runs the case's `[mitigate]` item). Left out: batch_size (never changes a score, see
+    `ScoreSettings`), the results cache (keyed by every setting that does), the shard (the `-k` selection
+    replaces it) and output files. `per_prompt_seeds` has no command-line option, so it cannot be named.
+    """
+    d = AuditConfig()
     parts = ["pytest", "--memtest", f"--memtest-checkpoint={config.checkpoint}"]
-    if case.source:
-        parts.append(f"--memtest-suite={case.source}")
-    else:
-        parts.append(f"--memtest-suite={case.suite}")
+    parts += [f"--memtest-lora={lora}" for lora in config.loras]
+    if config.allow_pickle:
+        parts.append("--memtest-allow-pickle")
+    parts.append(f"--memtest-suite={case.source or case.suite}")
     parts += [
         f"--memtest-metric={config.metric}",
         f"--memtest-method={config.method}",
         f"--memtest-n={config.n}",
         f"--memtest-seed={config.seed}",
     ]
-    if config.calibration:
-        parts.append(f"--memtest-calibration={config.calibration}")
+    if config.steps != d.steps:
+        parts.append(f"--memtest-steps={config.steps}")
+    if config.flow_steps is not None:
+        parts.append(f"--memtest-flow-steps={config.flow_steps}")
     if config.dtype:
         parts.append(f"--memtest-dtype={config.dtype}")
-    parts += ["-k", _quote(case.case_id)]
-    return " ".join(parts)
-
-
-def _quote(text: str) -> str:
-    import shlex
-
-    return shlex.quote(text)
+    if config.device:
+        parts.append(f"--memtest-device={config.device}")
+    if config.threads is not None:
+        parts.append(f"--memtest-threads={config.threads}")
+    if config.calibrate:
+        parts.append("--memtest-calibrate")
+    if config.calibration:
+        parts.append(f"--memtest-calibration={config.calibration}")
+    if config.accept_base_calibration:
+        parts.append("--memtest-accept-base-calibration")
+    if config.fpr != d.fpr:
+        parts.append(f"--memtest-fpr={config.fpr!r}")
+    if config.mitigation_steps != d.mitigation_steps:
+        parts.append(f"--memtest-mitigation-steps={config.mitigation_steps}")
+    parts += ["-k", case.case_id]
+    return shlex.join(parts)
 
 
 __all__ = [

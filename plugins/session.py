@@ -43,6 +43,12 @@ class MemtestSession:
             self.checkpoint_name, self.checkpoint_folder = resolve_checkpoint(self.audit.checkpoint)
         except MemtestError as exc:
             raise pytest.UsageError(str(exc)) from None
+        from memtest.adapters import parse_lora
+
+        try:  # a missing adapter stops the run at start-up, as a missing checkpoint does
+            self.loras = [parse_lora(text) for text in self.audit.loras]
+        except MemtestError as exc:
+            raise pytest.UsageError(str(exc)) from None
         self.suites = self._resolve_suites()
         self._engine: Any = None
         self._fingerprint: str | None = None
@@ -74,11 +80,19 @@ class MemtestSession:
         return self._engine
 
     def fingerprint(self) -> str:
+        """The base checkpoint folder's fingerprint (without adapters)."""
         if self._fingerprint is None:
             from memtest.locate import fingerprint
 
             self._fingerprint = fingerprint(self.checkpoint_folder)
         return self._fingerprint
+
+    def subject_fingerprint(self) -> str:
+        """The fingerprint of what is audited, base + adapters: the one the audit's identity (calibrations,
+        the results cache, the results file) uses."""
+        from memtest.adapters import adapters_fingerprint
+
+        return adapters_fingerprint(self.fingerprint(), self.loras)
 
     def calibration_output(self) -> Path:
         return self._resolve(self.audit.calibration or "memtest-calibration.json")
@@ -90,6 +104,18 @@ class MemtestSession:
             f"memtest: checkpoint {self.checkpoint_name} ({self.checkpoint_folder}), "
             f"fingerprint {self.fingerprint()[:16]}"
         ]
+        if self.loras:
+            from memtest.locate import file_sha256
+
+            for i, (text, spec) in enumerate(zip(a.loras, self.loras, strict=True), 1):
+                lines.append(
+                    f"memtest: lora {i}/{len(self.loras)} {text} ({spec.path}) scale {spec.scale:g}, "
+                    f"sha256 {file_sha256(spec.path)[:16]}"
+                )
+            lines.append(
+                f"memtest: base + {len(self.loras)} adapter{'s' if len(self.loras) > 1 else ''}: "
+                f"fingerprint {self.subject_fingerprint()[:16]} (the audit's identity)"
+            )
         if a.calibrate:
             lines.append(f"memtest: calibrating at fpr={a.fpr:g} -> {self.calibration_output()}")
         else:

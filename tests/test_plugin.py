@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -309,3 +310,181 @@ def test_default_run_audits_the_embedded_canary(pytester: pytest.Pytester, xdist
     assert doc["checkpoint"]["name"] == "zoo:finetuned"
     assert doc["calibration"]["accepted_from_base"] is False
     result.stdout.fnmatch_lines(["memtest: checkpoint zoo:finetuned*", "memtest: calibration *threshold=*"])
+
+
+# --- LoRA adapters: base + zoo:lora end to end ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lora_suite(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """canary-lora cut to 2 planted + 3 clean captions (none marked `mitigate`), so a run takes seconds."""
+    import dataclasses
+    import importlib
+
+    from memtest.calibration import CALIBRATION_FILENAME
+    from memtest.locate import resolve_checkpoint
+    from memtest.suites import dump_suite, resolve_suite
+
+    # In-process pytester runs drop the modules they imported afterwards, and torch cannot be imported twice in
+    # one process (the second import crashes it): torch and the loaders are imported here, before any run.
+    for module in ("torch", "peft", "memtest.adapters", "memtest.scoring"):
+        importlib.import_module(module)
+    full = resolve_suite("canary-lora")
+    planted = [c for c in full.cases if c.expectation == "memorized" and not c.mitigate][:2]
+    clean = [c for c in full.cases if c.expectation == "clean"][:3]
+    path = tmp_path_factory.mktemp("lora-suite") / "canary-lora-mini.yaml"
+    path.write_text(dump_suite(dataclasses.replace(full, cases=(*planted, *clean))))
+    _, base = resolve_checkpoint("zoo:base")
+    return {
+        "suite": path,
+        "calibration": base / CALIBRATION_FILENAME,
+        "planted": {c.id for c in planted},
+        "clean": {c.id for c in clean},
+    }
+
+
+def lora_args(env: dict[str, Any], *extra: str) -> list[str]:
+    return [
+        "--memtest", "--memtest-checkpoint=zoo:base", f"--memtest-suite={env['suite']}",
+        f"--memtest-calibration={env['calibration']}", "--memtest-accept-base-calibration",
+        "--memtest-threads=1", "--memtest-json=r.json", "--memtest-cache-dir=none", *extra,
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("xdist", XDIST)
+def test_lora_on_base_flags_exactly_the_planted_captions(
+    pytester: pytest.Pytester, lora_suite: dict[str, Any], xdist: bool
+) -> None:
+    """The issue's end-to-end run: `pytest --memtest` on zoo:base + zoo:lora, gated with the base's calibration."""
+    from memtest.adapters import adapters_fingerprint, parse_lora
+    from memtest.locate import file_sha256, fingerprint, resolve_checkpoint
+
+    result = run(pytester, xdist, *lora_args(lora_suite, "--memtest-lora=zoo:lora"))
+    n_cases = len(lora_suite["planted"]) + len(lora_suite["clean"])
+    result.assert_outcomes(passed=n_cases)
+    assert result.ret == pytest.ExitCode.OK
+    doc = json.loads((pytester.path / "r.json").read_text())
+    assert {c["case_id"]: c["outcome"] for c in doc["cases"]} == dict.fromkeys(
+        lora_suite["planted"] | lora_suite["clean"], "passed"
+    )
+    assert {c["case_id"] for c in doc["cases"] if c["flagged"]} == lora_suite["planted"]
+    # The results record the adapter, and the subject's fingerprint is base + adapter, not the base's.
+    spec = parse_lora("zoo:lora")
+    (adapter,) = doc["checkpoint"]["config"]["adapters"]
+    assert adapter["path"] == str(spec.path) and adapter["scale"] == 1.0 and adapter["name"] == "memtest_0"
+    assert adapter["sha256"] == file_sha256(spec.path) and adapter["targets"] == ["unet", "text_encoder"]
+    base_fp = fingerprint(resolve_checkpoint("zoo:base")[1])
+    combined = adapters_fingerprint(base_fp, [spec])
+    assert doc["checkpoint"]["fingerprint"] == combined != base_fp
+    assert doc["calibration"]["fingerprint"] == base_fp and doc["calibration"]["accepted_from_base"] is True
+    assert "--memtest-lora=zoo:lora" in doc["command"]
+    # The header names the adapter and the fingerprint the audit's identity uses.
+    result.stdout.fnmatch_lines(
+        [
+            f"memtest: checkpoint zoo:base (*), fingerprint {base_fp[:16]}",
+            f"memtest: lora 1/1 zoo:lora ({spec.path}) scale 1, sha256 {adapter['sha256'][:16]}",
+            f"memtest: base + 1 adapter: fingerprint {combined[:16]} (the audit's identity)",
+        ]
+    )
+    out = result.stdout.str()
+    assert f"{n_cases} cases: {n_cases} passed, 0 failed, 0 errors; {len(lora_suite['planted'])} flagged" in out
+    if xdist:
+        assert "xdist workers (checkpoint loads): {'gw0': 1, 'gw1': 1}" in out
+
+
+@pytest.mark.parametrize("xdist", XDIST)
+def test_base_without_lora_misses_the_planted_captions(
+    pytester: pytest.Pytester, lora_suite: dict[str, Any], xdist: bool
+) -> None:
+    """The same command without --memtest-lora: the base never saw the planted captions, so the gate fails
+    each of them as a known memorized prompt it did not flag, and the clean ones still pass."""
+    result = run(pytester, xdist, *lora_args(lora_suite))
+    result.assert_outcomes(passed=len(lora_suite["clean"]), failed=len(lora_suite["planted"]))
+    doc = json.loads((pytester.path / "r.json").read_text())
+    assert {c["case_id"] for c in doc["cases"] if c["outcome"] == "failed"} == lora_suite["planted"]
+    assert not any(c["flagged"] for c in doc["cases"])
+    assert doc["checkpoint"]["config"]["adapters"] == []
+    assert doc["calibration"]["accepted_from_base"] is False  # the base's own calibration
+    out = result.stdout.str()
+    assert "memtest: lora" not in out and "memtest: base +" not in out
+    for case_id in lora_suite["planted"]:
+        assert f"canary-lora::{case_id} is a known memorized prompt" in out
+    # Each failure's reproduce command runs that case again, alone, to the same score and verdict.
+    line = next(x for x in out.splitlines() if "reproduce:" in x and "-k planted-" in x)
+    argv = shlex.split(line.split("reproduce:", 1)[1])
+    assert argv[:2] == ["pytest", "--memtest"] and "--memtest-lora" not in line
+    assert {"--memtest-accept-base-calibration", "--memtest-threads=1", "-k"} <= set(argv)
+    again = pytester.runpytest("-p", "no:cacheprovider", *argv[1:], "--memtest-json=again.json")
+    again.assert_outcomes(failed=1)
+    (case,) = json.loads((pytester.path / "again.json").read_text())["cases"]
+    first = next(c for c in doc["cases"] if c["case_id"] == case["case_id"])
+    assert case["score"] == first["score"] and case["outcome"] == "failed"
+
+
+def test_header_lists_each_lora_with_scale_and_the_combined_fingerprint(
+    pytester: pytest.Pytester, lora_suite: dict[str, Any]
+) -> None:
+    from memtest.adapters import adapters_fingerprint, parse_lora
+    from memtest.locate import file_sha256, fingerprint, resolve_checkpoint
+
+    copy = pytester.path / "second.safetensors"
+    shutil.copy(parse_lora("zoo:lora").path, copy)
+    loras = ["zoo:lora:0.5", "second.safetensors"]
+    result = pytester.runpytest(
+        "-p", "no:cacheprovider", *lora_args(lora_suite, *(f"--memtest-lora={x}" for x in loras)), "--collect-only"
+    )
+    assert result.ret == pytest.ExitCode.OK
+    specs = [parse_lora(x) for x in loras]
+    combined = adapters_fingerprint(fingerprint(resolve_checkpoint("zoo:base")[1]), specs)
+    sha = file_sha256(specs[0].path)[:16]  # the copy has the same bytes
+    result.stdout.fnmatch_lines(
+        [
+            f"memtest: lora 1/2 zoo:lora:0.5 ({specs[0].path}) scale 0.5, sha256 {sha}",
+            f"memtest: lora 2/2 second.safetensors ({copy.resolve()}) scale 1, sha256 {sha}",
+            f"memtest: base + 2 adapters: fingerprint {combined[:16]} (the audit's identity)",
+        ]
+    )
+    # An adapter that is not there stops the run at start-up, as a missing checkpoint does.
+    missing = pytester.runpytest("-p", "no:cacheprovider", *lora_args(lora_suite, "--memtest-lora=nope.safetensors"))
+    assert missing.ret == pytest.ExitCode.USAGE_ERROR
+    missing.stderr.fnmatch_lines(["*LoRA adapter 'nope.safetensors' does not exist*"])
+
+
+def test_reproduce_command_names_loras_and_every_setting_that_changes_the_case(pytester: pytest.Pytester) -> None:
+    """The command printed under a failure, parsed back by the plugin's own options, gives the run's settings
+    (less those that never change a case: batch size, cache, shard)."""
+    import dataclasses
+
+    from pytest_memtest.options import read_config
+
+    from memtest.audit import AuditCase, AuditConfig, reproduce_command
+
+    case = AuditCase("canary-lora", "1", "planted-01", "basalt poster of 1", "memorized", source="/s/my suite.yaml")
+    config = AuditConfig(
+        checkpoint="./base model", suites=("canary-lora", "other"), n=2, seed=3, steps=2, flow_steps=1,
+        batch_size=16, dtype="float16", device="cpu", calibration="base cal.json", fpr=0.05,
+        accept_base_calibration=True, allow_pickle=True, cache_dir="elsewhere", shard=(2, 4),
+        mitigation_steps=7, loras=("zoo:lora", "./adapters/b.safetensors:0.5"), threads=1,
+    )  # fmt: skip
+    command = reproduce_command(config, case)
+    argv = shlex.split(command)
+    assert argv[:2] == ["pytest", "--memtest"] and argv[-2:] == ["-k", "planted-01"]
+    for flag in ("--memtest-lora=zoo:lora", "--memtest-lora=./adapters/b.safetensors:0.5",
+                 "--memtest-allow-pickle", "--memtest-accept-base-calibration", "--memtest-threads=1",
+                 "--memtest-flow-steps=1", "--memtest-calibration=base cal.json"):  # fmt: skip
+        assert flag in argv, (flag, command)
+    assert argv.index("--memtest-lora=zoo:lora") < argv.index("--memtest-lora=./adapters/b.safetensors:0.5")
+    parsed = pytester.parseconfig(*argv[1:])
+    assert parsed.getoption("keyword") == "planted-01"
+    assert read_config(parsed) == dataclasses.replace(
+        config, suites=("/s/my suite.yaml",), batch_size=8, cache_dir=AuditConfig().cache_dir, shard=None
+    )
+    # A default run gives the short command: no flag for a setting left at its default.
+    default = reproduce_command(AuditConfig(), dataclasses.replace(case, source=None))
+    assert default == (
+        "pytest --memtest --memtest-checkpoint=zoo:finetuned --memtest-suite=canary-lora --memtest-metric=sharpness "
+        "--memtest-method=fd --memtest-n=4 --memtest-seed=0 -k planted-01"
+    )
+    assert read_config(pytester.parseconfig(*shlex.split(default)[1:])) == dataclasses.replace(
+        AuditConfig(), suites=("canary-lora",)
+    )
