@@ -1197,7 +1197,10 @@ def judge_mitigation(
     The case passes when the method succeeded, every accepted x_T is below the threshold, and their mean
     sharpness is below `unmitigated` (the detector's score of the prompt). On a canary `checkpoint` whose
     manifest plants the prompt, the entry also carries the mean RMSE of the images before and after to the
-    memorised training image as the checkpoint's VAE reproduces it (`vae_roundtrip`).
+    memorised training image as the checkpoint's VAE reproduces it (`vae_roundtrip`). A case with
+    `mitigate: copy` must also pass `judge_copy` (the copy leaves); without a copy reference and boundary for
+    the prompt it fails, naming the suite file, the case and the fix. Its record and entry get
+    `copy_required: true` and `copy_verdict` ("passed" or "failed").
     """
     after = [float(v) for v in mitigation.sharpness_after]
     thr = float(mitigation.threshold)
@@ -1247,7 +1250,84 @@ def judge_mitigation(
         record["copy_before"], record["copy_after"] = cb, ca
         record["message"] += "; " + describe_copies(cb, ca)
     entry = mitigation.record(case.id, copy_distance_before=before_d, copy_distance_after=after_d)
+    if copy_required(case):
+        problem = _copy_problem(case, mitigation, checkpoint)
+        verdict = "failed" if problem else "passed"
+        record["copy_required"] = entry["copy_required"] = True
+        record["copy_verdict"] = entry["copy_verdict"] = verdict
+        if problem:
+            if not problems:
+                record["message"] = f"{case.id}: mitigation ({mitigation.method}) failed: {problem}"
+            else:
+                record["message"] += f"; and {problem}"
+            record["outcome"] = "failed"
+        else:
+            record["message"] += f"; the copy left ({COPY_RULE})"
     return record, entry
+
+
+#: The rule of `mitigate: copy` (memtest.suites), as the messages state it.
+COPY_RULE = "copies after at most half the copies before, as rates"
+
+
+def copy_required(case: Any) -> bool:
+    """Whether a suite case (a `SuiteCase` or an `AuditCase`) says `mitigate: copy`: the copy must leave."""
+    return getattr(case, "mitigate", False) == "copy"
+
+
+def judge_copy(before: dict[str, Any] | None, after: dict[str, Any] | None) -> str | None:
+    """Why the copy did not leave, or None when it did, from `CopyReference.stats` of the images before and after.
+
+    The rule of `mitigate: copy`: copies must be counted (a recorded copy boundary), at least one of the
+    unmitigated images must be a copy, and the copy rate of the mitigated images (SAIL: those from the accepted
+    x_T) must be at most half the rate before: 4/4 -> 2/4 passes, 4/4 -> 3/4 fails, 1/4 -> 0/4 passes,
+    4/4 -> 1/2 (two accepted) passes, 4/4 -> 2/3 fails.
+    """
+    if before is None:
+        return "no copy reference: the checkpoint plants no image for this prompt"
+    if before.get("copies") is None:
+        return "copies are not counted: the checkpoint records no copy boundary"
+    n_before, c_before = int(before["images"]), int(before["copies"])
+    if c_before == 0:
+        return f"nothing to remove: 0/{n_before} generations copy before mitigation"
+    if after is None or not after.get("images"):
+        return f"copies {c_before}/{n_before} before and no mitigated image to count copies in"
+    n_after, c_after = int(after["images"]), int(after["copies"])
+    if 2 * c_after * n_before > c_before * n_after:
+        allowed = (c_before * n_after) // (2 * n_before)
+        return (
+            f"the copy did not leave: copies {c_before}/{n_before} -> {c_after}/{n_after}, "
+            f"more than half the rate before (at most {allowed}/{n_after} allowed)"
+        )
+    return None
+
+
+def _copy_problem(case: Any, mitigation: Mitigation, checkpoint: Checkpoint | None) -> str | None:
+    """`judge_copy` with a message that names the suite file, the case and the fix where the case cannot be judged."""
+    source = getattr(case, "source", None) or getattr(case, "suite", "the suite")
+    line = getattr(case, "line", None)
+    where = f"{source}{f', line {line}' if line else ''}, case '{getattr(case, 'case_id', case)}'"
+    fix = f"use mitigate: true in {where}"
+    before, after = mitigation.copy_before, mitigation.copy_after
+    name = "the checkpoint" if checkpoint is None else checkpoint.name
+    if before is None:
+        if mitigation.images_before is None:
+            return f"mitigate: copy needs the unmitigated images to count copies in ({where}); generate them"
+        if checkpoint is None:
+            return f"mitigate: copy needs the checkpoint to count copies on ({where}); pass checkpoint="
+        return (
+            f"mitigate: copy needs a checkpoint whose manifest plants this prompt (a copy reference); "
+            f"{name} plants no image for {mitigation.prompt!r}: {fix}"
+        )
+    if before.get("copies") is None:
+        return (
+            f"mitigate: copy needs the copy boundary of {name} ({COPY_FILENAME} in its folder, "
+            f"written by scripts/train_mixture_canary.py --finish) to count copies: add it, or {fix}"
+        )
+    problem = judge_copy(before, after)
+    if problem is not None and before.get("copies") == 0:
+        problem += f": the prompt does not copy on this checkpoint; {fix}"
+    return problem
 
 
 def describe_copies(before: dict[str, Any], after: dict[str, Any] | None) -> str:
@@ -1294,6 +1374,7 @@ def with_copy_stats(m: Mitigation, checkpoint: Checkpoint | None) -> Mitigation:
 __all__ = [
     "ALPHA_RATIO",
     "COPY_FILENAME",
+    "COPY_RULE",
     "METHODS",
     "AcceptedLatent",
     "CopyReference",
@@ -1302,12 +1383,14 @@ __all__ = [
     "SailStep",
     "SeedStream",
     "copy_reference",
+    "copy_required",
     "default_alpha",
     "describe_copies",
     "fresh_seed",
     "gaussian_noise",
     "generate_images",
     "image_distances",
+    "judge_copy",
     "judge_mitigation",
     "measure_sharpness",
     "mitigate",

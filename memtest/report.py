@@ -610,6 +610,19 @@ def _case_rows(cases: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def _copies(before: object, after: object) -> str | None:
+    """ "4/4 → 1/4" from a mitigation entry's copy counts; None where copies are not counted."""
+
+    def count(c: object) -> str:
+        if not isinstance(c, Mapping) or not isinstance(c.get("copies"), int) or not isinstance(c.get("images"), int):
+            return "—"
+        return f"{c['copies']}/{c['images']}"
+
+    if not isinstance(before, Mapping) or not isinstance(before.get("copies"), int):
+        return None
+    return f"{count(before)} → {count(after)}"
+
+
 def _mitigation_model(entries: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for e in sorted(entries, key=lambda e: str(e["id"])):
@@ -627,6 +640,9 @@ def _mitigation_model(entries: Sequence[Mapping[str, Any]]) -> list[dict[str, An
                 "after_values": ", ".join(fmt_num(v, 3) for v in after),
                 "copy_before": fmt_num(e.get("copy_distance_before")),
                 "copy_after": fmt_num(e.get("copy_distance_after")),
+                "copies": _copies(e.get("copy_before"), e.get("copy_after")),
+                "copy_required": bool(e.get("copy_required")),
+                "copy_verdict": str(e.get("copy_verdict") or "—"),
                 # validated as base64 PNG by memtest.results; escaped again by autoescape
                 "images_before": [f"data:image/png;base64,{img}" for img in e["images_before"]],
                 "images_after": [f"data:image/png;base64,{img}" for img in e["images_after"]],

@@ -16,7 +16,14 @@ A suite file looks like this (the format is versioned by ``memtest_suite``)::
         prompt: "The No Limits Business Woman Podcast"
         expectation: memorized             # clean | memorized | reference
         tags: [VM]                         # optional
-        mitigate: false                    # optional
+        mitigate: false                    # optional: false | true | copy
+
+``mitigate: true`` gives the case a ``<suite>::<case-id>[mitigate]`` item when gating: SAIL must find initial
+noise below the threshold (docs/mitigation.md). ``mitigate: copy`` asks for that and, in addition, that the copy
+leaves: the checkpoint must plant the prompt (a canary whose manifest names its memorised image) and record a
+copy boundary (``memtest-copy.json``), at least one of the unmitigated generations must be a copy, and the
+copy rate among the generations from the accepted x_T must be at most half the rate before
+(``memtest.mitigation.judge_copy``); anything else fails the item, never skips it.
 
 Every problem is reported as a :class:`memtest.errors.SuiteError` whose message names the file, the
 line and the fix. In YAML files, unquoted numbers and booleans in text fields are taken as written
@@ -44,7 +51,9 @@ from memtest.errors import SuiteError
 __all__ = [
     "EXPECTATIONS",
     "FORMAT_VERSIONS",
+    "MITIGATE_COPY",
     "Expectation",
+    "Mitigate",
     "Suite",
     "SuiteCard",
     "SuiteCase",
@@ -59,6 +68,10 @@ __all__ = [
 Expectation = Literal["clean", "memorized", "reference"]
 EXPECTATIONS: Final[tuple[Expectation, ...]] = get_args(Expectation)
 FORMAT_VERSIONS: Final[tuple[int, ...]] = (1,)
+#: A case's `mitigate`: false, true (SAIL must find flat noise) or "copy" (and the copy must leave).
+Mitigate = bool | Literal["copy"]
+MITIGATE_COPY: Final = "copy"
+_MITIGATE_WORDS: Final = ("true", "false", MITIGATE_COPY)
 
 _TOP_REQUIRED: Final = ("memtest_suite", "name", "version", "card", "cases")
 _TOP_KEYS: Final = ("memtest_suite", "name", "version", "card", "defaults", "cases")
@@ -94,7 +107,7 @@ class SuiteCase:
     prompt: str
     expectation: Expectation
     tags: tuple[str, ...] = ()
-    mitigate: bool = False
+    mitigate: Mitigate = False
     line: int = field(default=0, compare=False)
 
 
@@ -189,7 +202,9 @@ def dump_suite(suite: Suite) -> str:
         out.append(f"    expectation: {case.expectation}")
         if case.tags:
             out.append(f"    tags: [{', '.join(_scalar(tag) for tag in case.tags)}]")
-        if case.mitigate:
+        if case.mitigate == MITIGATE_COPY:
+            out.append(f"    mitigate: {MITIGATE_COPY}")
+        elif case.mitigate:
             out.append("    mitigate: true")
     return "\n".join(out) + "\n"
 
@@ -674,17 +689,18 @@ class _Validator:
         mitigate = item.get("mitigate", False)
         if mitigate is None:
             mitigate = False
-        if not isinstance(mitigate, bool):
+        if not isinstance(mitigate, bool) and mitigate != MITIGATE_COPY:
+            hint = _did_you_mean(mitigate.strip().lower(), _MITIGATE_WORDS) if isinstance(mitigate, str) else ""
             self.fail(
                 _key_line(item, "mitigate") or line,
-                f"'mitigate' in {label} must be true or false, got {_short(mitigate)}",
+                f"'mitigate' in {label} must be true, false or copy, got {_short(mitigate)}.{hint}",
             )
         return SuiteCase(
             id=case_id,
             prompt=prompt,
             expectation=cast(Expectation, expectation),
             tags=tags,
-            mitigate=mitigate,
+            mitigate=cast(Mitigate, mitigate),
             line=line or 0,
         )
 

@@ -8,6 +8,8 @@ def test_my_rule(memtest_case):
 def test_flat_noise(memtest_mitigation):
     m = memtest_mitigation("aurora poster of 3")      # or a memtest_case; SAIL by default
     assert m.succeeded and max(m.sharpness_after) < m.threshold
+    # on a canary that plants the prompt: m.copy_before / m.copy_after ({"distance", "copies", "images", "rate"});
+    # memtest.mitigation.judge_copy(m.copy_before, m.copy_after) is None when the copy left (mitigate: copy's rule)
 """
 
 from __future__ import annotations
@@ -40,6 +42,11 @@ class MemtestCase:
     @property
     def expectation(self) -> str:
         return self.case.expectation
+
+    @property
+    def mitigate(self) -> bool | str:
+        """The suite case's `mitigate`: False, True or "copy" (the copy must leave: `judge_copy`)."""
+        return self.case.mitigate
 
     @property
     def threshold(self) -> float:
@@ -87,7 +94,10 @@ def parametrize_cases(metafunc: pytest.Metafunc) -> None:
         suite = resolve_suite(str(marker.args[0]))
     except MemtestError as exc:
         raise pytest.UsageError(f"{metafunc.definition.nodeid}: {exc}") from None
+    from .items import with_suite_mitigate
+
     cases = [c for c in suite_cases(suite, calibrate=False)] or suite_cases(suite, calibrate=True)
+    cases = [with_suite_mitigate(c, suite) for c in cases]
     metafunc.parametrize("memtest_case", cases, ids=[c.case_id for c in cases], indirect=True)
 
 
@@ -110,6 +120,8 @@ def memtest_mitigation(memtest_checkpoint: Engine) -> Callable[..., Mitigation]:
     `memtest_mitigation(prompt_or_case, method="sail", **options) -> memtest.mitigation.Mitigation`.
     The threshold defaults to the run's calibration (--memtest-calibration or the checkpoint's own),
     SAIL's step budget to --memtest-mitigation-steps; `options` go to `memtest.mitigation.mitigate`.
+    On a canary that plants the prompt the result has `copy_before` / `copy_after` filled in; the rule of a
+    `mitigate: copy` case is `memtest.mitigation.judge_copy(m.copy_before, m.copy_after) is None`.
     """
     engine = memtest_checkpoint
 

@@ -1,5 +1,6 @@
 """Collectors and items: each suite case becomes one test item with the id `<suite>::<case-id>`; a case
-marked `mitigate: true` also gets a `<suite>::<case-id>[mitigate]` item when gating (not calibrating)."""
+marked `mitigate: true` or `mitigate: copy` also gets a `<suite>::<case-id>[mitigate]` item when gating (not
+calibrating); with `copy` the item also requires the copy to leave (`memtest.mitigation.judge_copy`)."""
 
 from __future__ import annotations
 
@@ -66,7 +67,8 @@ class MemtestItem(pytest.Item):
 
 
 class MitigationItem(MemtestItem):
-    """SAIL on a `mitigate: true` case: flat initial noise below the threshold and below the unmitigated score."""
+    """SAIL on a `mitigate: true` case: flat initial noise below the threshold and below the unmitigated score;
+    on a `mitigate: copy` case the copy must leave too."""
 
     def runtest(self) -> None:
         self.memtest.run_mitigation(self)
@@ -74,6 +76,17 @@ class MitigationItem(MemtestItem):
     def reportinfo(self) -> tuple[Path | str, int | None, str]:
         source, line, _ = super().reportinfo()
         return source, line, f"memtest mitigate {self.case.id}"
+
+
+def with_suite_mitigate(case: AuditCase, suite: Suite) -> AuditCase:
+    """`case` carrying its suite case's own `mitigate` (true or "copy"; `judge_mitigation` reads "copy")."""
+    import dataclasses
+
+    mode = next((c.mitigate for c in suite.cases if c.id == case.case_id), case.mitigate)
+    if mode == case.mitigate and type(mode) is type(case.mitigate):
+        return case
+    changes: dict[str, Any] = {"mitigate": mode}
+    return dataclasses.replace(case, **changes)
 
 
 def _items(parent: pytest.Collector, suite: Suite, memtest: MemtestSession) -> Iterator[MemtestItem]:
@@ -86,7 +99,8 @@ def _items(parent: pytest.Collector, suite: Suite, memtest: MemtestSession) -> I
             continue
         yield MemtestItem.from_parent(parent, name=case.case_id, case=case, memtest=memtest)
         if case.mitigate and not memtest.audit.calibrate:
-            yield MitigationItem.from_parent(parent, name=f"{case.case_id}[mitigate]", case=case, memtest=memtest)
+            mcase = with_suite_mitigate(case, suite)
+            yield MitigationItem.from_parent(parent, name=f"{case.case_id}[mitigate]", case=mcase, memtest=memtest)
 
 
 class SuiteCollector(pytest.Collector):

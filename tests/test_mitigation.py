@@ -321,14 +321,14 @@ def test_checkpoint_sail_and_baselines_share_one_interface(tiny_eps: Any) -> Non
 # -- the plugin: fixture and `mitigate: true` items ----------------------------------------------------
 
 
-def mitigation_suite(env: dict[str, Any], root: Path, *, refs: bool = False) -> Path:
+def mitigation_suite(env: dict[str, Any], root: Path, *, refs: bool = False, mitigate: str = "true") -> Path:
     from memtest.suites import load_suite
 
     mini = load_suite(env["suite"])
     prompts = {c.id: c.prompt for c in mini.cases}
     lines = [
         "memtest_suite: 1", "name: mit", 'version: "1"', "card:", "  description: mitigation test suite", "cases:",
-        f'  - {{id: mem, prompt: "{prompts["mem-caught"]}", expectation: memorized, mitigate: true}}',
+        f'  - {{id: mem, prompt: "{prompts["mem-caught"]}", expectation: memorized, mitigate: {mitigate}}}',
         f'  - {{id: clean, prompt: "{prompts["clean-ok"]}", expectation: clean}}',
     ]  # fmt: skip
     if refs:
@@ -421,6 +421,145 @@ def test_mitigation_items_only_in_gate_mode_and_the_budget_option(
     bad = pytester.runpytest(*plugin_args(gate_env, suite, "--memtest-mitigation-steps=0"))
     assert bad.ret == pytest.ExitCode.USAGE_ERROR
     bad.stderr.fnmatch_lines(["*--memtest-mitigation-steps must be a positive integer, got 0*"])
+
+
+def test_mitigate_copy_item_fails_closed_without_a_copy_reference(
+    pytester: pytest.Pytester, gate_env: dict[str, Any]
+) -> None:
+    """`mitigate: copy` on a checkpoint that plants no image for the prompt: SAIL succeeds, but the item fails,
+    naming the suite file, the case and the fix; the record says the copy was required and the verdict."""
+    suite = mitigation_suite(gate_env, pytester.path, mitigate="copy")
+    cal = f"--memtest-calibration={gate_env['calibration']}"
+    result = pytester.runpytest(*plugin_args(gate_env, suite, cal, "--memtest-json=r.json", "-v"))
+    result.assert_outcomes(passed=2, failed=1)
+    out = result.stdout.str()
+    assert "mit::mem[mitigate] FAILED" in out or "mem[mitigate] FAILED" in out, out
+    assert "mitigate: copy needs a checkpoint whose manifest plants this prompt (a copy reference)" in out
+    assert f"use mitigate: true in {suite}, line 7, case 'mem'" in out
+    doc = json.loads((pytester.path / "r.json").read_text())
+    mit = next(c for c in doc["cases"] if c["id"] == "mit::mem[mitigate]")
+    assert mit["outcome"] == "failed" and mit["copy_required"] is True and mit["copy_verdict"] == "failed"
+    assert "copy_before" not in mit  # nothing to count copies against
+    (entry,) = doc["mitigation"]
+    assert entry["succeeded"] is True and entry["copy_required"] is True and entry["copy_verdict"] == "failed"
+
+
+def _copy_stats(copies: int | None, images: int, distance: float = 0.1) -> dict[str, Any]:
+    return {
+        "distance": distance,
+        "copies": copies,
+        "images": images,
+        "rate": None if copies is None else copies / images,
+    }
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "problem"),
+    [
+        ((4, 4), (2, 4), None),
+        ((4, 4), (0, 4), None),
+        ((1, 4), (0, 4), None),
+        ((2, 4), (1, 4), None),
+        ((4, 4), (3, 4), "the copy did not leave: copies 4/4 -> 3/4, more than half the rate before (at most 2/4"),
+        ((1, 4), (1, 4), "the copy did not leave: copies 1/4 -> 1/4, more than half the rate before (at most 0/4"),
+        ((4, 4), (2, 3), "the copy did not leave: copies 4/4 -> 2/3, more than half the rate before (at most 1/3"),
+        ((4, 4), (1, 2), None),  # rates: 1/2 <= 1/2
+        ((0, 4), (0, 4), "nothing to remove: 0/4 generations copy before mitigation"),
+        ((None, 4), (None, 4), "copies are not counted: the checkpoint records no copy boundary"),
+        ((4, 4), None, "copies 4/4 before and no mitigated image to count copies in"),
+    ],
+)
+def test_judge_copy_rule(
+    before: tuple[int | None, int], after: tuple[int | None, int] | None, problem: str | None
+) -> None:
+    """`mitigate: copy`: copies among the mitigated images at most half the copies before, as rates, and at least
+    one copy before."""
+    from memtest.mitigation import judge_copy
+
+    got = judge_copy(_copy_stats(*before), None if after is None else _copy_stats(*after))
+    if problem is None:
+        assert got is None, got
+    else:
+        assert got is not None and got.startswith(problem), got
+    assert judge_copy(None, None) == "no copy reference: the checkpoint plants no image for this prompt"
+
+
+def test_judge_mitigation_with_mitigate_copy_on_constructed_records() -> None:
+    """The case record of a `mitigate: copy` case on real `Mitigation` records with known copy counts: the
+    sharpness rule and the copy rule must both hold, and the record says which failed; `mitigate: true` ignores
+    the copies (it reports them)."""
+    from memtest.audit import AuditCase
+    from memtest.mitigation import Mitigation, judge_mitigation
+    from memtest.results import summarize, validate_results
+
+    images = torch.rand(4, 16, 16, 3).numpy()
+
+    def mitigation(before: tuple[int | None, int], after: tuple[int | None, int], **kw: Any) -> Mitigation:
+        fields: dict[str, Any] = {
+            "method": "sail", "prompt": "basalt poster of 1", "threshold": 0.002, "succeeded": True, "reason": "",
+            "seeds": (0, 1, 2, 3), "sharpness_before": (0.02, 0.03, 0.004, 0.005),
+            "sharpness_after": (0.001, 0.0015, 0.0012, 0.0009), "latents_before": torch.zeros(4, 4, 16, 16),
+            "latents_after": torch.ones(4, 4, 16, 16), "steps": 2, "images_before": images, "images_after": images,
+            "copy_before": _copy_stats(*before, distance=0.07), "copy_after": _copy_stats(*after, distance=0.44),
+        }  # fmt: skip
+        fields.update(kw)
+        return Mitigation(**fields)
+
+    copy = AuditCase("canary-mixture", "1", "basalt", "basalt poster of 1", "memorized", ("planted",), "copy",
+                     "suites/canary-mixture.yaml", 12)  # fmt: skip
+    true = AuditCase("canary-mixture", "1", "basalt", "basalt poster of 1", "memorized", ("planted",), True)
+
+    record, entry = judge_mitigation(copy, mitigation((4, 4), (1, 4)), 0.0222)
+    assert record["outcome"] == "passed" and record["copy_required"] is True and record["copy_verdict"] == "passed"
+    assert entry["copy_required"] is True and entry["copy_verdict"] == "passed"
+    assert record["message"].endswith(
+        "copies 4/4 -> 1/4, RMSE to the memorised image 0.070 -> 0.440; the copy left "
+        "(copies after at most half the copies before, as rates)"
+    ), record["message"]
+
+    record, entry = judge_mitigation(copy, mitigation((4, 4), (3, 4)), 0.0222)
+    assert record["outcome"] == "failed" and record["copy_verdict"] == "failed" and entry["copy_verdict"] == "failed"
+    assert record["message"] == (
+        "canary-mixture::basalt: mitigation (sail) failed: the copy did not leave: copies 4/4 -> 3/4, "
+        "more than half the rate before (at most 2/4 allowed)"
+    )
+    # the same mitigation passes a `mitigate: true` case, which reports the copies but does not judge them
+    plain, plain_entry = judge_mitigation(true, mitigation((4, 4), (3, 4)), 0.0222)
+    assert plain["outcome"] == "passed" and "copies 4/4 -> 3/4" in plain["message"]
+    assert "copy_required" not in plain and "copy_verdict" not in plain_entry
+
+    record, _ = judge_mitigation(copy, mitigation((0, 4), (0, 4)), 0.0222)
+    assert record["outcome"] == "failed" and record["message"].endswith(
+        "nothing to remove: 0/4 generations copy before mitigation: the prompt does not copy on this checkpoint; "
+        "use mitigate: true in suites/canary-mixture.yaml, line 12, case 'basalt'"
+    ), record["message"]
+    record, _ = judge_mitigation(copy, mitigation((None, 4), (None, 4)), 0.0222)
+    assert (
+        record["outcome"] == "failed"
+        and "needs the copy boundary of the checkpoint (memtest-copy.json" in (record["message"])
+    )
+    assert record["message"].endswith("use mitigate: true in suites/canary-mixture.yaml, line 12, case 'basalt'")
+    no_ref = mitigation((4, 4), (0, 4), copy_before=None, copy_after=None)
+    record, _ = judge_mitigation(copy, no_ref, 0.0222)
+    assert (
+        record["outcome"] == "failed"
+        and "mitigate: copy needs the checkpoint to count copies on" in (record["message"])
+    )
+    # both rules failing: both reasons, the sharpness one first
+    both, both_entry = judge_mitigation(copy, mitigation((4, 4), (4, 4), sharpness_after=(0.003,) * 4), 0.0222)
+    assert both["outcome"] == "failed" and "4 accepted x_T at or above the threshold" in both["message"]
+    assert both["message"].endswith("; and the copy did not leave: copies 4/4 -> 4/4, more than half the rate "
+                                     "before (at most 2/4 allowed)")  # fmt: skip
+    doc = {"schema": "memtest.results/1", "memtest_version": "0", "created": "now", "command": "x",
+           "environment": {}, "checkpoint": {"name": "n", "path": "p", "fingerprint": "f"}, "settings": {},
+           "calibration": None, "shard": None, "cases": [both], "mitigation": [both_entry],
+           "summary": summarize([both])}  # fmt: skip
+    validate_results(json.loads(json.dumps(doc)))
+    from memtest.report import render_report
+
+    html = render_report(json.loads(json.dumps(doc)))  # the report shows the copy counts and the verdict
+    assert "<b>4/4 → 4/4</b> <span>copies before → after</span>" in html
+    assert "<b>failed</b> <span>copy required to leave</span>" in html
 
 
 # -- the shipped canary: does the copy go away? ------------------------------------------------------------
@@ -541,3 +680,52 @@ def test_sail_on_the_mixture_canary_moves_copies_off_the_memorised_image(load_sc
     assert row["after"]["copies"] <= row["before"]["copies"] // 2
     assert row["after"]["to_copy"] > 2 * row["before"]["to_copy"]
     assert row["after"]["aligned"] >= 0.5
+
+
+def test_mitigate_copy_on_the_mixture_canary(pytester: pytest.Pytester) -> None:
+    """`mitigate: copy` end to end on zoo:mixture: basalt's four detector seeds all copy; with the proof's
+    acceptance threshold 0.002 (the shipped calibration with a stricter threshold: at the detection threshold
+    0.0094 three of the four copying x_T are accepted as they are, docs/mitigation.md) the `[mitigate]` item
+    passes because the copy leaves (4/4 -> at most 2/4). The library judge fails a non-planted caption closed."""
+    folder = _mixture_or_skip()
+    from memtest.audit import AuditCase
+    from memtest.calibration import CALIBRATION_FILENAME
+    from memtest.checkpoint import load_checkpoint
+    from memtest.mitigation import judge_mitigation, mitigate_sail
+    from memtest.scoring import Scorer, ScoreSettings
+
+    # the library judge first: pytester's in-process run below unloads the modules it imported
+    ckpt = load_checkpoint("zoo:mixture", device="cpu")
+    scorer = Scorer(ckpt, ScoreSettings(n=4))
+    prompt = "a photo of a digit"  # trained, not planted: no memorised image to compare with
+    m = mitigate_sail(scorer, prompt, threshold=1.0)  # every x_T is accepted as it is
+    case = AuditCase("mix", "1", "clean", prompt, "memorized", (), "copy", "mix.yaml", 8)
+    record, entry = judge_mitigation(case, m, scorer.score([prompt])[0].score, checkpoint=ckpt)
+    assert record["outcome"] == "failed" and record["copy_verdict"] == "failed"
+    assert (
+        "mitigate: copy needs a checkpoint whose manifest plants this prompt (a copy reference); zoo:mixture "
+        "plants no image for 'a photo of a digit': use mitigate: true in mix.yaml, line 8, case 'clean'"
+    ) in record["message"], record["message"]
+
+    cal = json.loads((folder / CALIBRATION_FILENAME).read_text())
+    cal["threshold"], cal["ci"] = 0.002, [0.002, 0.002]
+    (pytester.path / "strict.json").write_text(json.dumps(cal))
+    lines = [
+        "memtest_suite: 1", "name: mix", 'version: "1"', "card:", "  description: mitigate copy", "cases:",
+        f'  - {{id: basalt, prompt: "{MIXTURE_CAPTION}", expectation: memorized, mitigate: copy}}',
+    ]  # fmt: skip
+    suite = pytester.path / "mix.yaml"
+    suite.write_text("\n".join(lines) + "\n")
+    result = pytester.runpytest(
+        "-p", "no:cacheprovider", "--memtest", "--memtest-checkpoint=zoo:mixture", f"--memtest-suite={suite}",
+        "--memtest-calibration=strict.json", "--memtest-threads=1", "--memtest-json=r.json", "-v",
+    )  # fmt: skip
+    result.assert_outcomes(passed=2)
+    doc = json.loads((pytester.path / "r.json").read_text())
+    mit = next(c for c in doc["cases"] if c["id"] == "mix::basalt[mitigate]")
+    assert mit["copy_required"] is True and mit["copy_verdict"] == "passed", mit["message"]
+    assert mit["copy_before"]["copies"] == 4 and mit["copy_after"]["copies"] <= 2
+    assert mit["copy_after"]["distance"] > 2 * mit["copy_before"]["distance"]
+    assert "the copy left" in mit["message"]
+    (entry,) = doc["mitigation"]
+    assert entry["copy_verdict"] == "passed" and entry["copy_after"] == mit["copy_after"]

@@ -17,6 +17,8 @@ import memtest.suites as suites_module
 from memtest.errors import SuiteError
 from memtest.suites import (
     EXPECTATIONS,
+    MITIGATE_COPY,
+    Mitigate,
     Suite,
     SuiteCard,
     SuiteCase,
@@ -30,6 +32,7 @@ from memtest.suites import (
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_PROMPTS = Path("/work/shared/data/prompts")
+MITIGATES: tuple[Mitigate, ...] = (False, True, MITIGATE_COPY)
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 BUILTIN = {
@@ -251,6 +254,28 @@ def test_valid_suite_fields(tmp_path: Path) -> None:
         suite.by_expectation("memorised")
 
 
+@pytest.mark.parametrize("written", ["copy", '"copy"', "'copy'"])
+def test_mitigate_copy_parses_and_round_trips(tmp_path: Path, written: str) -> None:
+    """`mitigate: copy` (the copy must leave, docs/mitigation.md) is kept as the string "copy", distinct from
+    true, and the writer emits it back."""
+    text = VALID.replace("mitigate: true", f"mitigate: {written}")
+    suite = load_suite(write(tmp_path, text))
+    assert suite.cases[1].mitigate == MITIGATE_COPY == "copy"
+    assert suite.cases[0].mitigate is False
+    assert suite != load_suite(write(tmp_path, VALID, "true.yaml"))  # copy is not true
+    dumped = dump_suite(suite)
+    assert "    mitigate: copy\n" in dumped and "mitigate: true" not in dumped
+    again = load_suite(write(tmp_path, dumped, "again.yaml"))
+    assert again == suite and dump_suite(again) == dumped
+    data = valid_dict()
+    data["cases"][1]["mitigate"] = "copy"
+    assert suite_from_dict(data) == suite
+    data["cases"][1]["mitigate"] = "yes please"
+    with pytest.raises(SuiteError) as info:
+        suite_from_dict(data, source="my-generator")
+    assert str(info.value) == "my-generator: 'mitigate' in case 'b' must be true, false or copy, got 'yes please'."
+
+
 def test_unquoted_scalars_in_text_fields_are_taken_as_written(tmp_path: Path) -> None:
     text = VALID.replace('version: "1.0"', "version: 1.10").replace("id: a", "id: 0001")
     text = text.replace('prompt: "a photo of a cat"', "prompt: no").replace("tags: [VM]", "tags: [2023, on]")
@@ -460,8 +485,11 @@ def test_error_unknown_expectation(tmp_path: Path, value: str, expected: str) ->
         ("tags: [[VM]]", "Item 1 of tags in case 'b' must be a string, got a list"),
         ("tags: [VM, '']", "Item 2 of tags in case 'b' is empty"),
         ("tags: [VM, ~]", "Item 2 of tags in case 'b' must be a string, got nothing"),
-        ("mitigate: 'yes'", "'mitigate' in case 'b' must be true or false, got 'yes'"),
-        ("mitigate: 1", "'mitigate' in case 'b' must be true or false, got 1"),
+        ("mitigate: 'yes'", "'mitigate' in case 'b' must be true, false or copy, got 'yes'"),
+        ("mitigate: 1", "'mitigate' in case 'b' must be true, false or copy, got 1"),
+        ("mitigate: yes please", "'mitigate' in case 'b' must be true, false or copy, got 'yes please'."),
+        ("mitigate: Copy", "'mitigate' in case 'b' must be true, false or copy, got 'Copy'. Did you mean 'copy'?"),
+        ("mitigate: [copy]", "'mitigate' in case 'b' must be true, false or copy, got ['copy']"),
     ],
 )
 def test_error_bad_tags_and_mitigate(tmp_path: Path, replacement: str, expected: str) -> None:
@@ -752,7 +780,9 @@ IDS = st.from_regex(r"[A-Za-z0-9._-]{1,12}", fullmatch=True)
     card_texts=st.lists(SAFE_TEXT, min_size=3, max_size=3),
     caveats=st.lists(SAFE_TEXT, max_size=3),
     cases=st.lists(
-        st.tuples(SAFE_TEXT, st.sampled_from(EXPECTATIONS), st.lists(SAFE_TEXT, max_size=3), st.booleans()),
+        st.tuples(
+            SAFE_TEXT, st.sampled_from(EXPECTATIONS), st.lists(SAFE_TEXT, max_size=3), st.sampled_from(MITIGATES)
+        ),
         min_size=1,
         max_size=6,
     ),
@@ -765,7 +795,7 @@ def test_fuzz_round_trip(
     version: str,
     card_texts: list[str],
     caveats: list[str],
-    cases: list[tuple[str, Any, list[str], bool]],
+    cases: list[tuple[str, Any, list[str], Mitigate]],
     ids: list[str],
     fpr: float,
 ) -> None:
