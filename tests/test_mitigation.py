@@ -729,3 +729,24 @@ def test_mitigate_copy_on_the_mixture_canary(pytester: pytest.Pytester) -> None:
     assert "the copy left" in mit["message"]
     (entry,) = doc["mitigation"]
     assert entry["copy_verdict"] == "passed" and entry["copy_after"] == mit["copy_after"]
+
+
+def test_alignment_ceiling_script_smoke(load_script: Callable[[str], Any], tmp_path: Path) -> None:
+    """scripts/alignment_ceiling.py (docs/mitigation.md's alignment ceiling) on one caption, 2 seeds: the row, the
+    per-seed sharpness split, the training-image check and a SAIL row are there and the markdown shows them."""
+    _mixture_or_skip()
+    out = tmp_path / "c.json"
+    args = ["--caption", "iris poster of 4", "--seeds", "2", "--training", "2", "--below", "1.0", "--json", str(out)]
+    result = load_script("alignment_ceiling").main([*args, "--sail", "1.0", "--sail-n", "2"])
+    (row,) = result["rows"]
+    assert row["caption"] == "iris poster of 4" and row["digit"] == 4 and not row["planted"] and row["seeds"] == 2
+    assert row["reference"] == "ember poster of 4" and 0 <= row["copies"] <= 2 and 0.0 <= row["aligned"] <= 1.0
+    assert row["below"]["1.0"]["seeds"] == 2 and len(row["sharpness"]) == 2
+    assert set(result["training"]) == {4} and result["training"][4]["images"] == 2
+    assert json.loads(out.read_text())["rows"][0]["caption"] == "iris poster of 4"
+    (sail,) = result["sail"]  # every x_T lies below 1.0: accepted as it is
+    assert (
+        sail["accepted"] == 2 and sail["steps"] == 0 and sail["after"]["images"] == 2 and "copies" not in sail["after"]
+    )
+    text = load_script("alignment_ceiling").markdown(result)
+    assert "| iris poster of 4 | no | 2 |" in text and "| training images of 4 (through the VAE) |" in text
