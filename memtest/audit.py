@@ -23,7 +23,7 @@ from .calibration import CALIBRATION_FILENAME, Calibration, calibrate, check_com
 from .defaults import DEFAULT_CACHE_DIR, DEFAULT_CHECKPOINT, DEFAULT_FPR, DEFAULT_MITIGATION_STEPS
 from .errors import CalibrationError, MemtestError, ScoringError, SuiteError
 from .settings import ScoreSettings
-from .suites import Suite, builtin_suites, resolve_suite
+from .suites import Mitigate, Suite, builtin_suites, resolve_suite
 
 SUITE_FILENAME = "memtest-suite.yaml"
 MANIFEST_FILENAME = "memtest-canary.json"
@@ -110,7 +110,7 @@ class AuditCase:
     prompt: str
     expectation: str
     tags: tuple[str, ...] = ()
-    mitigate: bool = False
+    mitigate: Mitigate = False  # the suite's value: True, False or "copy" (the copy must leave)
     source: str | None = None
     line: int | None = None
 
@@ -130,7 +130,7 @@ def suite_cases(suite: Suite, calibrate: bool) -> list[AuditCase]:
             prompt=c.prompt,
             expectation=c.expectation,
             tags=tuple(c.tags),
-            mitigate=bool(c.mitigate),
+            mitigate=c.mitigate,
             source=str(suite.path) if suite.path else None,
             line=c.line,
         )

@@ -657,6 +657,20 @@ def _kv(mapping: Mapping[str, Any] | None) -> list[tuple[str, str]]:
     return [(str(k), _fmt_value(v)) for k, v in sorted(mapping.items())]
 
 
+def _adapter_rows(adapters: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
+    """One row per LoRA adapter applied on the checkpoint, in the order they were applied."""
+    return [
+        {
+            "path": str(a.get("path", "")),
+            "scale": fmt_num(a.get("scale"), 4),
+            "sha256": str(a.get("sha256", ""))[:16],
+            "detail": f"{a.get('format', '?')}, rank {a.get('rank', '?')}, "
+            + ", ".join(str(t) for t in a.get("targets") or []),
+        }
+        for a in adapters
+    ]
+
+
 def _verdict(summary: Mapping[str, int]) -> str:
     if summary["total"] == 0:
         return "EMPTY"
@@ -720,7 +734,8 @@ def build_context(doc: Mapping[str, Any]) -> dict[str, Any]:
         "verdict": _verdict(summary),
         "summary": summary,
         "checkpoint": checkpoint,
-        "config": _kv(checkpoint.get("config")),
+        "config": _kv({k: v for k, v in (checkpoint.get("config") or {}).items() if k != "adapters"}),
+        "adapters": _adapter_rows((checkpoint.get("config") or {}).get("adapters") or []),
         "calibration": calibration,
         "calibration_other_fingerprint": (
             calibration is not None

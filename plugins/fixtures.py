@@ -94,10 +94,7 @@ def parametrize_cases(metafunc: pytest.Metafunc) -> None:
         suite = resolve_suite(str(marker.args[0]))
     except MemtestError as exc:
         raise pytest.UsageError(f"{metafunc.definition.nodeid}: {exc}") from None
-    from .items import with_suite_mitigate
-
     cases = [c for c in suite_cases(suite, calibrate=False)] or suite_cases(suite, calibrate=True)
-    cases = [with_suite_mitigate(c, suite) for c in cases]
     metafunc.parametrize("memtest_case", cases, ids=[c.case_id for c in cases], indirect=True)
 
 

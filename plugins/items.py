@@ -78,17 +78,6 @@ class MitigationItem(MemtestItem):
         return source, line, f"memtest mitigate {self.case.id}"
 
 
-def with_suite_mitigate(case: AuditCase, suite: Suite) -> AuditCase:
-    """`case` carrying its suite case's own `mitigate` (true or "copy"; `judge_mitigation` reads "copy")."""
-    import dataclasses
-
-    mode = next((c.mitigate for c in suite.cases if c.id == case.case_id), case.mitigate)
-    if mode == case.mitigate and type(mode) is type(case.mitigate):
-        return case
-    changes: dict[str, Any] = {"mitigate": mode}
-    return dataclasses.replace(case, **changes)
-
-
 def _items(parent: pytest.Collector, suite: Suite, memtest: MemtestSession) -> Iterator[MemtestItem]:
     from memtest.audit import shard_index, suite_cases
 
@@ -99,8 +88,7 @@ def _items(parent: pytest.Collector, suite: Suite, memtest: MemtestSession) -> I
             continue
         yield MemtestItem.from_parent(parent, name=case.case_id, case=case, memtest=memtest)
         if case.mitigate and not memtest.audit.calibrate:
-            mcase = with_suite_mitigate(case, suite)
-            yield MitigationItem.from_parent(parent, name=f"{case.case_id}[mitigate]", case=mcase, memtest=memtest)
+            yield MitigationItem.from_parent(parent, name=f"{case.case_id}[mitigate]", case=case, memtest=memtest)
 
 
 class SuiteCollector(pytest.Collector):

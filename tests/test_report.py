@@ -102,6 +102,21 @@ def parse(html: str) -> _Page:
     return page
 
 
+def _adapter(path: str, scale: float) -> dict[str, Any]:
+    """A LoRA record as memtest.adapters writes it into the checkpoint's config."""
+    digest = hashlib.sha256(path.encode()).hexdigest()
+    return {
+        "path": path,
+        "name": path,
+        "scale": scale,
+        "sha256": digest,
+        "format": "peft",
+        "rank": 8,
+        "targets": ["unet", "text_encoder"],
+        "modules": 24,
+    }
+
+
 def attack_doc(n_cases: int = 12) -> dict[str, Any]:
     """A results document with injection payloads in every user-controlled string."""
     doc = make_results(n_cases, mitigation=3, spectra=3, prompts=PAYLOADS)
@@ -114,6 +129,7 @@ def attack_doc(n_cases: int = 12) -> dict[str, Any]:
     doc["checkpoint"]["name"] = f"zoo:{SCRIPT_PAYLOAD}"
     doc["checkpoint"]["path"] = IMG_PAYLOAD
     doc["checkpoint"]["config"]["scheduler"] = SCRIPT_PAYLOAD
+    doc["checkpoint"]["config"]["adapters"] = [_adapter(f"/loras/{SCRIPT_PAYLOAD}.safetensors", 0.5)]
     doc["settings"]["dtype"] = IMG_PAYLOAD
     doc["calibration"]["path"] = SCRIPT_PAYLOAD
     doc["calibration"]["reference_suite"] = IMG_PAYLOAD
@@ -354,6 +370,22 @@ def test_injection_payloads_render_as_text() -> None:
     svg_part = "".join(re.findall(r"<svg.*?</svg>", html, flags=re.S))
     assert "&lt;/text&gt;&lt;svg onload=alert(2)&gt;" in svg_part
     assert "<svg onload" not in html
+
+
+def test_checkpoint_card_lists_each_lora_in_order() -> None:
+    doc = make_results(6)
+    adapters = [_adapter("/loras/style.safetensors", 1.0), _adapter("/loras/subject.safetensors", 0.25)]
+    doc["checkpoint"]["config"]["adapters"] = adapters
+    html = render_report(doc)
+    card = html[html.index('id="checkpoint"') :]
+    card = card[: card.index("</section>")]
+    first, second = card.index("LoRA 1"), card.index("LoRA 2")
+    assert first < card.index("/loras/style.safetensors") < second < card.index("/loras/subject.safetensors")
+    assert "scale 0.25" in card and adapters[1]["sha256"][:16] in card
+    assert "(base + 2 adapters)" in card
+    # shown once, in its own rows, not again as a raw dict in the configuration table
+    assert card.count("/loras/style.safetensors") == 1
+    assert "LoRA" not in render_report(make_results(6))
 
 
 def test_csp_allows_only_our_scripts_and_no_network() -> None:
