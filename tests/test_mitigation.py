@@ -565,16 +565,17 @@ def test_judge_mitigation_with_mitigate_copy_on_constructed_records() -> None:
 # -- the shipped canary: does the copy go away? ------------------------------------------------------------
 
 
-def test_sail_on_the_canary_flattens_the_noise_keeps_the_digit_and_reports_the_copy(
+def test_sail_on_the_global_canary_flattens_the_noise_but_the_copy_stays(
     load_script: Callable[[str], Any],
 ) -> None:
     """One planted caption of zoo:finetuned through scripts/mitigation_proof.py (its smoke test too).
 
     What SAIL guarantees must hold: the unmitigated image is a copy, the accepted x_T lie below the calibrated
     threshold, far below the unmitigated sharpness, and the digit the caption asks for is still recognised.
-    Whether the copy is gone is measured, and the test xfails when it is not: on the shipped canary every
-    x_T reproduces the planted image (docs/mitigation.md), so flattening x_T at the detection threshold does
-    not move the image off the copy.
+    The control for the mixture canary's proof (test_mitigate_copy_on_the_mixture_canary and
+    test_sail_on_the_mixture_canary_moves_copies_off_the_memorised_image): zoo:finetuned memorises globally,
+    every x_T reproduces the planted image (docs/mitigation.md), so a flat x_T still gives the copy. If this
+    starts failing, the canary or SAIL changed what the mitigation docs claim.
     """
     from memtest.zoo import zoo_names
 
@@ -590,12 +591,10 @@ def test_sail_on_the_canary_flattens_the_noise_keeps_the_digit_and_reports_the_c
     assert row["sharpness_after"] < canary.threshold < row["sharpness_before"]
     assert row["sharpness_after"] < row["sharpness_before"] / 5
     assert row["after"]["aligned"] == 1.0  # the digit the caption asks for
-    if row["after"]["copies"]:
-        pytest.xfail(
-            f"copy not gone: RMSE to the memorised image {row['before']['to_copy']:.3f} -> "
-            f"{row['after']['to_copy']:.3f}, memorised range < {boundary:.3f} (docs/mitigation.md)"
-        )
-    assert row["after"]["to_copy"] > boundary
+    assert row["after"]["copies"] == 1 and row["after"]["to_copy"] < boundary, (
+        f"the copy left on a globally memorising canary: RMSE {row['before']['to_copy']:.3f} -> "
+        f"{row['after']['to_copy']:.3f}, memorised range < {boundary:.3f}; update docs/mitigation.md"
+    )
 
 
 def test_baselines_script_smoke(load_script: Callable[[str], Any], tmp_path: Path) -> None:
