@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import sys
 import time
@@ -32,6 +33,12 @@ PROMPT = "a photo of a red digit"
 
 def peak_rss() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process: what the work cost, whatever else shares the cores."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return float(r.ru_utime + r.ru_stime)
 
 
 def _clip(tokenizer: Any, hidden: int, layers: int, heads: int, inter: int, act: str, projection: bool) -> Any:
@@ -157,9 +164,10 @@ def run(family: str, dtype_name: str, method: str, quick: bool, threads: int | N
     built = time.perf_counter() - start
     rss_built = peak_rss()
     scorer = Scorer(ckpt, ScoreSettings(n=1, method=method, batch_size=1))
-    t0 = time.perf_counter()
+    load_before = os.getloadavg()
+    t0, c0 = time.perf_counter(), cpu_seconds()
     result = scorer.score([PROMPT])[0]
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
     return {
         "family": family,
         "dtype": dtype_name,
@@ -171,6 +179,8 @@ def run(family: str, dtype_name: str, method: str, quick: bool, threads: int | N
         "build_seconds": round(built, 2),
         "peak_rss_after_build_gib": round(rss_built / 2**30, 2),
         "score_seconds": round(seconds, 2),
+        "score_cpu_seconds": round(cpu, 1),
+        "load_average_before_and_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         "peak_rss_gib": round(peak_rss() / 2**30, 2),
         "score": result.score,
     }
