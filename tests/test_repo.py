@@ -69,3 +69,18 @@ def test_wheel_ships_plugin_suites_templates_and_canaries(tmp_path: Path) -> Non
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "[pytest11]\nmemtest = pytest_memtest.plugin" in text
     assert "memtest = memtest.cli:main" in text
+
+
+def test_every_memtest_subpackage_is_installed() -> None:
+    """pyproject lists packages explicitly; a subpackage missing there is absent from a plain install, and
+    every xdist worker or subprocess that imports the installed memtest fails (it happened once)."""
+    import tomllib
+
+    root = Path(__file__).resolve().parent.parent
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {
+        ".".join(p.parent.relative_to(root).parts)
+        for p in (root / "memtest").rglob("__init__.py")
+        if "__pycache__" not in p.parts
+    }
+    assert found - listed == set(), f"add to [tool.setuptools] packages in pyproject.toml: {sorted(found - listed)}"

@@ -1,0 +1,110 @@
+"""A checkpoint as a mitigation target, shared by SAIL and the baselines: its scorer, the acceptance
+threshold (calibrated, or the median of its references), the first step's conditioning and start point,
+and the unmitigated images."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from ..errors import MitigationError
+from ..families.base import Cond
+from .images import generate_images
+
+if TYPE_CHECKING:
+    from ..checkpoint import Checkpoint
+    from ..scoring import Scorer
+
+
+def _scorer(target: Scorer | Checkpoint | str | Path) -> Scorer:
+    from ..checkpoint import Checkpoint, load_checkpoint
+    from ..scoring import Scorer
+
+    if isinstance(target, Scorer):
+        return target
+    ckpt = target if isinstance(target, Checkpoint) else load_checkpoint(target)
+    return Scorer(ckpt)
+
+
+def resolve_threshold(scorer: Scorer, threshold: float | None) -> float:
+    """`threshold` if given, else the checkpoint's own calibrated sharpness threshold (checked to match)."""
+    if threshold is not None:
+        if not math.isfinite(threshold):
+            raise MitigationError(f"The acceptance threshold must be a finite number, got {threshold!r}.")
+        return float(threshold)
+    from ..calibration import CALIBRATION_FILENAME, check_compatible, load_calibration
+
+    ckpt = scorer.ckpt
+    path = Path(ckpt.path) / CALIBRATION_FILENAME
+    if not path.is_file():
+        raise MitigationError(
+            f"Checkpoint {ckpt.name} has no {CALIBRATION_FILENAME}, so SAIL has no acceptance threshold. Pass "
+            "threshold= (for example a calibration's threshold), or calibrate first (`memtest calibrate`)."
+        )
+    cal = load_calibration(path)
+    check_compatible(cal, scorer.identity())
+    _check_sharpness_settings(scorer)
+    return float(cal.threshold)
+
+
+def reference_threshold(scorer: Scorer, quantile: float = 0.5) -> float:
+    """A stricter acceptance threshold: the `quantile` of the checkpoint's calibration reference scores.
+
+    The detection threshold is the sharpness of the sharpest non-memorized prompts (its 1 - fpr quantile);
+    the median asks SAIL for a landscape as flat as a typical non-memorized prompt's. On a canary whose
+    planted captions reproduce their image from every x_T, only the stricter one moves the image away.
+    """
+    from ..calibration import CALIBRATION_FILENAME, check_compatible, load_calibration
+
+    if not 0.0 <= quantile <= 1.0:
+        raise MitigationError(f"quantile must be in [0, 1], got {quantile!r}.")
+    path = Path(scorer.ckpt.path) / CALIBRATION_FILENAME
+    if not path.is_file():
+        raise MitigationError(
+            f"Checkpoint {scorer.ckpt.name} has no {CALIBRATION_FILENAME} to take reference scores from."
+        )
+    cal = load_calibration(path)
+    check_compatible(cal, scorer.identity())
+    _check_sharpness_settings(scorer)
+    return float(np.quantile(np.asarray(cal.reference_scores, dtype=np.float64), quantile))
+
+
+def _check_sharpness_settings(scorer: Scorer) -> None:
+    s = scorer.settings
+    if s.metric != "sharpness" or s.steps != 1:
+        raise MitigationError(
+            f"Mitigation accepts on first-step sharpness, but the scorer measures {s.metric} over {s.steps} "
+            "step(s), so its calibrated threshold does not apply. Score with metric=sharpness, steps=1, or pass "
+            "a sharpness threshold explicitly."
+        )
+
+
+def _first_step(scorer: Scorer, prompt: str) -> tuple[int, Cond, Cond]:
+    t = scorer.timesteps[0]
+    return t, scorer.embed([prompt]), scorer.null()
+
+
+def _start_point(scorer: Scorer, c_c: Cond, c_0: Cond, x: torch.Tensor) -> torch.Tensor:
+    """Where the detector measures for initial noises x: x itself (DDPM families), or the point after the
+    sampler's lead Euler steps from x_1 under the prompt's guidance (flow matching, `Scorer.start_map`)."""
+    with torch.no_grad():
+        return scorer.start_map(c_c, c_0)(x)
+
+
+def _seed_images(
+    scorer: Scorer, prompt: str, latents: torch.Tensor, guidance_scale: float, steps: int | None
+) -> tuple[np.ndarray, float]:
+    started = time.perf_counter()
+    images = generate_images(
+        scorer.ckpt,
+        latents,
+        prompt=prompt,
+        guidance_scale=guidance_scale,
+        num_inference_steps=steps or scorer.settings.num_inference_steps,
+    )
+    return images, time.perf_counter() - started
