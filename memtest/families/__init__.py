@@ -1,9 +1,9 @@
 """Model families: one module each, one interface (`base.Family`); `recognise` picks one from model_index.json.
 
-Where a family lives: `sd.py` (Stable Diffusion 1.x/2.x), `sdxl.py` (SDXL), `sd3.py` (SD3/3.5) and `flux.py`
-(Flux.1), the last two over the flow-matching process in `flow.py`. Adding a family is one module
-and one line in `FAMILIES`; scoring, calibration identity, mitigation and generation go through the
-interface and never branch on the family.
+Where a family lives: `sd.py` (Stable Diffusion 1.x/2.x), `sdxl.py` (SDXL), `sd3.py` (SD3/3.5), `flux.py`
+(Flux.1), the last two over the flow-matching process in `flow.py`, and `pixart.py` (PixArt-Sigma). Adding
+a family is one module and one line in `FAMILIES`; scoring, calibration identity, mitigation and generation
+go through the interface and never branch on the family.
 """
 
 from __future__ import annotations
@@ -13,12 +13,13 @@ from typing import Any
 from ..errors import CheckpointError
 from .base import Component, Cond, Family, Process
 from .flux import Flux
+from .pixart import PixArtSigma
 from .sd import StableDiffusion
 from .sd3 import StableDiffusion3
 from .sdxl import StableDiffusionXL
 
 #: Every family memtest audits, in recognition order.
-FAMILIES: tuple[type[Family], ...] = (StableDiffusion, StableDiffusionXL, StableDiffusion3, Flux)
+FAMILIES: tuple[type[Family], ...] = (StableDiffusion, StableDiffusionXL, StableDiffusion3, Flux, PixArtSigma)
 
 
 def supported_pipelines() -> list[str]:
