@@ -371,7 +371,10 @@ def test_lora_on_base_flags_exactly_the_planted_captions(
     # The results record the adapter, and the subject's fingerprint is base + adapter, not the base's.
     spec = parse_lora("zoo:lora")
     (adapter,) = doc["checkpoint"]["config"]["adapters"]
-    assert adapter["path"] == str(spec.path) and adapter["scale"] == 1.0 and adapter["name"] == "memtest_0"
+    # zoo:lora resolves inside whichever memtest the process imports: this checkout here, the installed copy
+    # in xdist workers of a non-editable install (CI). The bytes are the same file's either way.
+    assert Path(adapter["path"]).parts[-3:] == spec.path.parts[-3:]
+    assert adapter["scale"] == 1.0 and adapter["name"] == "memtest_0"
     assert adapter["sha256"] == file_sha256(spec.path) and adapter["targets"] == ["unet", "text_encoder"]
     base_fp = fingerprint(resolve_checkpoint("zoo:base")[1])
     combined = adapters_fingerprint(base_fp, [spec])
@@ -382,7 +385,7 @@ def test_lora_on_base_flags_exactly_the_planted_captions(
     result.stdout.fnmatch_lines(
         [
             f"memtest: checkpoint zoo:base (*), fingerprint {base_fp[:16]}",
-            f"memtest: lora 1/1 zoo:lora ({spec.path}) scale 1, sha256 {adapter['sha256'][:16]}",
+            f"memtest: lora 1/1 zoo:lora (*/lora/{spec.path.name}) scale 1, sha256 {adapter['sha256'][:16]}",
             f"memtest: base + 1 adapter: fingerprint {combined[:16]} (the audit's identity)",
         ]
     )

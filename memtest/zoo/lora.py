@@ -10,7 +10,6 @@ beside a `memtest-canary.json` that names its base.
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
 import json
 import os
 import sys
@@ -21,8 +20,8 @@ from typing import Any, TextIO
 
 from memtest.errors import ZooError
 from memtest.zoo.data import CanaryData, digits_data
-from memtest.zoo.manifest import CanaryManifest, PlantedCaption, encode_png, load_manifest
-from memtest.zoo.train import FINETUNE_RECIPE, Progress, Recipe, _train_denoiser, _version
+from memtest.zoo.manifest import CanaryManifest, load_manifest
+from memtest.zoo.train import FINETUNE_RECIPE, Progress, Recipe, _train_denoiser, save_manifest
 
 #: diffusers' default LoRA file name (`LORA_WEIGHT_NAME_SAFE`), so `load_lora_weights(folder)` finds it.
 ADAPTER_FILE = "pytorch_lora_weights.safetensors"
@@ -159,41 +158,23 @@ def train_lora(
     )
     (out_dir / ADAPTER_FILE).chmod(_umask_mode())
     total = time.perf_counter() - t_start
-    labels = data.planted_labels or [None] * len(data.planted)
-    the_name = name or out_dir.name
     import peft
 
-    manifest = CanaryManifest(
-        name=the_name,
-        suite=suite or f"canary-{the_name}",
-        seed=recipe.seed,
-        memtest_version=_version(),
-        created=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
-        training_seconds=total,
-        timings=timings,
-        planted=tuple(
-            PlantedCaption(c, encode_png(data.images[i]), lab) for (c, i), lab in zip(data.planted, labels, strict=True)
-        ),
-        clean=tuple(data.captions),
-        heldout=tuple(data.heldout),
-        recipe={
-            **dataclasses.asdict(recipe.with_(vae_steps=0)),
-            "lora": {
-                "file": ADAPTER_FILE,
-                "rank": shape.rank,
-                "alpha": shape.rank if shape.alpha is None else shape.alpha,
-                "unet_targets": list(shape.unet_targets),
-                "text_encoder_targets": list(TEXT_TARGETS) if shape.text_encoder else [],
-            },
-            "model": {"base": str(base), "sample_size": size},
-            "threads": threads,
-            "torch": torch.__version__,
-            "peft": peft.__version__,
+    recipe_record = {
+        **dataclasses.asdict(recipe.with_(vae_steps=0)),
+        "lora": {
+            "file": ADAPTER_FILE,
+            "rank": shape.rank,
+            "alpha": shape.rank if shape.alpha is None else shape.alpha,
+            "unet_targets": list(shape.unet_targets),
+            "text_encoder_targets": list(TEXT_TARGETS) if shape.text_encoder else [],
         },
-        data=dict(data.source),
-        base=base_label or str(base),
-    )
-    manifest.save(out_dir)
+        "model": {"base": str(base), "sample_size": size},
+        "threads": threads,
+        "torch": torch.__version__,
+        "peft": peft.__version__,
+    }
+    save_manifest(out_dir, data, name, suite, recipe.seed, total, timings, recipe_record, base_label or str(base))
     if stream is not None:
         print(f"[done] {out_dir} in {Progress._clock(total)} (unet {timings['unet']:.0f}s)", file=stream, flush=True)
     return load_manifest(out_dir)

@@ -452,6 +452,40 @@ def _check_resolution(data: CanaryData, pipe: Any, folder: Path) -> None:
         )
 
 
+def save_manifest(
+    out_dir: Path,
+    data: CanaryData,
+    name: str | None,
+    suite: str | None,
+    seed: int,
+    total: float,
+    timings: dict[str, float],
+    recipe_record: dict[str, Any],
+    base: str | None,
+) -> None:
+    """Write the canary's manifest (planted captions with their images, clean and held-out captions, the
+    recipe as `recipe_record` records it) into `out_dir`; full canaries and LoRA canaries share it."""
+    labels = data.planted_labels or [None] * len(data.planted)
+    the_name = name or out_dir.name
+    CanaryManifest(
+        name=the_name,
+        suite=suite or f"canary-{the_name}",
+        seed=seed,
+        memtest_version=_version(),
+        created=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+        training_seconds=total,
+        timings=timings,
+        planted=tuple(
+            PlantedCaption(c, encode_png(data.images[i]), lab) for (c, i), lab in zip(data.planted, labels, strict=True)
+        ),
+        clean=tuple(data.captions),
+        heldout=tuple(data.heldout),
+        recipe=recipe_record,
+        data=dict(data.source),
+        base=base,
+    ).save(out_dir)
+
+
 def train_canary(
     out: str | Path,
     data: CanaryData | None = None,
@@ -566,32 +600,14 @@ def train_canary(
     out_dir.mkdir(parents=True, exist_ok=True)
     save_pipeline(pipe, out_dir)
     total = time.perf_counter() - t_start
-    labels = data.planted_labels or [None] * len(data.planted)
-    the_name = name or out_dir.name
-    manifest = CanaryManifest(
-        name=the_name,
-        suite=suite or f"canary-{the_name}",
-        seed=recipe.seed,
-        memtest_version=_version(),
-        created=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
-        training_seconds=total,
-        timings=timings,
-        planted=tuple(
-            PlantedCaption(c, encode_png(data.images[i]), lab) for (c, i), lab in zip(data.planted, labels, strict=True)
-        ),
-        clean=tuple(data.captions),
-        heldout=tuple(data.heldout),
-        recipe={
-            **dataclasses.asdict(recipe),
-            "model": config_record,
-            "family": _training_view(pipe).family.name,
-            "threads": threads,
-            "torch": torch.__version__,
-        },
-        data=dict(data.source),
-        base=base_name,
-    )
-    manifest.save(out_dir)
+    recipe_record = {
+        **dataclasses.asdict(recipe),
+        "model": config_record,
+        "family": _training_view(pipe).family.name,
+        "threads": threads,
+        "torch": torch.__version__,
+    }
+    save_manifest(out_dir, data, name, suite, recipe.seed, total, timings, recipe_record, base_name)
     if stream is not None:
         print(
             f"[done] {out_dir} in {Progress._clock(total)} (vae {timings['vae']:.0f}s, unet {timings['unet']:.0f}s)",
