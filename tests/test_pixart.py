@@ -189,3 +189,25 @@ def test_generation_runs_through_the_familys_pipeline(pixart: Any) -> None:
     assert np.isfinite(by_prompt).all() and by_prompt.min() >= 0 and by_prompt.max() <= 1
     np.testing.assert_allclose(by_cond, by_prompt, atol=1e-5)
     assert not np.allclose(by_prompt[0], by_prompt[1])  # the given latents are used
+
+
+def test_a_released_folder_declaring_transformer2dmodel_loads_and_scores_the_same(
+    pixart_path: Path, pixart: Any, tmp_path: Path
+) -> None:
+    """PixArt-Sigma as published names its transformer `Transformer2DModel` (diffusers remaps it on load)."""
+    import memtest
+    from memtest.scoring import Scorer
+
+    folder = tmp_path / "released"
+    shutil.copytree(pixart_path, folder)
+    index = _index(folder)
+    index["transformer"] = ["diffusers", "Transformer2DModel"]
+    (folder / "model_index.json").write_text(json.dumps(index))
+    config = json.loads((folder / "transformer" / "config.json").read_text())
+    config["_class_name"] = "Transformer2DModel"
+    (folder / "transformer" / "config.json").write_text(json.dumps(config))
+    released = memtest.load_checkpoint(folder, device="cpu")
+    assert type(released.components["transformer"]).__name__ == "PixArtTransformer2DModel"
+    settings = ScoreSettings(n=1)
+    ours = [r.score for r in Scorer(released, settings).score(PROMPTS)]
+    assert ours == [r.score for r in Scorer(pixart, settings).score(PROMPTS)]

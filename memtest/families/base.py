@@ -70,6 +70,9 @@ class Component:
     classes: tuple[str, ...]
     required: bool = True
     weights: bool = True  # has weight files (tokenizers and schedulers do not)
+    #: Legacy class names a released checkpoint may declare, and the class that loads them (diffusers remaps
+    #: them the same way; PixArt-Sigma's published transformer still says Transformer2DModel).
+    loads_as: tuple[tuple[str, str], ...] = ()
 
 
 class Process:
@@ -292,7 +295,8 @@ def component_class(index: dict[str, Any], comp: Component, where: str) -> Any:
             "Check model_index.json, or convert the checkpoint to the family's layout."
         )
     module = __import__(comp.library)
-    return getattr(module, cls_name)
+    name = str(cls_name)
+    return getattr(module, dict(comp.loads_as).get(name, name))
 
 
 def declared(index: dict[str, Any], name: str) -> bool:

@@ -47,7 +47,14 @@ class PixArtSigma(Family):
     pipelines: ClassVar[tuple[str, ...]] = ("PixArtSigmaPipeline",)
     refused: ClassVar[dict[str, str]] = {"PixArtAlphaPipeline": _ALPHA}
     components: ClassVar[tuple[Component, ...]] = (
-        Component("transformer", "diffusers", ("PixArtTransformer2DModel",)),
+        # Released PixArt-Sigma folders declare the legacy Transformer2DModel (norm_type ada_norm_single),
+        # which diffusers' pipeline loading remaps to PixArtTransformer2DModel; the weights are the same names.
+        Component(
+            "transformer",
+            "diffusers",
+            ("PixArtTransformer2DModel", "Transformer2DModel"),
+            loads_as=(("Transformer2DModel", "PixArtTransformer2DModel"),),
+        ),
         Component("text_encoder", "transformers", ("T5EncoderModel",)),
         Component("tokenizer", "transformers", ("T5TokenizerFast", "T5Tokenizer"), weights=False),
         Component("scheduler", "diffusers", (), weights=False),
