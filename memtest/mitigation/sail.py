@@ -513,7 +513,7 @@ def sail(
 
 
 # --------------------------------------------------------------------------------------------------
-# images: generation, thumbnails, copy distance
+# SAIL on a checkpoint
 
 
 def mitigate_sail(

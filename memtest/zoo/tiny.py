@@ -165,21 +165,28 @@ def build_text_encoder(cfg: TinyConfig, tokenizer: Any) -> Any:
     return CLIPTextModel(config)
 
 
-def build_vae(cfg: TinyConfig) -> Any:
+def tiny_autoencoder(channels: int, latent_channels: int, sample_size: int, levels: int = 1, **extra: Any) -> Any:
+    """The canaries' toy AutoencoderKL: `levels` one-layer blocks of `channels` (one: no downsampling);
+    `extra` sets the family's scaling (and shift) factors."""
     from diffusers import AutoencoderKL
 
-    # One block, no downsampling: 16x16x3 images <-> 16x16x4 latents.
     return AutoencoderKL(
         in_channels=3,
         out_channels=3,
-        latent_channels=cfg.latent_channels,
-        block_out_channels=(cfg.vae_channels,),
-        down_block_types=("DownEncoderBlock2D",),
-        up_block_types=("UpDecoderBlock2D",),
+        latent_channels=latent_channels,
+        block_out_channels=(channels,) * levels,
+        down_block_types=("DownEncoderBlock2D",) * levels,
+        up_block_types=("UpDecoderBlock2D",) * levels,
         layers_per_block=1,
         norm_num_groups=8,
-        sample_size=cfg.sample_size,
+        sample_size=sample_size,
+        **extra,
     )
+
+
+def build_vae(cfg: TinyConfig) -> Any:
+    # One block, no downsampling: 16x16x3 images <-> 16x16x4 latents.
+    return tiny_autoencoder(cfg.vae_channels, cfg.latent_channels, cfg.sample_size)
 
 
 def build_scheduler(cfg: TinyConfig) -> Any:

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .tiny import build_tokenizer
+from .tiny import build_tokenizer, tiny_autoencoder
 
 
 @dataclass(frozen=True)
@@ -104,19 +104,11 @@ def _clip_config(cfg: TinyFlowConfig, tokenizer: Any) -> Any:
 def build_flow_vae(cfg: TinyFlowConfig) -> Any:
     """`vae_levels` blocks (one: no downsampling, vae_scale_factor 1): image_size² RGB images <-> 16-channel
     latents, with SD3's scaling and shift factors (the flow pipelines need a shift factor)."""
-    from diffusers import AutoencoderKL
-
-    levels = cfg.vae_levels
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=cfg.latent_channels,
-        block_out_channels=(cfg.vae_channels,) * levels,
-        down_block_types=("DownEncoderBlock2D",) * levels,
-        up_block_types=("UpDecoderBlock2D",) * levels,
-        layers_per_block=1,
-        norm_num_groups=8,
-        sample_size=cfg.image_size,
+    return tiny_autoencoder(
+        cfg.vae_channels,
+        cfg.latent_channels,
+        cfg.image_size,
+        cfg.vae_levels,
         scaling_factor=1.5305,
         shift_factor=0.0609,
         use_quant_conv=False,

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .tiny import tiny_autoencoder
 from .tiny_flow import TinyFlowConfig, build_t5, build_t5_tokenizer
 
 
@@ -60,20 +61,8 @@ def build_pixart_transformer(cfg: TinyPixArtConfig) -> Any:
 
 def build_pixart_vae(cfg: TinyPixArtConfig) -> Any:
     """SDXL's VAE layout at toy size (4 latent channels, SDXL's scaling factor)."""
-    from diffusers import AutoencoderKL
-
-    levels = cfg.vae_levels
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=cfg.latent_channels,
-        block_out_channels=(cfg.vae_channels,) * levels,
-        down_block_types=("DownEncoderBlock2D",) * levels,
-        up_block_types=("UpDecoderBlock2D",) * levels,
-        layers_per_block=1,
-        norm_num_groups=8,
-        sample_size=cfg.image_size,
-        scaling_factor=0.13025,
+    return tiny_autoencoder(
+        cfg.vae_channels, cfg.latent_channels, cfg.image_size, cfg.vae_levels, scaling_factor=0.13025
     )
 
 
