@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from memtest.errors import ZooError
-from memtest.zoo.data import CanaryData, digits_data
+from memtest.zoo.data import CanaryData
 from memtest.zoo.manifest import CanaryManifest, load_manifest
-from memtest.zoo.train import FINETUNE_RECIPE, Progress, Recipe, _train_denoiser, save_manifest
+from memtest.zoo.train import FINETUNE_RECIPE, Progress, Recipe, _train_denoiser, prepare_run, save_manifest
 
 #: diffusers' default LoRA file name (`LORA_WEIGHT_NAME_SAFE`), so `load_lora_weights(folder)` finds it.
 ADAPTER_FILE = "pytorch_lora_weights.safetensors"
@@ -92,15 +92,8 @@ def train_lora(
 
     from memtest.zoo import resolve_checkpoint
 
-    recipe = recipe or LORA_RECIPE
     shape = (lora or LoraShape()).validate()
-    data = data if data is not None else digits_data(recipe.seed, n_planted=10)
-    data.validate()
-    if not data.planted:
-        recipe = recipe.with_(planted_prob=0.0)  # record what the run did (no row can be planted)
-    out_dir = Path(out)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise ZooError(f"Output folder {out_dir} is not empty; pass a new folder or delete it first")
+    recipe, data, out_dir = prepare_run(recipe or LORA_RECIPE, data, out)
     base_path = resolve_checkpoint(base)
     pipeline_class = json.loads((base_path / "model_index.json").read_text(encoding="utf-8")).get("_class_name")
     if pipeline_class != "StableDiffusionPipeline":

@@ -452,6 +452,19 @@ def _check_resolution(data: CanaryData, pipe: Any, folder: Path) -> None:
         )
 
 
+def prepare_run(recipe: Recipe, data: CanaryData | None, out: str | Path) -> tuple[Recipe, CanaryData, Path]:
+    """A training run's validated data (default: the digits data with 10 planted captions), the recipe as the
+    run will record it, and its output folder, which must be new or empty. Full and LoRA canaries share it."""
+    data = data if data is not None else digits_data(recipe.seed, n_planted=10)
+    data.validate()
+    if not data.planted:
+        recipe = recipe.with_(planted_prob=0.0)  # record what the run did (no row can be planted)
+    out_dir = Path(out)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise ZooError(f"Output folder {out_dir} is not empty; pass a new folder or delete it first")
+    return recipe, data, out_dir
+
+
 def save_manifest(
     out_dir: Path,
     data: CanaryData,
@@ -516,14 +529,7 @@ def train_canary(
     """
     import torch
 
-    recipe = recipe or (FINETUNE_RECIPE if base is not None else DEFAULT_RECIPE)
-    data = data if data is not None else digits_data(recipe.seed, n_planted=10)
-    data.validate()
-    if not data.planted:
-        recipe = recipe.with_(planted_prob=0.0)  # record what the run did (no row can be planted)
-    out_dir = Path(out)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise ZooError(f"Output folder {out_dir} is not empty; pass a new folder or delete it first")
+    recipe, data, out_dir = prepare_run(recipe or (FINETUNE_RECIPE if base is not None else DEFAULT_RECIPE), data, out)
     torch.set_num_threads(threads)
     torch.manual_seed(recipe.seed)
     t_start = time.perf_counter()
