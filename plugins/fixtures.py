@@ -114,7 +114,8 @@ def memtest_case(request: pytest.FixtureRequest, memtest_checkpoint: Engine) -> 
 def memtest_mitigation(memtest_checkpoint: Engine) -> Callable[..., Mitigation]:
     """Mitigate a prompt (a string or a `memtest_case`) on the engine's checkpoint and settings.
 
-    `memtest_mitigation(prompt_or_case, method="sail", **options) -> memtest.mitigation.Mitigation`.
+    `memtest_mitigation(prompt_or_case, method="sail", **options) -> memtest.mitigation.Mitigation`; `method`
+    is one of `memtest.mitigation.METHODS` (sail, resample, rta, rna, embedding).
     The threshold defaults to the run's calibration (--memtest-calibration or the checkpoint's own),
     SAIL's step budget to --memtest-mitigation-steps; `options` go to `memtest.mitigation.mitigate`.
     On a canary that plants the prompt the result has `copy_before` / `copy_after` filled in; the rule of a

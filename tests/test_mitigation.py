@@ -357,6 +357,10 @@ def test_prompt(memtest_mitigation):
     assert m.sail.settings["max_steps"] == 30  # --memtest-mitigation-steps
     rna = memtest_mitigation("zorblax poster of 3", "rna", images=False)
     assert rna.method == "rna" and rna.prompt_after != rna.prompt
+    # resample through the fixture: a level every draw is below accepts the detector's own seed as drawn
+    rs = memtest_mitigation("zorblax poster of 3", "resample", level=1e30, lead=1, images=False)
+    assert rs.method == "resample" and rs.threshold == THRESHOLD and rs.succeeded
+    assert rs.details["draws"] == 1 and rs.details["accepted_seeds"] == list(rs.seeds)
 
 @pytest.mark.memtest_suite(SUITE)
 def test_case(memtest_case, memtest_mitigation):

@@ -32,8 +32,10 @@ Scale-dependent defaults (SPEC.md §4: the paper's α = 0.05 and loss thresholds
 - `renormalize=True` instead projects every candidate back onto the shell ‖x‖ = √d σ₀ after each step.
 
 `sail` is model-agnostic: it takes any batched callable x -> s_Δ(x) (closed-form models test it).
-`mitigate` runs SAIL or a baseline on a checkpoint through `memtest.scoring.Scorer` and generates the
-images before and after through the checkpoint's own pipeline. Baselines with the same interface:
+`mitigate` runs SAIL or another method on a checkpoint through `memtest.scoring.Scorer` and generates the
+images before and after through the checkpoint's own pipeline. Trajectory resampling (`resample`,
+`memtest.mitigation.resample`) also chooses x_T but does not move it: it keeps ordinary draws whose
+trajectory, a few sampler steps in, is no more text-driven than ordinary captions'. Baselines with the same interface:
 random token addition (`rta`) and random number addition (`rna`) to the prompt (Somepalli et al., 2023),
 and prompt-embedding optimisation of the first-step score-difference norm ‖ε_c − ε_0‖ (`embedding`,
 Wen et al., ICLR 2024). This mitigation acts at inference only: it does not change the weights, so it
@@ -77,6 +79,14 @@ from .outcome import (
     judge_mitigation,
     with_copy_stats,
 )
+from .resample import (
+    DEFAULT_LEAD,
+    DEFAULT_QUANTILE,
+    mitigate_resample,
+    reference_level,
+    trajectory_magnitude,
+    trajectory_point,
+)
 from .sail import (
     ALPHA_RATIO,
     DEFAULT_LR,
@@ -104,10 +114,11 @@ if TYPE_CHECKING:
     from ..checkpoint import Checkpoint
     from ..scoring import Scorer
 
-METHODS: tuple[str, ...] = ("sail", "rta", "rna", "embedding")
+METHODS: tuple[str, ...] = ("sail", "resample", "rta", "rna", "embedding")
 
 _METHODS: dict[str, Callable[..., Mitigation]] = {
     "sail": mitigate_sail,
+    "resample": mitigate_resample,
     "rta": mitigate_rta,
     "rna": mitigate_rna,
     "embedding": mitigate_embedding,
@@ -116,7 +127,7 @@ _METHODS: dict[str, Callable[..., Mitigation]] = {
 
 def mitigate(target: Scorer | Checkpoint | str | Path, prompt: str, method: str = "sail", **options: Any) -> Mitigation:
     """Mitigate `prompt` on a checkpoint (or a `Scorer`, whose settings and caches are reused) with `method`:
-    sail (default), rta, rna or embedding; `options` go to `mitigate_<method>`."""
+    sail (default), resample, rta, rna or embedding; `options` go to `mitigate_<method>`."""
     fn = _METHODS.get(method)
     if fn is None:
         raise MitigationError(f"Unknown mitigation method {method!r}. Choose one of: {', '.join(METHODS)}.")
@@ -131,8 +142,10 @@ __all__ = [
     "DEFAULT_ADDITIONS",
     "DEFAULT_EMBEDDING_LR",
     "DEFAULT_EMBEDDING_STEPS",
+    "DEFAULT_LEAD",
     "DEFAULT_LR",
     "DEFAULT_MAX_STEPS",
+    "DEFAULT_QUANTILE",
     "DEFAULT_RESTART_AFTER",
     "DEFAULT_SCREEN",
     "METHODS",
@@ -157,16 +170,20 @@ __all__ = [
     "measure_sharpness",
     "mitigate",
     "mitigate_embedding",
+    "mitigate_resample",
     "mitigate_rna",
     "mitigate_rta",
     "mitigate_sail",
     "nearest_distances",
     "planted_image",
     "png_thumbnails",
+    "reference_level",
     "reference_threshold",
     "resolve_threshold",
     "sail",
     "sail_loss",
+    "trajectory_magnitude",
+    "trajectory_point",
     "vae_roundtrip",
     "with_copy_stats",
 ]
