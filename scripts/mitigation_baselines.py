@@ -5,6 +5,9 @@
 Methods, all through `memtest.mitigation.mitigate` (one interface, one acceptance threshold):
 
 - `sail`: sharpness-aware initial noise (the prompt and the weights unchanged);
+- `resample`: trajectory resampling, ordinary x_T draws kept when ‖s_Δ‖² after 6 guided sampler steps is below
+  the 0.99 quantile of the canary's held-out (reference) captions' draws (`memtest.mitigation.resample`); the
+  level is computed once per run, and its time is printed, not counted per prompt;
 - `rta`: random token addition, 2 random vocabulary words inserted into the prompt (Somepalli et al., 2023);
 - `rna`: random number addition, 2 random integers below 1000 inserted into the prompt;
 - `embedding`: Adam on the prompt embedding to shrink ||eps_c - eps_0||^2 at the first step (Wen et al., ICLR
@@ -31,6 +34,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -50,10 +54,12 @@ from mitigation_proof import (  # a sibling script
     write_json,
 )
 
-METHODS = ("none", "sail", "rta", "rna", "embedding")
+METHODS = ("none", "sail", "resample", "rta", "rna", "embedding")
 NOTE = (
     "`none` is the unmitigated generations; the prompt methods take microseconds (the time column is the "
-    "method alone, without generating); sharpness after is measured at the x_T each method generates from."
+    "method alone, without generating); sharpness after is measured at the x_T each method generates from. "
+    "For resample, 'below threshold' counts runs that accepted n draws: it accepts on ‖s_Δ‖² a few steps in, "
+    "not on sharpness."
 )
 
 
@@ -118,8 +124,14 @@ def compare(
     sail_options: dict[str, Any],
     variants: dict[str, dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    from memtest.mitigation import mitigate
+    from memtest.mitigation import mitigate, reference_level
 
+    level = None
+    if "resample" in methods:
+        started = time.perf_counter()
+        level = reference_level(canary.scorer, list(canary.manifest.heldout))
+        print(f"resample level {level:.6g} from {len(canary.manifest.heldout)} held-out captions in "
+              f"{time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)  # fmt: skip
     rows = []
     for c in captions:
         for method in methods:
@@ -129,7 +141,7 @@ def compare(
                 options = {**sail_options, **(variants or {})[method[5:-1]]}
                 m = mitigate(canary.scorer, c, "sail", threshold=canary.threshold, **options)
             else:
-                options = sail_options if method == "sail" else {}
+                options = sail_options if method == "sail" else {"level": level} if method == "resample" else {}
                 m = mitigate(canary.scorer, c, method, threshold=canary.threshold, **options)
             if m.images_before is None:
                 raise SystemExit(f"{method} produced no images for {c!r}")
