@@ -34,7 +34,6 @@ import torch
 
 from ..errors import MitigationError
 from ..families.base import Cond, cond_tile
-from .images import generate_images
 from .outcome import Mitigation
 from .sail import SeedStream, measure_sharpness
 from .target import _first_step, _scorer, _seed_images, _start_point, resolve_threshold
@@ -260,13 +259,7 @@ def mitigate_resample(
     if images:
         before_imgs, gen_seconds = _seed_images(scorer, prompt, originals, guidance_scale, num_inference_steps)
         if latents is not None:
-            after_imgs = generate_images(
-                scorer.ckpt,
-                latents,
-                prompt=prompt,
-                guidance_scale=guidance_scale,
-                num_inference_steps=num_inference_steps or scorer.settings.num_inference_steps,
-            )
+            after_imgs = _seed_images(scorer, prompt, latents, guidance_scale, num_inference_steps)[0]
     details: dict[str, Any] = {
         "lead": lead,
         "level": float(level),

@@ -18,7 +18,6 @@ import torch
 from ..defaults import DEFAULT_MITIGATION_STEPS
 from ..errors import MitigationError
 from ..metrics import fd_step, hessian_vector_product
-from .images import generate_images
 from .outcome import Mitigation
 from .target import _first_step, _scorer, _seed_images, _start_point, resolve_threshold
 
@@ -587,13 +586,7 @@ def mitigate_sail(
     if images:
         before_imgs, gen_seconds = _seed_images(scorer, prompt, originals, guidance_scale, num_inference_steps)
         if result.accepted:
-            after_imgs = generate_images(
-                scorer.ckpt,
-                result.latents,
-                prompt=prompt,
-                guidance_scale=guidance_scale,
-                num_inference_steps=num_inference_steps or scorer.settings.num_inference_steps,
-            )
+            after_imgs = _seed_images(scorer, prompt, result.latents, guidance_scale, num_inference_steps)[0]
     return Mitigation(
         method="sail",
         prompt=prompt,
