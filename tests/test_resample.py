@@ -87,6 +87,9 @@ def test_resample_removes_the_copy_with_ordinary_draws() -> None:
     assert m.copy_before is not None and m.copy_after is not None  # mitigate() adds the copy counts
     assert m.copy_before["copies"] == 4 and m.copy_after["copies"] == int(after.sum())
     assert len(m.sharpness_after) == 4 and all(np.isfinite(m.sharpness_after))
+    entry = m.record("mix::basalt")  # the results' mitigation entry: every screened draw, in order
+    assert entry["method"] == "resample" and entry["seeds_tried"][:4] == list(m.seeds)
+    assert len(entry["seeds_tried"]) == d["draws"] and set(d["accepted_seeds"]) <= set(entry["seeds_tried"])
 
 
 def test_resample_fails_closed() -> None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -60,6 +61,10 @@ class Mitigation:
             return None
         return self.seconds / self.generation_seconds
 
+    def _seeds_tried(self) -> Sequence[int]:
+        """SAIL's candidates, or the draws another x_T method screened (`details["seeds_tried"]`), in order."""
+        return self.sail.seeds_tried if self.sail is not None else self.details.get("seeds_tried", ())
+
     def record(
         self,
         id: str,
@@ -79,7 +84,7 @@ class Mitigation:
             "reason": self.reason,
             "steps": self.steps,
             "seeds": [int(s) for s in self.seeds],
-            "seeds_tried": [int(s) for s in self.sail.seeds_tried] if self.sail is not None else [],
+            "seeds_tried": [int(s) for s in self._seeds_tried()],
             "prompt_after": self.prompt_after,
             "sharpness_before": [float(v) for v in self.sharpness_before],
             "sharpness_after": [float(v) for v in self.sharpness_after],

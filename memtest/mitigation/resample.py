@@ -266,6 +266,7 @@ def mitigate_resample(
         "band": [low, high],
         "quantile": quantile if references else None,
         "draws": len(stream.used),
+        "seeds_tried": list(stream.used),
         "accepted_seeds": list(accepted),
         "magnitude_before": [magnitudes.get(s, math.nan) for s in seeds],
         "magnitude_after": [magnitudes[s] for s in accepted],
