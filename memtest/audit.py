@@ -20,10 +20,17 @@ from pathlib import Path
 from typing import Any
 
 from .calibration import CALIBRATION_FILENAME, Calibration, calibrate, check_compatible, load_calibration
-from .defaults import DEFAULT_CACHE_DIR, DEFAULT_CHECKPOINT, DEFAULT_FPR, DEFAULT_MITIGATION_STEPS
+from .defaults import (
+    DEFAULT_CACHE_DIR,
+    DEFAULT_CHECKPOINT,
+    DEFAULT_FPR,
+    DEFAULT_MITIGATION_METHOD,
+    DEFAULT_MITIGATION_STEPS,
+    MITIGATION_ITEM_METHODS,
+)
 from .errors import CalibrationError, MemtestError, ScoringError, SuiteError
 from .settings import ScoreSettings
-from .suites import Mitigate, Suite, builtin_suites, resolve_suite
+from .suites import Mitigate, Suite, _did_you_mean, builtin_suites, resolve_suite
 
 SUITE_FILENAME = "memtest-suite.yaml"
 MANIFEST_FILENAME = "memtest-canary.json"
@@ -55,6 +62,8 @@ class AuditConfig:
     cache_dir: str | None = DEFAULT_CACHE_DIR
     shard: tuple[int, int] | None = None
     mitigation_steps: int = DEFAULT_MITIGATION_STEPS
+    #: how `mitigate` items choose x_T: "sail" or "resample" (MITIGATION_ITEM_METHODS)
+    mitigation_method: str = DEFAULT_MITIGATION_METHOD
     #: LoRA adapters "PATH[:SCALE]" applied on the checkpoint, in order (memtest.adapters).
     loras: tuple[str, ...] = ()
     #: torch threads of this process; None = memtest's default (see memtest.threads).
@@ -79,6 +88,12 @@ class AuditConfig:
         steps = self.mitigation_steps
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
             raise MemtestError(f"--memtest-mitigation-steps must be a positive integer, got {steps!r}.")
+        if self.mitigation_method not in MITIGATION_ITEM_METHODS:
+            raise MemtestError(
+                f"Unknown --memtest-mitigation-method {self.mitigation_method!r}."
+                f"{_did_you_mean(self.mitigation_method, MITIGATION_ITEM_METHODS)} "
+                f"Choose one of: {', '.join(MITIGATION_ITEM_METHODS)}."
+            )
         return self
 
 
@@ -518,6 +533,8 @@ def reproduce_command(config: AuditConfig, case: AuditCase) -> str:
         parts.append(f"--memtest-fpr={config.fpr!r}")
     if config.mitigation_steps != d.mitigation_steps:
         parts.append(f"--memtest-mitigation-steps={config.mitigation_steps}")
+    if config.mitigation_method != d.mitigation_method:
+        parts.append(f"--memtest-mitigation-method={config.mitigation_method}")
     parts += ["-k", case.case_id]
     return shlex.join(parts)
 

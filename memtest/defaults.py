@@ -4,3 +4,6 @@ DEFAULT_CHECKPOINT = "zoo:finetuned"
 DEFAULT_CACHE_DIR = ".memtest_cache"
 DEFAULT_FPR = 0.01
 DEFAULT_MITIGATION_STEPS = 100  # SAIL's step budget per prompt
+#: How `mitigate: true|copy` items choose x_T: SAIL moves it, resample keeps ordinary draws (memtest.mitigation).
+MITIGATION_ITEM_METHODS = ("sail", "resample")
+DEFAULT_MITIGATION_METHOD = "sail"

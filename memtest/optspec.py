@@ -75,6 +75,11 @@ OPTIONS: tuple[Option, ...] = (
         int,
     ),
     Option(
+        "--memtest-mitigation-method",
+        "how `mitigate: true|copy` cases choose x_T: sail (default, moves it to flat noise) or resample (keeps "
+        "ordinary draws whose trajectory is no more text-driven than the calibration's reference captions')",
+    ),
+    Option(
         "--memtest-lora",
         "LoRA adapter PATH[:SCALE] applied on the checkpoint (safetensors); repeatable, in order",
         action="append",
@@ -120,6 +125,7 @@ def config_from_values(values: dict[str, Any]) -> Any:
         cache_dir=None if cache in ("none", "None") else (cache or d.cache_dir),
         shard=parse_shard(v["memtest_shard"]),
         mitigation_steps=pick("memtest_mitigation_steps", d.mitigation_steps),
+        mitigation_method=v["memtest_mitigation_method"] or d.mitigation_method,
         loras=tuple(v["memtest_lora"] or ()),
         threads=v["memtest_threads"],
     ).validate()

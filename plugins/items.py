@@ -67,8 +67,9 @@ class MemtestItem(pytest.Item):
 
 
 class MitigationItem(MemtestItem):
-    """SAIL on a `mitigate: true` case: flat initial noise below the threshold and below the unmitigated score;
-    on a `mitigate: copy` case the copy must leave too."""
+    """SAIL on a `mitigate: true` case: flat initial noise below the threshold and below the unmitigated score
+    (or resample: ordinary draws below its level, --memtest-mitigation-method); on a `mitigate: copy` case the
+    copy must leave too."""
 
     def runtest(self) -> None:
         self.memtest.run_mitigation(self)

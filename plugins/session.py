@@ -130,6 +130,10 @@ class MemtestSession:
             + (f" shard={a.shard[0]}/{a.shard[1]}" if a.shard else "")
             + (" accept-base-calibration" if a.accept_base_calibration else "")
         )
+        if a.mitigation_method == "resample":
+            lines.append("memtest: mitigation=resample (ordinary x_T below the reference captions' level, 6 steps in)")
+        else:
+            lines.append(f"memtest: mitigation=sail steps={a.mitigation_steps}")
         from memtest.threads import describe_threads, describe_waits
 
         lines.append(f"memtest: torch {describe_threads(a.threads)} in each process, {describe_waits()}")
@@ -305,18 +309,22 @@ class MemtestSession:
             )
 
     def run_mitigation(self, item: MitigationItem) -> None:
-        """SAIL on the case's prompt (gate mode): the accepted x_T must lie below the threshold and below
-        the prompt's unmitigated score. The work and the judging live in `memtest.mitigation`."""
+        """SAIL (or --memtest-mitigation-method resample) on the case's prompt, in gate mode. The work and the
+        judging live in `memtest.mitigation` (`judge_mitigation`)."""
         case = item.case
         try:
             engine = self._loaded_engine()
             cal, _ = engine.calibration()
             unmitigated = engine.scores([case.prompt])[case.prompt]["score"]
-            from memtest.mitigation import judge_mitigation, mitigate_sail
+            from memtest.mitigation import judge_mitigation, mitigate_resample, mitigate_sail, reference_captions
 
-            result = mitigate_sail(
-                engine.scorer, case.prompt, threshold=cal.threshold, max_steps=self.audit.mitigation_steps
-            )
+            if self.audit.mitigation_method == "resample":
+                refs = reference_captions(cal, self.suites)
+                result = mitigate_resample(engine.scorer, case.prompt, threshold=cal.threshold, references=refs)
+            else:
+                result = mitigate_sail(
+                    engine.scorer, case.prompt, threshold=cal.threshold, max_steps=self.audit.mitigation_steps
+                )
             record, entry = judge_mitigation(case, result, unmitigated, checkpoint=engine.checkpoint)
         except MemtestError as exc:
             item.memtest_record = self._error_record(item, str(exc))
@@ -498,7 +506,10 @@ class MemtestSession:
         mitigated = [r for r in recs if r.get("kind") == "mitigate"]
         if mitigated:
             ok = sum(1 for r in mitigated if r["outcome"] == "passed")
-            tr.write_line(f"mitigation (SAIL): {ok} of {len(mitigated)} cases found flat initial noise")
+            if self.audit.mitigation_method == "resample":
+                tr.write_line(f"mitigation (resample): {ok} of {len(mitigated)} cases passed")
+            else:
+                tr.write_line(f"mitigation (SAIL): {ok} of {len(mitigated)} cases found flat initial noise")
             for r in sorted(mitigated, key=lambda r: r["id"]):
                 if r.get("score") is not None:
                     tr.write_line(

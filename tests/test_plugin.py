@@ -467,14 +467,16 @@ def test_reproduce_command_names_loras_and_every_setting_that_changes_the_case(p
         checkpoint="./base model", suites=("canary-lora", "other"), n=2, seed=3, steps=2, flow_steps=1,
         batch_size=16, dtype="float16", device="cpu", calibration="base cal.json", fpr=0.05,
         accept_base_calibration=True, allow_pickle=True, cache_dir="elsewhere", shard=(2, 4),
-        mitigation_steps=7, loras=("zoo:lora", "./adapters/b.safetensors:0.5"), threads=1,
+        mitigation_steps=7, mitigation_method="resample", loras=("zoo:lora", "./adapters/b.safetensors:0.5"),
+        threads=1,
     )  # fmt: skip
     command = reproduce_command(config, case)
     argv = shlex.split(command)
     assert argv[:2] == ["pytest", "--memtest"] and argv[-2:] == ["-k", "planted-01"]
     for flag in ("--memtest-lora=zoo:lora", "--memtest-lora=./adapters/b.safetensors:0.5",
                  "--memtest-allow-pickle", "--memtest-accept-base-calibration", "--memtest-threads=1",
-                 "--memtest-flow-steps=1", "--memtest-calibration=base cal.json"):  # fmt: skip
+                 "--memtest-flow-steps=1", "--memtest-calibration=base cal.json",
+                 "--memtest-mitigation-method=resample"):  # fmt: skip
         assert flag in argv, (flag, command)
     assert argv.index("--memtest-lora=zoo:lora") < argv.index("--memtest-lora=./adapters/b.safetensors:0.5")
     parsed = pytester.parseconfig(*argv[1:])

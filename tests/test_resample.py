@@ -133,3 +133,49 @@ def test_resample_survey_script_smoke(load_script: Any, tmp_path: Any) -> None:
         v = np.asarray(draws[f"magnitude_{band['lead']}"])
         level = result["levels"][band["lead"]]
         assert band["accepted"] == int(((v > band["floor"] * level) & (v < band["ceiling"] * level)).sum())
+
+
+RESAMPLE_CAPTION = "ember poster of 4"  # copies from the detector's 4 seeds; resample keeps 0 of them (docs)
+
+
+@pytest.mark.parametrize("workers", [0, 2], ids=["single", "xdist"])
+def test_mitigate_items_can_resample(pytester: pytest.Pytester, workers: int) -> None:
+    """--memtest-mitigation-method resample end to end on zoo:mixture, in one process and with -n 2: a
+    `mitigate: copy` case passes because the copy leaves, the level comes from the reference cases of the
+    calibration's reference suite found among the run's suites, and the results and header say which method ran.
+    A misspelt method is a usage error naming the choices."""
+    import json
+
+    from memtest.calibration import CALIBRATION_FILENAME
+    from memtest.zoo import load_manifest, resolve_zoo, zoo_names
+
+    if "mixture" not in zoo_names():
+        pytest.skip("the mixture canary is not in this install (memtest/zoo/canaries/mixture)")
+    folder = resolve_zoo("zoo:mixture")  # no model load here: the runs below load it in their own processes
+    cal = json.loads((folder / CALIBRATION_FILENAME).read_text())
+    cal["reference_suite"] = "mix"  # the level comes from this run's suite (13 of the 110 held-out captions)
+    (pytester.path / "cal.json").write_text(json.dumps(cal))
+    refs = list(load_manifest(folder).heldout)[::9]
+    lines = [
+        "memtest_suite: 1", "name: mix", 'version: "1"', "card:", "  description: resample items", "cases:",
+        f'  - {{id: ember, prompt: "{RESAMPLE_CAPTION}", expectation: memorized, mitigate: copy}}',
+        *(f'  - {{id: ref-{i:02d}, prompt: "{c}", expectation: reference}}' for i, c in enumerate(refs)),
+    ]  # fmt: skip
+    (pytester.path / "mix.yaml").write_text("\n".join(lines) + "\n")
+    args = [
+        "-p", "no:cacheprovider", "--memtest", "--memtest-checkpoint=zoo:mixture", "--memtest-suite=mix.yaml",
+        "--memtest-calibration=cal.json", "--memtest-mitigation-method=resample", "--memtest-json=r.json", "-v",
+    ]  # fmt: skip
+    result = pytester.runpytest_subprocess(*(["-n", str(workers)] if workers else []), *args)
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*memtest: mitigation=resample*", "*mitigation (resample): 1 of 1 cases passed*"])
+    doc = json.loads((pytester.path / "r.json").read_text())
+    mit = {c["id"]: c for c in doc["cases"]}["mix::ember[mitigate]"]
+    assert mit["outcome"] == "passed" and mit["copy_verdict"] == "passed", mit["message"]
+    assert mit["copy_before"]["copies"] == 4 and mit["copy_after"]["copies"] <= 2
+    (entry,) = doc["mitigation"]
+    assert entry["method"] == "resample" and entry["succeeded"] and len(entry["seeds_tried"]) > 4
+    if not workers:
+        bad = pytester.runpytest_subprocess(*args[:-3], "--memtest-mitigation-method=resampel")
+        assert bad.ret != 0
+        bad.stderr.fnmatch_lines(["*Unknown --memtest-mitigation-method 'resampel'. Did you mean 'resample'?*"])

@@ -104,8 +104,9 @@ def judge_mitigation(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """A `mitigate` case record and the results' `mitigation` entry for a suite case (an `AuditCase`).
 
-    The case passes when the method succeeded, every accepted x_T is below the threshold, and their mean
-    sharpness is below `unmitigated` (the detector's score of the prompt). On a canary `checkpoint` whose
+    The case passes when the method succeeded and, for SAIL, every accepted x_T is below the threshold and their
+    mean sharpness is below `unmitigated` (the detector's score of the prompt); `resample` accepts on its own
+    level, so for it the sharpness after is reported, not judged. On a canary `checkpoint` whose
     manifest plants the prompt, the entry also carries the mean RMSE of the images before and after to the
     memorised training image as the checkpoint's VAE reproduces it (`vae_roundtrip`). A case with
     `mitigate: copy` must also pass `judge_copy` (the copy leaves); without a copy reference and boundary for
@@ -118,14 +119,17 @@ def judge_mitigation(
     final = [v for v in (mitigation.sail.final_sharpness if mitigation.sail else ()) if math.isfinite(v)]
     score = sum(after) / len(after) if after else min(final, default=float(unmitigated))
     problems = []
+    # SAIL accepts on the detector's sharpness, so it must land below the threshold and the unmitigated score;
+    # resample accepts on the trajectory magnitude (its own level), and the sharpness after is only reported.
+    sail_rule = mitigation.method == "sail"
     if not mitigation.succeeded:
-        problems.append(f"SAIL did not finish: {mitigation.reason}")
+        problems.append(f"{'SAIL' if sail_rule else mitigation.method} did not finish: {mitigation.reason}")
     above = [v for v in after if not v < thr]
-    if above:
+    if above and sail_rule:
         problems.append(f"{len(above)} accepted x_T at or above the threshold {thr:.6g}: {above}")
     if not after:
         problems.append("no latent was accepted")
-    elif not score < unmitigated:
+    elif not score < unmitigated and sail_rule:
         problems.append(f"mean sharpness after {score:.6g} is not below the unmitigated {unmitigated:.6g}")
     record: dict[str, Any] = {
         "id": f"{case.id}[mitigate]",
@@ -138,7 +142,11 @@ def judge_mitigation(
         "tags": list(case.tags),
         "score": score,
         "values": after,
-        "seeds": [a.seed for a in mitigation.sail.accepted] if mitigation.sail is not None else list(mitigation.seeds),
+        "seeds": (
+            [a.seed for a in mitigation.sail.accepted]
+            if mitigation.sail is not None
+            else [int(s) for s in mitigation.details.get("accepted_seeds", mitigation.seeds)]
+        ),
         "threshold": thr,
         "margin": score - thr,
         "flagged": None,
@@ -149,6 +157,9 @@ def judge_mitigation(
             if problems
             else f"{case.id}: {len(after)} flat x_T found in {mitigation.steps} step(s), mean sharpness "
             f"{unmitigated:.6g} -> {score:.6g} (threshold {thr:.6g})"
+            if sail_rule
+            else f"{case.id}: {mitigation.method}: {mitigation.reason}; mean sharpness {unmitigated:.6g} -> "
+            f"{score:.6g} (threshold {thr:.6g}, reported only)"
         ),
     }
     if checkpoint is not None and mitigation.copy_before is None:

@@ -39,8 +39,10 @@ from .sail import SeedStream, measure_sharpness
 from .target import _first_step, _scorer, _seed_images, _start_point, resolve_threshold
 
 if TYPE_CHECKING:
+    from ..calibration import Calibration
     from ..checkpoint import Checkpoint
     from ..scoring import Scorer
+    from ..suites import Suite
 
 #: Sampler steps taken before the magnitude is read (chosen on zoo:mixture's design draws, docs/mitigation.md).
 DEFAULT_LEAD = 6
@@ -134,30 +136,42 @@ def reference_level(
 _LEVELS: dict[tuple[Any, ...], float] = {}
 
 
-def calibration_references(scorer: Scorer) -> list[str]:
-    """The reference captions the checkpoint's calibration was computed from (its `reference_suite`, one or
-    several built-in suite names joined by "+"), in suite order."""
-    from ..calibration import CALIBRATION_FILENAME, load_calibration
+def reference_captions(cal: Calibration, suites: Sequence[Suite] = ()) -> list[str]:
+    """The reference captions a calibration was computed from: the reference cases of its `reference_suite`
+    (one or several suite names joined by "+"), each taken from `suites` (a run's loaded suites) when one has
+    that name, else from the built-in suite of that name."""
     from ..errors import SuiteError
     from ..suites import resolve_suite
 
-    path = Path(scorer.ckpt.path) / CALIBRATION_FILENAME
-    fix = "pass level= or references= (non-memorized captions) to mitigate_resample"
-    if not path.is_file():
-        raise MitigationError(
-            f"Checkpoint {scorer.ckpt.name} has no {CALIBRATION_FILENAME} to take references from: {fix}."
-        )
-    cal = load_calibration(path)
+    where = cal.path or "the calibration"
+    fix = "pass level= or references= (non-memorized captions), or name the suite with --memtest-suite"
+    by_name = {s.name: s for s in suites}
     captions: list[str] = []
     for name in cal.reference_suite.split("+"):
-        try:
-            suite = resolve_suite(name)
-        except SuiteError as exc:
-            raise MitigationError(f"{path}: its reference suite {name!r} cannot be loaded ({exc}); {fix}.") from None
+        suite = by_name.get(name)
+        if suite is None:
+            try:
+                suite = resolve_suite(name)
+            except SuiteError as exc:
+                problem = f"its reference suite {name!r} cannot be loaded ({exc})"
+                raise MitigationError(f"{where}: {problem}; {fix}.") from None
         captions += [c.prompt for c in suite.references()]
     if not captions:
-        raise MitigationError(f"{path}: its reference suite {cal.reference_suite!r} has no reference cases; {fix}.")
+        raise MitigationError(f"{where}: its reference suite {cal.reference_suite!r} has no reference cases; {fix}.")
     return captions
+
+
+def calibration_references(scorer: Scorer) -> list[str]:
+    """`reference_captions` of the checkpoint's own calibration file."""
+    from ..calibration import CALIBRATION_FILENAME, load_calibration
+
+    path = Path(scorer.ckpt.path) / CALIBRATION_FILENAME
+    if not path.is_file():
+        raise MitigationError(
+            f"Checkpoint {scorer.ckpt.name} has no {CALIBRATION_FILENAME} to take references from: pass level= "
+            "or references= (non-memorized captions) to mitigate_resample."
+        )
+    return reference_captions(load_calibration(path))
 
 
 def mitigate_resample(
