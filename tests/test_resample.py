@@ -173,6 +173,7 @@ def test_mitigate_items_can_resample(pytester: pytest.Pytester, workers: int) ->
     mit = {c["id"]: c for c in doc["cases"]}["mix::ember[mitigate]"]
     assert mit["outcome"] == "passed" and mit["copy_verdict"] == "passed", mit["message"]
     assert mit["copy_before"]["copies"] == 4 and mit["copy_after"]["copies"] <= 2
+    assert mit["margin"] is None and mit["score"] > 0  # the sharpness after is reported, not judged
     (entry,) = doc["mitigation"]
     assert entry["method"] == "resample" and entry["succeeded"] and len(entry["seeds_tried"]) > 4
     if not workers:

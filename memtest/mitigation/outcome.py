@@ -148,7 +148,7 @@ def judge_mitigation(
             else [int(s) for s in mitigation.details.get("accepted_seeds", mitigation.seeds)]
         ),
         "threshold": thr,
-        "margin": score - thr,
+        "margin": score - thr if sail_rule else None,  # resample does not accept on the threshold
         "flagged": None,
         "unmitigated": float(unmitigated),
         "outcome": "failed" if problems else "passed",
