@@ -124,9 +124,10 @@ class Scorer:
         return fd_step(torch.empty(1, self.dim), self.settings.fd_h)
 
     # -- building blocks --------------------------------------------------------------------------
-    def seeds_for(self, prompt: str) -> list[int]:
+    def seeds_for(self, prompt: str, n: int | None = None) -> list[int]:
+        """The detector's seeds for `prompt`: its n of them, or the first `n` (more than its own extend them)."""
         s = self.settings
-        return derive_seeds(s.seed, s.n, prompt if s.per_prompt_seeds else None)
+        return derive_seeds(s.seed, s.n if n is None else n, prompt if s.per_prompt_seeds else None)
 
     def noise(self, seeds: Sequence[int]) -> torch.Tensor:
         """Initial latents x_T, drawn on the CPU so the same seed gives the same noise on any device."""
@@ -189,22 +190,29 @@ class Scorer:
         inference mode), so SAIL can optimise x_1 through it. Rows of x are generations; `c_c` and `c_0` have
         one row per generation (or are tiled like `s_delta_fn`'s).
         """
-        process = self.process
-        lead = tuple(process.lead_timesteps)
-        if not lead:
-            return _identity
-        scale = self.settings.guidance_scale
+        return self.walk(c_c, c_0, self.process.lead_timesteps)
 
-        def start(x: torch.Tensor) -> torch.Tensor:
+    def walk(
+        self, c_c: Cond, c_0: Cond, through: Sequence[Any], guidance_scale: float | None = None
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
+        """x -> where the sampler is after its guided steps at the timesteps `through` (in order), in float32;
+        the identity for none. Differentiable (no inference mode); conditioning as in `start_map`."""
+        process = self.process
+        steps = tuple(through)
+        if not steps:
+            return _identity
+        scale = self.settings.guidance_scale if guidance_scale is None else guidance_scale
+
+        def walked(x: torch.Tensor) -> torch.Tensor:
             reps = x.shape[0] // cond_len(c_c)
             cc = cond_tile(c_c, reps) if reps > 1 else c_c
             c0 = cond_tile(c_0, reps) if reps > 1 else c_0
-            for t in lead:
+            for t in steps:
                 o_c, o_0 = self._outputs(x, t, cc, c0).chunk(2)
                 x = process.step(process.guide(o_c, o_0, scale), t, x.to(torch.float32))
             return x.to(torch.float32)
 
-        return start
+        return walked
 
     # -- scoring ----------------------------------------------------------------------------------
     def _score_batch(self, prompts: Sequence[str]) -> list[PromptScore]:

@@ -17,7 +17,7 @@ from ..errors import MitigationError
 from ..families.base import Cond, cond_expand
 from .images import generate_images
 from .outcome import Mitigation
-from .sail import measure_sharpness
+from .sail import detector_sharpness, measure_sharpness
 from .target import _first_step, _scorer, _seed_images, _start_point, resolve_threshold
 
 if TYPE_CHECKING:
@@ -68,16 +68,12 @@ def _prompt_baseline(
     thr = resolve_threshold(scorer, threshold)
     seeds = scorer.seeds_for(prompt)
     x = scorer.noise(seeds)
-    t, e_c, e_0 = _first_step(scorer, prompt)
-    at_x = _start_point(scorer, e_c, e_0, x)
-    before = measure_sharpness(scorer.s_delta_fn(t, e_c, e_0), at_x, scorer.settings.method, scorer.fd_h).tolist()
+    _, e_c, e_0 = _first_step(scorer, prompt)
+    before = detector_sharpness(scorer, e_c, e_0, x)
     started = time.perf_counter()
     new_prompt = new_prompt_fn(_rng(prompt, method, seed))
     seconds = time.perf_counter() - started
-    e_new = scorer.embed([new_prompt])
-    after = measure_sharpness(
-        scorer.s_delta_fn(t, e_new, e_0), _start_point(scorer, e_new, e_0, x), scorer.settings.method, scorer.fd_h
-    ).tolist()
+    after = detector_sharpness(scorer, scorer.embed([new_prompt]), e_0, x)
     before_imgs = after_imgs = None
     gen_seconds = None
     if images:

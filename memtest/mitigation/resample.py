@@ -32,11 +32,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ..errors import MitigationError
-from ..families.base import Cond, cond_tile
+from ..errors import MemtestError, MitigationError
+from ..families.base import Cond
 from .outcome import Mitigation
-from .sail import SeedStream, measure_sharpness
-from .target import _first_step, _scorer, _seed_images, _start_point, resolve_threshold
+from .sail import SeedStream, detector_sharpness
+from .target import _first_step, _scorer, _seed_images, resolve_threshold
 
 if TYPE_CHECKING:
     from ..calibration import Calibration
@@ -67,7 +67,7 @@ def _walker(scorer: Scorer, lead: int) -> Scorer:
     settings = dataclasses.replace(scorer.settings, steps=lead + 1)
     try:
         return Scorer(scorer.ckpt, settings)
-    except Exception as exc:  # the settings' own check names the limit (num_inference_steps)
+    except MemtestError as exc:  # the settings' own check names the limit (num_inference_steps)
         raise MitigationError(f"resample cannot take {lead} lead step(s): {exc}") from exc
 
 
@@ -76,16 +76,9 @@ def trajectory_point(
 ) -> torch.Tensor:
     """Where the sampler is at the walker's last timestep from initial noises x: its guided steps through the
     timesteps before it (after, for flow matching, its lead Euler steps). `c_c`, `c_0`: one row each."""
-    process = walker.process
-    scale = walker.settings.guidance_scale if guidance_scale is None else guidance_scale
-    rows = int(x.shape[0])
-    cc, c0 = cond_tile(c_c, rows), cond_tile(c_0, rows)
+    through = (*walker.process.lead_timesteps, *walker.timesteps[:-1])
     with torch.no_grad():
-        x = walker.start_map(c_c, c_0)(x).to(torch.float32)
-        for t in walker.timesteps[:-1]:
-            o_c, o_0 = walker._outputs(x, t, cc, c0).chunk(2)
-            x = process.step(process.guide(o_c, o_0, scale), t, x).to(torch.float32)
-    return x
+        return walker.walk(c_c, c_0, through, guidance_scale)(x.to(torch.float32))
 
 
 def trajectory_magnitude(
@@ -93,10 +86,8 @@ def trajectory_magnitude(
 ) -> torch.Tensor:
     """‖s_Δ‖² per row of initial noises x at the walker's last timestep (`trajectory_point`), in float64."""
     y = trajectory_point(walker, c_c, c_0, x, guidance_scale)
-    t = walker.timesteps[-1]
-    rows = int(x.shape[0])
     with torch.no_grad():
-        field = walker.s_delta_fn(t, cond_tile(c_c, rows), cond_tile(c_0, rows))(y)
+        field = walker.s_delta_fn(walker.timesteps[-1], c_c, c_0)(y)  # it tiles one-row conditioning
     return field.flatten(1).to(torch.float64).pow(2).sum(dim=1)
 
 
@@ -116,14 +107,11 @@ def reference_level(
         raise MitigationError(f"quantile must be in [0, 1], got {quantile!r}.")
     if not isinstance(draws, int) or isinstance(draws, bool) or draws < 1:
         raise MitigationError(f"reference_level setting draws must be a positive integer, got {draws!r}.")
-    from ..scoring import derive_seeds
-
     scorer = _scorer(target)
     walker = _walker(scorer, lead)
     values: list[float] = []
-    s = scorer.settings
     for caption in references:
-        x = scorer.noise(derive_seeds(s.seed, draws, caption if s.per_prompt_seeds else None))
+        x = scorer.noise(scorer.seeds_for(caption, draws))
         values += trajectory_magnitude(walker, scorer.embed([caption]), scorer.null(), x).tolist()
     finite = np.asarray([v for v in values if math.isfinite(v)], dtype=np.float64)
     if not len(finite):
@@ -220,15 +208,10 @@ def mitigate_resample(
             f"resample needs 0 <= floor < ceiling (finite), got floor={floor!r}, ceiling={ceiling!r}."
         )
     low, high = floor * level, ceiling * level
-    seeds = scorer.seeds_for(prompt)
-    want = n if n is not None else len(seeds)
+    want = n if n is not None else scorer.settings.n
     if not isinstance(want, int) or isinstance(want, bool) or want < 1:
         raise MitigationError(f"resample setting n must be a positive integer, got {want!r}.")
-    if want > len(seeds):
-        from ..scoring import derive_seeds
-
-        seeds = derive_seeds(scorer.settings.seed, want, prompt if scorer.settings.per_prompt_seeds else None)
-    seeds = seeds[:want]
+    seeds = scorer.seeds_for(prompt, want)
     budget = max_draws if max_draws is not None else DEFAULT_DRAWS_PER_LATENT * want
     if not isinstance(budget, int) or isinstance(budget, bool) or budget < want:
         raise MitigationError(f"resample setting max_draws must be an integer >= n ({want}), got {budget!r}.")
@@ -259,13 +242,8 @@ def mitigate_resample(
             "not finite). Mostly above: the prompt is text-driven from (almost) every x_T, which choosing x_T "
             "cannot change. Raise max_draws, widen floor/ceiling, or try SAIL."
         )
-    t, e_c, e_0 = _first_step(scorer, prompt)
-    s_fn = scorer.s_delta_fn(t, e_c, e_0)
+    _, e_c, e_0 = _first_step(scorer, prompt)
     originals = scorer.noise(seeds)
-
-    def sharpness(x: torch.Tensor) -> list[float]:
-        points = _start_point(scorer, e_c, e_0, x)
-        return [float(v) for v in measure_sharpness(s_fn, points, scorer.settings.method, scorer.fd_h).tolist()]
 
     latents = scorer.noise(accepted) if accepted else None
     before_imgs = after_imgs = None
@@ -292,8 +270,8 @@ def mitigate_resample(
         succeeded=ok,
         reason=reason,
         seeds=tuple(seeds),
-        sharpness_before=tuple(sharpness(originals)),
-        sharpness_after=tuple(sharpness(latents)) if latents is not None else (),
+        sharpness_before=tuple(detector_sharpness(scorer, e_c, e_0, originals)),
+        sharpness_after=tuple(detector_sharpness(scorer, e_c, e_0, latents)) if latents is not None else (),
         latents_before=originals,
         latents_after=latents,
         steps=None,

@@ -23,6 +23,7 @@ from .target import _first_step, _scorer, _seed_images, _start_point, resolve_th
 
 if TYPE_CHECKING:
     from ..checkpoint import Checkpoint
+    from ..families.base import Cond
     from ..scoring import Scorer
 
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]
@@ -209,6 +210,14 @@ def measure_sharpness(
             with torch.no_grad():
                 hv = hessian_vector_product(s_delta, x, s, method=method, h=h, s_at_x=s)
     return _flat_sq(hv.detach())
+
+
+def detector_sharpness(scorer: Scorer, c_c: Cond, c_0: Cond, x: torch.Tensor) -> list[float]:
+    """The detector's first-step sharpness of the conditioning `c_c` at initial noises x on `scorer`'s checkpoint
+    (its method and fd step, measured where it measures: `_start_point`)."""
+    s_fn = scorer.s_delta_fn(scorer.timesteps[0], c_c, c_0)
+    points = _start_point(scorer, c_c, c_0, x)
+    return [float(v) for v in measure_sharpness(s_fn, points, scorer.settings.method, scorer.fd_h).tolist()]
 
 
 def sail_loss(
@@ -541,13 +550,8 @@ def mitigate_sail(
     """
     scorer = _scorer(target)
     thr = resolve_threshold(scorer, threshold)
-    seeds = scorer.seeds_for(prompt)
-    want = n if n is not None else len(seeds)
-    if want > len(seeds):
-        from ..scoring import derive_seeds
-
-        seeds = derive_seeds(scorer.settings.seed, want, prompt if scorer.settings.per_prompt_seeds else None)
-    seeds = seeds[:want]
+    want = _check_positive_int("n", n if n is not None else scorer.settings.n)
+    seeds = scorer.seeds_for(prompt, want)
     t, e_c, e_0 = _first_step(scorer, prompt)
     s_fn = scorer.s_delta_fn(t, e_c, e_0)
     sigma0 = scorer.process.init_noise_sigma
@@ -578,9 +582,7 @@ def mitigate_sail(
     missing = [s for s in seeds if s not in result.initial_sharpness]
     measured = dict(result.initial_sharpness)
     if missing:
-        points = _start_point(scorer, e_c, e_0, scorer.noise(missing))
-        values = measure_sharpness(s_fn, points, scorer.settings.method, scorer.fd_h).tolist()
-        measured.update(zip(missing, values, strict=True))
+        measured.update(zip(missing, detector_sharpness(scorer, e_c, e_0, scorer.noise(missing)), strict=True))
     before_imgs = after_imgs = None
     gen_seconds = None
     if images:
