@@ -36,7 +36,7 @@ from ..errors import MemtestError, MitigationError
 from ..families.base import Cond
 from .outcome import Mitigation
 from .sail import SeedStream, detector_sharpness
-from .target import _first_step, _scorer, _seed_images, resolve_threshold
+from .target import _scorer, _seed_images, resolve_threshold
 
 if TYPE_CHECKING:
     from ..calibration import Calibration
@@ -242,9 +242,7 @@ def mitigate_resample(
             "not finite). Mostly above: the prompt is text-driven from (almost) every x_T, which choosing x_T "
             "cannot change. Raise max_draws, widen floor/ceiling, or try SAIL."
         )
-    _, e_c, e_0 = _first_step(scorer, prompt)
     originals = scorer.noise(seeds)
-
     latents = scorer.noise(accepted) if accepted else None
     before_imgs = after_imgs = None
     gen_seconds = None
@@ -270,8 +268,8 @@ def mitigate_resample(
         succeeded=ok,
         reason=reason,
         seeds=tuple(seeds),
-        sharpness_before=tuple(detector_sharpness(scorer, e_c, e_0, originals)),
-        sharpness_after=tuple(detector_sharpness(scorer, e_c, e_0, latents)) if latents is not None else (),
+        sharpness_before=tuple(detector_sharpness(scorer, c_c, c_0, originals)),
+        sharpness_after=tuple(detector_sharpness(scorer, c_c, c_0, latents)) if latents is not None else (),
         latents_before=originals,
         latents_after=latents,
         steps=None,
