@@ -110,6 +110,8 @@ def test_resample_fails_closed() -> None:
         mitigate_resample(scorer, MIXTURE_CAPTION, level=1.0, lead=-1, threshold=0.01)
     with pytest.raises(MitigationError, match="floor < ceiling"):
         mitigate_resample(scorer, MIXTURE_CAPTION, level=1.0, floor=2.0, ceiling=2.0, threshold=0.01)
+    with pytest.raises(MitigationError, match="batch_size must be a positive integer, got 0"):
+        mitigate_resample(scorer, MIXTURE_CAPTION, level=1.0, batch_size=0, threshold=0.01)
     with pytest.raises(MitigationError, match="max_draws must be an integer >= n"):
         mitigate_resample(scorer, MIXTURE_CAPTION, level=1.0, max_draws=3, threshold=0.01)
     with pytest.raises(MitigationError, match="lead step"):

@@ -216,6 +216,8 @@ def mitigate_resample(
     if not isinstance(budget, int) or isinstance(budget, bool) or budget < want:
         raise MitigationError(f"resample setting max_draws must be an integer >= n ({want}), got {budget!r}.")
     chunk = batch_size if batch_size is not None else want
+    if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:  # 0 would screen nothing, forever
+        raise MitigationError(f"resample setting batch_size must be a positive integer, got {chunk!r}.")
     walker = _walker(scorer, lead)
     c_c, c_0 = scorer.embed([prompt]), scorer.null()
     stream = SeedStream(seeds, f"resample\0{scorer.settings.seed}\0{prompt}")
