@@ -43,8 +43,9 @@ def _auc(labels: np.ndarray, values: np.ndarray) -> float | None:
 
 def survey(scorer: Any, caption: str, seeds: list[int], leads: tuple[int, ...], batch: int) -> dict[str, Any]:
     """Per-draw measurements and outcomes of `caption` at initial noises `seeds`."""
-    from memtest.mitigation import copy_reference, generate_images, image_distances, measure_sharpness
+    from memtest.mitigation import copy_reference, generate_images, image_distances
     from memtest.mitigation.resample import _walker, trajectory_magnitude
+    from memtest.mitigation.sail import detector_sharpness
     from memtest.zoo.alignment import predict_proba
 
     ref = copy_reference(scorer.ckpt, caption)
@@ -53,9 +54,7 @@ def survey(scorer: Any, caption: str, seeds: list[int], leads: tuple[int, ...], 
     c_c, c_0 = scorer.embed([caption]), scorer.null()
     chunks = [seeds[i : i + batch] for i in range(0, len(seeds), batch)]
     row: dict[str, Any] = {"caption": caption, "seeds": seeds}
-    s_fn = scorer.s_delta_fn(scorer.timesteps[0], c_c, c_0)
-    method, h = scorer.settings.method, scorer.fd_h
-    row["sharpness"] = np.concatenate([measure_sharpness(s_fn, scorer.noise(c), method, h).numpy() for c in chunks])
+    row["sharpness"] = np.asarray([v for c in chunks for v in detector_sharpness(scorer, c_c, c_0, scorer.noise(c))])
     for lead in leads:
         walker = _walker(scorer, lead)
         row[f"magnitude_{lead}"] = np.concatenate(
