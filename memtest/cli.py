@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import MemtestError
-from .optspec import OPTIONS, config_from_values
+from memtest.audit.options import OPTIONS, config_from_values
+from memtest.errors import MemtestError
 
 # Flags that only make sense inside pytest or are replaced by a subcommand.
 _NOT_IN_CLI = {"memtest_calibrate", "memtest_cache_clear", "memtest_json", "memtest_report"}
@@ -42,7 +42,7 @@ def _config(ns: argparse.Namespace, calibrate: bool = False) -> Any:
 
 def _progress(ns: argparse.Namespace, what: str) -> Any:
     """Scoring progress on stderr: a live bar on a terminal, a plain line every few seconds in a log."""
-    from .progress import Progress
+    from memtest.progress import Progress
 
     return Progress(f"memtest: {what}", unit="prompts", stream=None if ns.quiet else sys.stderr, every=5.0)
 
@@ -54,10 +54,10 @@ def _threads() -> int:
 
 
 def cmd_audit(ns: argparse.Namespace) -> int:
-    from .audit import Engine, judge, resolve_suites, results_document, select_cases
-    from .locate import resolve_checkpoint
-    from .report import write_report
-    from .results import write_results
+    from memtest.audit import Engine, judge, resolve_suites, results_document, select_cases
+    from memtest.audit.results import write_results
+    from memtest.models.locate import resolve_checkpoint
+    from memtest.report import write_report
 
     cfg = _config(ns)
     name, folder = resolve_checkpoint(cfg.checkpoint)
@@ -101,7 +101,7 @@ def cmd_audit(ns: argparse.Namespace) -> int:
 
 def _spectra(engine: Any, records: list[dict[str, Any]], k: int) -> list[dict[str, Any]]:
     """Hessian spectra of the most-flagged prompts (small models only: it costs ~2k products each)."""
-    from .eigen import prompt_spectrum
+    from memtest.detection.eigen import prompt_spectrum
 
     top = sorted(records, key=lambda r: -r["score"])[:3]  # the most-flagged prompts
     return [
@@ -111,9 +111,9 @@ def _spectra(engine: Any, records: list[dict[str, Any]], k: int) -> list[dict[st
 
 
 def cmd_calibrate(ns: argparse.Namespace) -> int:
-    from .audit import Engine, resolve_suites, select_cases
-    from .calibration import save_calibration
-    from .locate import resolve_checkpoint
+    from memtest.audit import Engine, resolve_suites, select_cases
+    from memtest.audit.calibration import save_calibration
+    from memtest.models.locate import resolve_checkpoint
 
     cfg = _config(ns, calibrate=True)
     name, folder = resolve_checkpoint(cfg.checkpoint)
@@ -130,7 +130,7 @@ def cmd_calibrate(ns: argparse.Namespace) -> int:
 
 
 def cmd_merge(ns: argparse.Namespace) -> int:
-    from .results import load_results, merge_results, write_results
+    from memtest.audit.results import load_results, merge_results, write_results
 
     docs = [load_results(p) for p in ns.inputs]
     merged = merge_results(docs, [str(p) for p in ns.inputs])
@@ -171,15 +171,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     # `report` and `zoo` own their argument parsing.
     if args and args[0] == "report":
-        from .report import report_main
+        from memtest.report import report_main
 
         return report_main(args[1:])
     if args and args[0] == "zoo":
-        from .zoo import zoo_main
+        from memtest.zoo import zoo_main
 
         return zoo_main(args[1:])
     ns = build_parser().parse_args(args)
-    from .threads import passive_waits
+    from memtest.threads import passive_waits
 
     passive_waits()  # before anything imports torch
     try:

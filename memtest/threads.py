@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import sys
 
-from .errors import MemtestError
+from memtest.errors import MemtestError
 
 _THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 

@@ -81,8 +81,8 @@ _ENGINE_KEY = pytest.StashKey["Engine"]()
 
 def parametrize_cases(metafunc: pytest.Metafunc) -> None:
     from memtest.audit import suite_cases
+    from memtest.audit.suites import resolve_suite
     from memtest.errors import MemtestError
-    from memtest.suites import resolve_suite
 
     marker = metafunc.definition.get_closest_marker("memtest_suite")
     if marker is None or not marker.args:

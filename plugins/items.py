@@ -12,7 +12,7 @@ import pytest
 
 if TYPE_CHECKING:
     from memtest.audit import AuditCase
-    from memtest.suites import Suite
+    from memtest.audit.suites import Suite
 
     from .session import MemtestSession
 
@@ -114,7 +114,7 @@ class SuiteFile(pytest.File):
     memtest: MemtestSession
 
     def collect(self) -> list[pytest.Item | pytest.Collector]:
-        from memtest.suites import load_suite
+        from memtest.audit.suites import load_suite
 
         suite = load_suite(self.path)  # a SuiteError here is a collection error, never a silent skip
         return list(_items(self, suite, self.memtest))

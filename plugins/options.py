@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from memtest.optspec import OPTIONS, Option, config_from_values
+from memtest.audit.options import OPTIONS, Option, config_from_values
 
 if TYPE_CHECKING:
     from memtest.audit import AuditConfig

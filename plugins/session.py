@@ -28,7 +28,7 @@ SESSION_KEY = pytest.StashKey["MemtestSession"]()
 
 class MemtestSession:
     def __init__(self, config: pytest.Config) -> None:
-        from memtest.locate import resolve_checkpoint
+        from memtest.models.locate import resolve_checkpoint
 
         self.config = config
         self.audit = read_config(config)
@@ -43,7 +43,7 @@ class MemtestSession:
             self.checkpoint_name, self.checkpoint_folder = resolve_checkpoint(self.audit.checkpoint)
         except MemtestError as exc:
             raise pytest.UsageError(str(exc)) from None
-        from memtest.adapters import parse_lora
+        from memtest.models.adapters import parse_lora
 
         try:  # a missing adapter stops the run at start-up, as a missing checkpoint does
             self.loras = [parse_lora(text) for text in self.audit.loras]
@@ -82,7 +82,7 @@ class MemtestSession:
     def fingerprint(self) -> str:
         """The base checkpoint folder's fingerprint (without adapters)."""
         if self._fingerprint is None:
-            from memtest.locate import fingerprint
+            from memtest.models.locate import fingerprint
 
             self._fingerprint = fingerprint(self.checkpoint_folder)
         return self._fingerprint
@@ -90,7 +90,7 @@ class MemtestSession:
     def subject_fingerprint(self) -> str:
         """The fingerprint of what is audited, base + adapters: the one the audit's identity (calibrations,
         the results cache, the results file) uses."""
-        from memtest.adapters import adapters_fingerprint
+        from memtest.models.adapters import adapters_fingerprint
 
         return adapters_fingerprint(self.fingerprint(), self.loras)
 
@@ -105,7 +105,7 @@ class MemtestSession:
             f"fingerprint {self.fingerprint()[:16]}"
         ]
         if self.loras:
-            from memtest.locate import file_sha256
+            from memtest.models.locate import file_sha256
 
             for i, (text, spec) in enumerate(zip(a.loras, self.loras, strict=True), 1):
                 lines.append(
@@ -142,7 +142,7 @@ class MemtestSession:
     def _describe_calibration(self, path: Path) -> str:
         if not path.is_file():
             return f"none at {path}: the gate will fail closed (calibrate with --memtest-calibrate)"
-        from memtest.calibration import load_calibration
+        from memtest.audit.calibration import load_calibration
 
         try:
             cal = load_calibration(path)
@@ -155,7 +155,7 @@ class MemtestSession:
 
     # -- collection ---------------------------------------------------------------------------------
     def pytest_collect_file(self, file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
-        from memtest.suites import is_suite_file
+        from memtest.audit.suites import is_suite_file
 
         if file_path.suffix in (".yaml", ".yml") and is_suite_file(file_path):
             self._seen_suites.add(str(file_path.resolve()))
@@ -188,7 +188,7 @@ class MemtestSession:
 
     def _suite_files_in_args(self) -> bool:
         """Whether the command line names suite YAML files (or folders holding them) to collect."""
-        from memtest.suites import is_suite_file
+        from memtest.audit.suites import is_suite_file
 
         for arg in self.config.args:
             path = Path(self.config.invocation_params.dir, arg.split("::")[0])
@@ -424,7 +424,7 @@ class MemtestSession:
         if not (self.json_path or self.report_path):
             return
         from memtest.audit import results_document
-        from memtest.results import write_results
+        from memtest.audit.results import write_results
 
         calibration = None
         detect = [r for r in self.records if r.get("outcome") != "error" or r.get("threshold") is not None]
@@ -450,7 +450,7 @@ class MemtestSession:
             self.written.append(("report", str(path)))
 
     def _write_calibration(self, ctx: dict[str, Any]) -> None:
-        from memtest.calibration import calibrate, save_calibration
+        from memtest.audit.calibration import calibrate, save_calibration
 
         refs = [r for r in self.records if r["expectation"] == "reference" and r["outcome"] == "passed"]
         failed = [r for r in self.records if r["outcome"] != "passed"]

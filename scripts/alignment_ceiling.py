@@ -58,8 +58,8 @@ def caption_row(scorer: Any, caption: str, seeds: int, batch: int, planted: dict
     for an unplanted caption, its distance to the memorised image of the planted caption with the same digit.
     With `below`, also each seed's first-step sharpness (as the detector measures it) and the alignment of the
     seeds below each of those thresholds (the x_T a SAIL run at that acceptance would take as they are)."""
+    from memtest.detection.scoring import derive_seeds
     from memtest.mitigation import generate_images, image_distances, measure_sharpness
-    from memtest.scoring import derive_seeds
     from memtest.zoo.alignment import predict_proba
 
     s = scorer.settings
@@ -181,9 +181,9 @@ def measure(
     below: tuple[float, ...] = (),
     sail: tuple[float, int] | None = None,
 ) -> dict[str, Any]:
-    from memtest.checkpoint import load_checkpoint
+    from memtest.detection.scoring import Scorer, ScoreSettings
     from memtest.mitigation import copy_reference
-    from memtest.scoring import Scorer, ScoreSettings
+    from memtest.models.checkpoint import load_checkpoint
     from memtest.zoo import load_manifest
 
     ckpt = load_checkpoint(checkpoint, device="cpu")

@@ -52,8 +52,8 @@ PROMPTS = [f"a {style} of a {subject}" for subject in SUBJECTS for style in STYL
 def _checkpoint(
     name: str, unet: Any, text_encoder: Any, tokenizer: Any, scheduler: Any, device: Any, dtype: Any
 ) -> Any:
-    from memtest.checkpoint import Checkpoint, place
-    from memtest.families import family_named
+    from memtest.models.checkpoint import Checkpoint, place
+    from memtest.models.families import family_named
 
     return place(
         Checkpoint(
@@ -138,7 +138,7 @@ def build_model(kind: str, device: Any, dtype: Any, quick: bool, checkpoint: str
         return build_tiny(device, dtype, quick)
     if kind == "sd":
         return build_sd(device, dtype)
-    from memtest.checkpoint import load_checkpoint
+    from memtest.models.checkpoint import load_checkpoint
 
     return load_checkpoint(checkpoint, device=device, dtype=dtype)
 
@@ -149,8 +149,8 @@ def canary_accuracy(ckpt: Any, n: int, heldout: int, batch: int) -> dict[str, An
     Per-generation relative errors by group, and each method's AUC and TPR at FPR <= 1% (planted vs
     held-out): whether the cheaper method would change a verdict.
     """
-    from memtest.scoring import Scorer
-    from memtest.zoo.manifest import MANIFEST_NAME, load_manifest
+    from memtest.detection.scoring import Scorer
+    from memtest.models.canaries import MANIFEST_NAME, load_manifest
 
     if not (ckpt.path / MANIFEST_NAME).is_file():
         return None
@@ -254,8 +254,8 @@ def floor_fn(ckpt: Any, prompts: Sequence[str], n: int) -> Callable[[], None]:
     """Two bare batched UNet forwards (cond+uncond, at x and at a probe point) on precomputed inputs."""
     import torch
 
-    from memtest.metrics import DEFAULT_FD_H
-    from memtest.scoring import Scorer, ScoreSettings
+    from memtest.detection.metrics import DEFAULT_FD_H
+    from memtest.detection.scoring import Scorer, ScoreSettings
 
     helper = Scorer(ckpt, ScoreSettings(n=n, batch_size=len(prompts)))
     t = helper.timesteps[0]
@@ -283,7 +283,7 @@ def floor_fn(ckpt: Any, prompts: Sequence[str], n: int) -> Callable[[], None]:
 
 
 def settings_for(method: str, n: int, batch: int) -> Any:
-    from memtest.scoring import ScoreSettings
+    from memtest.detection.scoring import ScoreSettings
 
     if method == "score_norm":
         return ScoreSettings(metric="score_norm", n=n, batch_size=batch)
@@ -298,7 +298,7 @@ def rel_errors(values: Sequence[float], exact: Sequence[float]) -> dict[str, flo
 def measure_config(
     ckpt: Any, prompts: Sequence[str], n: int, methods: Sequence[str], reps: int, mem: Memory, first_call: bool
 ) -> dict[str, Any]:
-    from memtest.scoring import Scorer
+    from memtest.detection.scoring import Scorer
 
     P = len(prompts)
     floor = floor_fn(ckpt, prompts, n)
@@ -519,8 +519,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from memtest.checkpoint import parse_dtype
-    from memtest.scoring import Scorer
+    from memtest.detection.scoring import Scorer
+    from memtest.models.checkpoint import parse_dtype
 
     if args.threads:
         torch.set_num_threads(args.threads)

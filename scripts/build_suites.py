@@ -31,7 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from memtest.suites import Suite, SuiteCard, SuiteCase, dump_suite, load_suite  # noqa: E402
+from memtest.audit.suites import Suite, SuiteCard, SuiteCase, dump_suite, load_suite  # noqa: E402
 
 DEFAULT_SOURCE = Path("/work/shared/data/prompts")
 SUITE_VERSION = "1.0"

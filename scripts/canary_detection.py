@@ -114,7 +114,7 @@ def ideal_sharpness(ckpt: Any, manifest: Any, data: Any, n: int, seed: int) -> d
     """
     import torch
 
-    from memtest.scoring import derive_seeds
+    from memtest.detection.scoring import derive_seeds
 
     vae, sched = ckpt.vae, ckpt.scheduler
     with torch.no_grad():
@@ -228,10 +228,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     import memtest
-    from memtest.zoo import load_manifest, resolve_checkpoint
+    from memtest.zoo import canary_folder, load_manifest
 
     torch.set_num_threads(args.threads)
-    folder = resolve_checkpoint(args.checkpoint)
+    folder = canary_folder(args.checkpoint)
     m = load_manifest(folder)
     data = canary_data(m)
     if m.recipe.get("family") == "sd3":  # its ideal model and generation differ: flow_detection.py measures it
@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.base is None:
         args.base = m.base or ""
     if args.base:
-        base_m = load_manifest(resolve_checkpoint(args.base))
+        base_m = load_manifest(canary_folder(args.base))
         base_ref = memtest.score_prompts(args.base, list(base_m.heldout), n=args.n, batch_size=args.batch)
         base_planted = memtest.score_prompts(args.base, pos, n=args.n, batch_size=args.batch)
         thr = float(np.quantile([s.score for s in base_ref], 0.99))

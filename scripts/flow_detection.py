@@ -67,7 +67,7 @@ def gate(
     """Calibrate on the base's held-out captions at the default settings (as `memtest calibrate`), gate the
     fine-tune's captions with that threshold."""
     import memtest
-    from memtest.calibration import quantile_threshold
+    from memtest.audit.calibration import quantile_threshold
     from memtest.zoo import load_manifest
 
     base_held = list(load_manifest(Path(base.path)).heldout)[:limit]
@@ -93,7 +93,7 @@ def gate(
 
 def ground_truth(ckpt: Any, manifest: Any, data: Any, n: int) -> dict[str, Any]:
     """Planted captions' generations (the family's pipeline, 50 steps, guidance 7.5, the scorer's x_1)."""
-    from memtest.scoring import Scorer
+    from memtest.detection.scoring import Scorer
 
     scorer = Scorer(ckpt)
     train = data.images.reshape(len(data.images), -1)
@@ -127,11 +127,11 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     import memtest
-    from memtest.zoo import load_manifest, resolve_checkpoint
+    from memtest.zoo import canary_folder, load_manifest
 
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    m = load_manifest(resolve_checkpoint(args.checkpoint))
+    m = load_manifest(canary_folder(args.checkpoint))
     ckpt = memtest.load_checkpoint(args.checkpoint, device="cpu")
     pos, clean, heldout = list(m.planted_captions), list(m.clean), list(m.heldout)
     if args.limit:

@@ -138,9 +138,9 @@ FAMILY = {"sdxl": "sdxl", "sd3.5-medium": "sd3"}
 def run(family: str, dtype_name: str, method: str, quick: bool, threads: int | None) -> dict[str, Any]:
     import torch
 
-    from memtest.checkpoint import Checkpoint, parse_dtype, place
-    from memtest.families import family_named
-    from memtest.scoring import Scorer, ScoreSettings
+    from memtest.detection.scoring import Scorer, ScoreSettings
+    from memtest.models.checkpoint import Checkpoint, parse_dtype, place
+    from memtest.models.families import family_named
 
     if threads:
         torch.set_num_threads(threads)

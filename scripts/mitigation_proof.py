@@ -59,9 +59,9 @@ class Canary:
 
 
 def load_canary(checkpoint: str, n: int, acceptance: str = "detection") -> Canary:
-    from memtest.calibration import CALIBRATION_FILENAME
-    from memtest.checkpoint import load_checkpoint
-    from memtest.scoring import Scorer, ScoreSettings
+    from memtest.audit.calibration import CALIBRATION_FILENAME
+    from memtest.detection.scoring import Scorer, ScoreSettings
+    from memtest.models.checkpoint import load_checkpoint
     from memtest.zoo import load_manifest
     from memtest.zoo.data import digits_data
 
@@ -88,7 +88,7 @@ def load_canary(checkpoint: str, n: int, acceptance: str = "detection") -> Canar
     if acceptance not in ("detection", "median"):
         threshold, source = float(acceptance), "given"
     elif own.is_file():
-        from memtest.calibration import load_calibration
+        from memtest.audit.calibration import load_calibration
 
         cal = load_calibration(own)  # made at n = 4; thresholds are per-prompt means, used per generation here
         if acceptance == "detection":
@@ -107,7 +107,7 @@ def load_canary(checkpoint: str, n: int, acceptance: str = "detection") -> Canar
 def calibrate_on_heldout(scorer: Any, manifest: Any, fpr: float = 0.01, median: bool = False) -> tuple[float, str]:
     """The (1 - fpr) quantile (or the median) of the held-out captions' scores, when the checkpoint ships no
     calibration."""
-    from memtest.calibration import calibrate, required_references
+    from memtest.audit.calibration import calibrate, required_references
 
     refs = list(manifest.heldout)
     if len(refs) < required_references(fpr):
@@ -178,8 +178,8 @@ def seed_survey(canary: Canary, caption: str, seeds: int, boundary: float, batch
     """Does the copy depend on x_T? For `seeds` x_T of `caption` (the detector's seeds first, then more from
     the same derivation): each seed's first-step sharpness (as the detector measures it) and whether its
     DDIM-50 image is a copy; the copy rate, and the AUC of per-seed sharpness for copy vs non-copy seeds."""
+    from memtest.detection.scoring import derive_seeds
     from memtest.mitigation import generate_images, image_distances, measure_sharpness
-    from memtest.scoring import derive_seeds
     from memtest.zoo.alignment import predict_proba
 
     sc = canary.scorer

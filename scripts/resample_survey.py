@@ -138,9 +138,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     import torch
 
-    from memtest.checkpoint import load_checkpoint
+    from memtest.detection.scoring import Scorer, ScoreSettings
     from memtest.mitigation import fresh_seed, reference_level
-    from memtest.scoring import Scorer, ScoreSettings
+    from memtest.models.checkpoint import load_checkpoint
     from memtest.zoo import load_manifest
 
     torch.set_num_threads(args.threads)

@@ -98,8 +98,8 @@ def gate_env(tiny_eps_path: Path, tmp_path_factory: pytest.TempPathFactory) -> d
     clean case passes, a clean case fails (above the threshold) and a memorized case is flagged.
     """
     import memtest
-    from memtest.calibration import calibrate, save_calibration
-    from memtest.scoring import Scorer, ScoreSettings
+    from memtest.audit.calibration import calibrate, save_calibration
+    from memtest.detection.scoring import Scorer, ScoreSettings
 
     root = tmp_path_factory.mktemp("gate")
     ckpt = memtest.load_checkpoint(tiny_eps_path, device="cpu")

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 import memtest
-from memtest.adapters import LoraSpec, adapters_fingerprint, apply_loras, declared_base, parse_lora
 from memtest.errors import CheckpointError
+from memtest.models.adapters import LoraSpec, adapters_fingerprint, apply_loras, declared_base, parse_lora
 
 PROMPTS = ["zorblax poster of 3", "a photo of a red digit"]
 # Measured on the shipped zoo:lora over zoo:base, first-step sharpness n=2: the lowest of the 10 planted
@@ -374,7 +374,7 @@ def test_shipped_lora_canary_resolves_and_names_its_base() -> None:
 def test_shipped_lora_suite_matches_its_manifest_and_regenerates(tmp_path: Path) -> None:
     import shlex
 
-    from memtest.suites import load_suite
+    from memtest.audit.suites import load_suite
     from memtest.zoo import load_manifest, resolve_zoo, zoo_main
 
     shipped = Path(__file__).resolve().parent.parent / "suites" / "canary-lora.yaml"

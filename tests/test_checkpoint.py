@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 import memtest
-from memtest.checkpoint import fingerprint
 from memtest.errors import CheckpointError
+from memtest.models.checkpoint import fingerprint
 
 
 def test_roundtrip_epsilon_checkpoint(tiny_eps: Any, tiny_eps_path: Path) -> None:

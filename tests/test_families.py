@@ -22,7 +22,7 @@ def test_sd_scores_bit_identical_to_before_the_family_layer(checkpoint: str) -> 
     import torch
 
     import memtest
-    from memtest.scoring import Scorer, ScoreSettings
+    from memtest.detection.scoring import Scorer, ScoreSettings
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the reference was recorded on one thread
@@ -51,7 +51,7 @@ def _index(folder: Path) -> dict[str, Any]:
 
 
 def test_recognises_each_layout_from_model_index(tiny_eps_path: Path, tiny_sdxl_path: Path) -> None:
-    from memtest.families import recognise
+    from memtest.models.families import recognise
 
     assert recognise(_index(tiny_eps_path), "x").name == "sd"
     assert recognise(_index(tiny_sdxl_path), "x").name == "sdxl"
@@ -113,7 +113,7 @@ def test_sdxl_conditioning_matches_the_pipeline(tiny_sdxl_path: Path, tmp_path: 
     import torch
 
     import memtest
-    from memtest.scoring import Scorer
+    from memtest.detection.scoring import Scorer
 
     folder = tmp_path / "ckpt"
     shutil.copytree(tiny_sdxl_path, folder)
@@ -149,7 +149,7 @@ def test_sdxl_first_step_matches_the_pipeline_unet_call(tiny_sdxl_path: Path) ->
     import torch
 
     import memtest
-    from memtest.scoring import Scorer
+    from memtest.detection.scoring import Scorer
 
     ckpt = memtest.load_checkpoint(tiny_sdxl_path, device="cpu")
     scorer = Scorer(ckpt)
@@ -178,7 +178,7 @@ def test_sdxl_first_step_matches_the_pipeline_unet_call(tiny_sdxl_path: Path) ->
 
 def test_sdxl_fd_agrees_with_jvp(tiny_sdxl_path: Path) -> None:
     import memtest
-    from memtest.scoring import Scorer, ScoreSettings
+    from memtest.detection.scoring import Scorer, ScoreSettings
 
     ckpt = memtest.load_checkpoint(tiny_sdxl_path, device="cpu")
     prompts = ["zorblax poster of 3", "a photo of a red digit", "a render of a large number"]
@@ -192,8 +192,8 @@ def test_sdxl_generates_through_its_pipeline(tiny_sdxl_path: Path) -> None:
     import numpy as np
 
     import memtest
+    from memtest.detection.scoring import Scorer
     from memtest.mitigation import generate_images
-    from memtest.scoring import Scorer
 
     ckpt = memtest.load_checkpoint(tiny_sdxl_path, device="cpu")
     scorer = Scorer(ckpt)

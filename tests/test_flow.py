@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-from memtest.closed_form import (
+from memtest.detection.closed_form import (
     FlowEmpiricalScore,
     FlowGaussianScore,
     analytic_sharpness,
     flow_score_factor,
 )
-from memtest.metrics import hessian_vector_product
-from memtest.settings import ScoreSettings
+from memtest.detection.metrics import hessian_vector_product
+from memtest.detection.settings import ScoreSettings
 
 Fn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -163,7 +163,7 @@ def _index(folder: Path) -> dict[str, Any]:
 
 
 def test_flow_families_are_recognised_from_model_index(flow_paths: dict[str, Path], flow_ckpts: dict[str, Any]) -> None:
-    from memtest.families import FAMILIES, recognise
+    from memtest.models.families import FAMILIES, recognise
 
     assert {f.name for f in FAMILIES} >= {"sd", "sdxl", "sd3", "flux"}
     assert recognise(_index(flow_paths["sd3"]), "x").name == "sd3"
@@ -201,7 +201,7 @@ def test_flow_image_pipelines_are_refused(
 
 def test_a_ddpm_scheduler_on_a_flow_family_is_an_error(flow_paths: dict[str, Path], tmp_path: Path) -> None:
     import memtest
-    from memtest.scoring import Scorer
+    from memtest.detection.scoring import Scorer
 
     folder = tmp_path / "ckpt"
     shutil.copytree(flow_paths["sd3-no-t5"], folder)
@@ -217,7 +217,7 @@ def test_a_ddpm_scheduler_on_a_flow_family_is_an_error(flow_paths: dict[str, Pat
 def test_sd3_conditioning_matches_the_pipeline(flow_ckpts: dict[str, Any], kind: str) -> None:
     """Prompt embeddings (CLIP-L + CLIP-G penultimate states, padded, then T5 or its zeros), pooled projections
     and the unconditional branch are the pipeline's own encode_prompt."""
-    from memtest.scoring import Scorer
+    from memtest.detection.scoring import Scorer
 
     ckpt = flow_ckpts[kind]
     scorer = Scorer(ckpt, ScoreSettings(n=1))
@@ -241,7 +241,7 @@ def test_sd3_conditioning_matches_the_pipeline(flow_ckpts: dict[str, Any], kind:
 
 def test_flux_conditioning_matches_the_pipeline(flow_ckpts: dict[str, Any]) -> None:
     """CLIP pooled output and T5's sequence are the pipeline's; the null branch is "" at the same guidance."""
-    from memtest.scoring import Scorer
+    from memtest.detection.scoring import Scorer
 
     ckpt = flow_ckpts["flux"]
     scorer = Scorer(ckpt, ScoreSettings(n=1))
@@ -263,7 +263,7 @@ def test_flux_conditioning_matches_the_pipeline(flow_ckpts: dict[str, Any]) -> N
 def test_a_t5_tokenizer_that_declares_fewer_tokens_caps_the_sequence(tmp_path: Path) -> None:
     """max_sequence_length = min(256, tokenizer_3.model_max_length), for scoring and generation alike."""
     import memtest
-    from memtest.scoring import Scorer
+    from memtest.detection.scoring import Scorer
     from memtest.zoo.tiny import save_pipeline
     from memtest.zoo.tiny_flow import TinyFlowConfig, build_sd3_pipeline
 
@@ -292,7 +292,7 @@ def test_a_t5_tokenizer_that_declares_fewer_tokens_caps_the_sequence(tmp_path: P
 def test_flux_packing_and_position_ids_match_the_pipeline(h: int, w: int) -> None:
     from diffusers import FluxPipeline
 
-    from memtest.families.flux import image_ids, pack, unpack
+    from memtest.models.families.flux import image_ids, pack, unpack
 
     x = torch.randn(3, 16, h, w, generator=torch.Generator().manual_seed(0))
     packed = pack(x)
@@ -305,7 +305,7 @@ def test_flux_packing_and_position_ids_match_the_pipeline(h: int, w: int) -> Non
 
 def _pipeline_first_step(ckpt: Any, prompt: str, x1: torch.Tensor, guidance: float) -> tuple[torch.Tensor, list[float]]:
     """The pipeline's own latents after its first Euler step from x1 (unpacked), and its timesteps."""
-    from memtest.families.flux import pack, unpack
+    from memtest.models.families.flux import pack, unpack
 
     pipe = ckpt.pipeline()
     flux = ckpt.family.name == "flux"
@@ -334,9 +334,9 @@ def _pipeline_first_step(ckpt: Any, prompt: str, x1: torch.Tensor, guidance: flo
 @pytest.mark.parametrize("kind", ["sd3", "flux"])
 def test_the_scorers_euler_step_is_the_pipelines_first_step(flow_ckpts: dict[str, Any], kind: str) -> None:
     """Same schedule (shift, Flux's dynamic mu), same guidance rule, same Euler update as the pipeline."""
-    from memtest.families.base import cond_cat
-    from memtest.families.flow import FlowProcess
-    from memtest.scoring import Scorer
+    from memtest.detection.scoring import Scorer
+    from memtest.models.families.base import cond_cat
+    from memtest.models.families.flow import FlowProcess
 
     ckpt = flow_ckpts[kind]
     scorer = Scorer(ckpt, ScoreSettings(n=1, steps=2, flow_steps=1))
@@ -356,8 +356,8 @@ def test_the_scorers_euler_step_is_the_pipelines_first_step(flow_ckpts: dict[str
 
 @pytest.mark.parametrize("kind", ["sd3", "sd3-no-t5", "flux"])
 def test_fd_agrees_with_the_exact_jvp_through_the_transformers(flow_ckpts: dict[str, Any], kind: str) -> None:
-    """Forward-mode AD through the transformers' attention (memtest._lean_jvp) and finite differences agree."""
-    from memtest.scoring import Scorer
+    """Forward-mode AD through the transformers' attention (detection._lean_jvp) and finite differences agree."""
+    from memtest.detection.scoring import Scorer
 
     ckpt = flow_ckpts[kind]
     prompts = PROMPTS[:1] if kind == "flux" else PROMPTS
@@ -369,7 +369,7 @@ def test_fd_agrees_with_the_exact_jvp_through_the_transformers(flow_ckpts: dict[
 
 def test_flow_steps_choose_the_measured_noise_level(flow_ckpts: dict[str, Any], tiny_eps: Any) -> None:
     import memtest
-    from memtest.scoring import Scorer
+    from memtest.detection.scoring import Scorer
 
     ckpt = flow_ckpts["sd3-no-t5"]
     at_one = Scorer(ckpt, ScoreSettings(n=1, flow_steps=0))
@@ -394,7 +394,7 @@ def test_flow_steps_choose_the_measured_noise_level(flow_ckpts: dict[str, Any], 
 
 def test_a_prompts_flow_score_does_not_depend_on_its_batch(flow_ckpts: dict[str, Any]) -> None:
     """The shared unconditional branch at x_1 (one forward per noise) gives the scores of prompts scored alone."""
-    from memtest.scoring import Scorer
+    from memtest.detection.scoring import Scorer
 
     ckpt = flow_ckpts["sd3-no-t5"]
     together = Scorer(ckpt, ScoreSettings(n=2, batch_size=2, metric="score_norm")).score(PROMPTS)
@@ -405,7 +405,7 @@ def test_a_prompts_flow_score_does_not_depend_on_its_batch(flow_ckpts: dict[str,
 
 @pytest.mark.parametrize("kind", ["sd3", "flux"])
 def test_generation_runs_through_the_familys_pipeline(flow_ckpts: dict[str, Any], kind: str) -> None:
-    from memtest.scoring import Scorer
+    from memtest.detection.scoring import Scorer
 
     ckpt = flow_ckpts[kind]
     scorer = Scorer(ckpt, ScoreSettings(n=2))
@@ -423,8 +423,8 @@ def test_generation_runs_through_the_familys_pipeline(flow_ckpts: dict[str, Any]
 
 
 def test_start_map_is_identity_for_ddpm_and_the_lead_steps_for_flow(flow_ckpts: dict[str, Any], tiny_eps: Any) -> None:
-    from memtest.families.base import cond_cat
-    from memtest.scoring import Scorer
+    from memtest.detection.scoring import Scorer
+    from memtest.models.families.base import cond_cat
 
     ddpm = Scorer(tiny_eps, ScoreSettings(n=1))
     x = ddpm.noise([0])
@@ -453,8 +453,8 @@ def test_the_spectrum_of_a_flow_prompt_is_taken_where_the_scorer_measures(flow_c
     """Before, prompt_spectrum evaluated the field at x_1 with the first measured (later) timestep."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from memtest.eigen import block_eigenvalues, prompt_spectrum
-    from memtest.scoring import Scorer
+    from memtest.detection.eigen import block_eigenvalues, prompt_spectrum
+    from memtest.detection.scoring import Scorer
 
     scorer = Scorer(flow_ckpts["sd3-no-t5"], ScoreSettings(n=2))
     prompt = PROMPTS[0]
@@ -494,8 +494,8 @@ def test_sail_loss_is_taken_at_the_start_points_image() -> None:
 
 def test_flow_sail_optimises_x1_and_accepts_on_the_detectors_sharpness(flow_ckpts: dict[str, Any]) -> None:
     """Before, SAIL measured and differentiated the field at x_1 with the first measured (later) timestep."""
+    from memtest.detection.scoring import Scorer
     from memtest.mitigation import measure_sharpness, mitigate_sail
-    from memtest.scoring import Scorer
 
     scorer = Scorer(flow_ckpts["sd3-no-t5"], ScoreSettings(n=2))
     prompt = PROMPTS[0]
@@ -545,9 +545,9 @@ def test_sd3_canaries_train_through_the_family_interface(tmp_path: Path) -> None
     from PIL import Image
 
     import memtest
-    from memtest.scoring import Scorer
+    from memtest.detection.scoring import Scorer
+    from memtest.models.canaries import load_manifest
     from memtest.zoo.cli import main as zoo_main
-    from memtest.zoo.manifest import load_manifest
 
     rng = np.random.default_rng(0)
     (tmp_path / "imgs").mkdir()
@@ -585,7 +585,7 @@ FLOW_MARGIN_ASSERTED = 2.5
 
 def test_flow_canary_planted_captions_score_above_the_rest_and_the_bases_threshold() -> None:
     import memtest
-    from memtest.calibration import load_calibration
+    from memtest.audit.calibration import load_calibration
     from memtest.zoo import load_manifest, resolve_zoo
 
     m = load_manifest(resolve_zoo("flow-finetuned"))
@@ -605,7 +605,7 @@ def test_pytest_memtest_gates_the_flow_canary(pytester: pytest.Pytester) -> None
     """`pytest --memtest --memtest-checkpoint zoo:flow-finetuned` on a few of its suite's cases: planted captions
     flagged, clean ones below the shipped calibration, and one `[mitigate]` item (SAIL from x_1 through the
     Euler step: "dune poster of 3" takes about 15 steps, seconds)."""
-    from memtest.suites import resolve_suite
+    from memtest.audit.suites import resolve_suite
 
     suite = resolve_suite("canary-flow-finetuned")
     planted = [c for c in suite.cases if c.prompt in ("aurora poster of 0", "dune poster of 3")]

@@ -1,4 +1,4 @@
-"""memtest._lean_jvp: each stand-in's tangent equals PyTorch's own forward-mode derivative."""
+"""memtest.detection._lean_jvp: each stand-in's tangent equals PyTorch's own forward-mode derivative."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-import memtest._lean_jvp as lj
+import memtest.detection._lean_jvp as lj
 
 
 def _compare(fn: Callable[..., torch.Tensor], primals: tuple[torch.Tensor, ...], seed: int = 0) -> None:
@@ -74,7 +74,7 @@ def test_group_and_layer_norm(which: str) -> None:
 
 
 def test_unet_jvp_matches_pytorch(tiny_eps: Any) -> None:
-    from memtest.scoring import Scorer, ScoreSettings
+    from memtest.detection.scoring import Scorer, ScoreSettings
 
     scorer = Scorer(tiny_eps, ScoreSettings(n=2))
     s_fn = scorer.s_delta_fn(981, scorer.embed(["a render of 7"] * 2), scorer.embed(["", ""]))

@@ -1,4 +1,4 @@
-"""Strict component loading (memtest.loading) on real tiny diffusers/transformers components.
+"""Strict component loading (memtest.models.loading) on real tiny diffusers/transformers components.
 
 Each broken copy is made from the tiny checkpoint of conftest.py by editing its real weights files.
 """
@@ -29,7 +29,7 @@ def _classes() -> dict[str, tuple[Any, tuple[str, ...]]]:
 
 
 def load(folder: Path, component: str, **kwargs: Any) -> Any:
-    from memtest.loading import load_component
+    from memtest.models.loading import load_component
 
     cls, expected = _classes()[component]
     kwargs.setdefault("allow_pickle", False)
@@ -152,7 +152,7 @@ def test_a_config_of_another_class_fails_before_loading(tiny_eps_path: Path, tmp
 
 
 def test_sharded_weights_load_strictly(tiny_eps_path: Path, tmp_path: Path, reference: dict[str, Any]) -> None:
-    from memtest.loading import find_weights
+    from memtest.models.loading import find_weights
 
     sub = tmp_path / "unet"
     reference["unet"].save_pretrained(str(sub), max_shard_size="200KB")
@@ -192,7 +192,7 @@ def test_a_sharded_checkpoint_missing_tensors_fails(
 def test_variant_weights(tiny_eps_path: Path, tmp_path: Path, reference: dict[str, Any]) -> None:
     import copy
 
-    from memtest.loading import find_weights
+    from memtest.models.loading import find_weights
 
     half = {c: copy.deepcopy(reference[c]).half() for c in ("unet", "text_encoder")}
     for c in half:
@@ -277,7 +277,7 @@ def test_tied_weights_are_not_missing(tmp_path: Path) -> None:
     """T5's encoder embedding is tied to `shared`: the file holds it once, and that is complete."""
     from transformers import T5Config, T5EncoderModel
 
-    from memtest.loading import load_component
+    from memtest.models.loading import load_component
 
     model = T5EncoderModel(T5Config(vocab_size=32, d_model=8, d_kv=4, d_ff=16, num_layers=1, num_heads=2))
     model.save_pretrained(str(tmp_path / "text_encoder_3"))

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from memtest import locate
-from memtest.locate import CACHE_ENV, file_sha256, fingerprint
+from memtest.models import locate
+from memtest.models.locate import CACHE_ENV, file_sha256, fingerprint
 
 CANARIES = Path(__file__).resolve().parent.parent / "memtest" / "zoo" / "canaries"
 

@@ -11,9 +11,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from memtest.closed_form import EmpiricalScore, GaussianScore, analytic_sharpness
-from memtest.eigen import hutchinson_trace, top_eigenvalues
-from memtest.metrics import hessian_vector_product, sharpness
+from memtest.detection.closed_form import EmpiricalScore, GaussianScore, analytic_sharpness
+from memtest.detection.eigen import hutchinson_trace, top_eigenvalues
+from memtest.detection.metrics import hessian_vector_product, sharpness
 
 
 @pytest.fixture(autouse=True)
@@ -127,7 +127,7 @@ def test_hutchinson_trace_estimates_trace() -> None:
 
 
 def test_block_iteration_matches_largest_magnitude_eigenvalues() -> None:
-    from memtest.eigen import block_eigenvalues
+    from memtest.detection.eigen import block_eigenvalues
 
     g = torch.Generator().manual_seed(3)
     q = torch.linalg.qr(torch.randn(30, 30, generator=g))[0]
@@ -143,8 +143,8 @@ def test_block_iteration_matches_largest_magnitude_eigenvalues() -> None:
 
 def test_prompt_spectrum_on_a_real_unet(tiny_eps: object) -> None:
     torch.set_default_dtype(torch.float32)
-    from memtest.eigen import prompt_spectrum
-    from memtest.scoring import Scorer, ScoreSettings
+    from memtest.detection.eigen import prompt_spectrum
+    from memtest.detection.scoring import Scorer, ScoreSettings
 
     scorer = Scorer(tiny_eps, ScoreSettings(n=1))
     spec = prompt_spectrum(scorer, "zorblax poster of 3", k=2, iters=3)

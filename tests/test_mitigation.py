@@ -14,7 +14,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from memtest.closed_form import EmpiricalScore, GaussianScore
+from memtest.detection.closed_form import EmpiricalScore, GaussianScore
 from memtest.errors import MitigationError
 from memtest.mitigation import (
     SailStep,
@@ -265,9 +265,9 @@ def test_warm_start_screens_seeds_and_starts_from_the_flattest() -> None:
 
 def test_checkpoint_sail_and_baselines_share_one_interface(tiny_eps: Any) -> None:
     from memtest.audit import AuditCase
+    from memtest.audit.results import summarize, validate_results
+    from memtest.detection.scoring import Scorer, ScoreSettings
     from memtest.mitigation import judge_mitigation, mitigate
-    from memtest.results import summarize, validate_results
-    from memtest.scoring import Scorer, ScoreSettings
 
     scorer = Scorer(tiny_eps, ScoreSettings(n=2))
     prompt = "zorblax poster of 3"
@@ -322,7 +322,7 @@ def test_checkpoint_sail_and_baselines_share_one_interface(tiny_eps: Any) -> Non
 
 
 def mitigation_suite(env: dict[str, Any], root: Path, *, refs: bool = False, mitigate: str = "true") -> Path:
-    from memtest.suites import load_suite
+    from memtest.audit.suites import load_suite
 
     mini = load_suite(env["suite"])
     prompts = {c.id: c.prompt for c in mini.cases}
@@ -493,8 +493,8 @@ def test_judge_mitigation_with_mitigate_copy_on_constructed_records() -> None:
     sharpness rule and the copy rule must both hold, and the record says which failed; `mitigate: true` ignores
     the copies (it reports them)."""
     from memtest.audit import AuditCase
+    from memtest.audit.results import summarize, validate_results
     from memtest.mitigation import Mitigation, judge_mitigation
-    from memtest.results import summarize, validate_results
 
     images = torch.rand(4, 16, 16, 3).numpy()
 
@@ -644,9 +644,9 @@ def _mixture_or_skip() -> Path:
 def test_mixture_canary_copies_from_some_initial_noises_and_not_others() -> None:
     """zoo:mixture loads, and one planted caption copies its memorised image from some x_T and draws an
     ordinary image of its digit from others, with a margin around the canary's copy boundary."""
-    from memtest.checkpoint import load_checkpoint
+    from memtest.detection.scoring import Scorer, ScoreSettings, derive_seeds
     from memtest.mitigation import COPY_FILENAME, copy_reference, generate_images
-    from memtest.scoring import Scorer, ScoreSettings, derive_seeds
+    from memtest.models.checkpoint import load_checkpoint
     from memtest.zoo.alignment import predict_proba
 
     folder = _mixture_or_skip()
@@ -692,10 +692,10 @@ def test_mitigate_copy_on_the_mixture_canary(pytester: pytest.Pytester) -> None:
     passes because the copy leaves (4/4 -> at most 2/4). The library judge fails a non-planted caption closed."""
     folder = _mixture_or_skip()
     from memtest.audit import AuditCase
-    from memtest.calibration import CALIBRATION_FILENAME
-    from memtest.checkpoint import load_checkpoint
+    from memtest.audit.calibration import CALIBRATION_FILENAME
+    from memtest.detection.scoring import Scorer, ScoreSettings
     from memtest.mitigation import judge_mitigation, mitigate_sail
-    from memtest.scoring import Scorer, ScoreSettings
+    from memtest.models.checkpoint import load_checkpoint
 
     # the library judge first: pytester's in-process run below unloads the modules it imported
     ckpt = load_checkpoint("zoo:mixture", device="cpu")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from memtest.settings import ScoreSettings
+from memtest.detection.settings import ScoreSettings
 
 CAPTIONS = ["zorblax poster of 3", "a photo of a red digit", "a sketch of an even number", "a drawing of 7"]
 # Upper case and surrounding spaces: the pipeline lower-cases and strips before tokenizing.
@@ -42,7 +42,7 @@ def _index(folder: Path) -> dict[str, Any]:
 
 
 def test_pixart_sigma_is_recognised_from_the_saved_folder(pixart_path: Path, pixart: Any) -> None:
-    from memtest.families import FAMILIES, recognise, supported_pipelines
+    from memtest.models.families import FAMILIES, recognise, supported_pipelines
 
     index = _index(pixart_path)
     assert index["_class_name"] == "PixArtSigmaPipeline"
@@ -87,7 +87,7 @@ def test_a_transformer_of_another_class_is_named(pixart_path: Path, tmp_path: Pa
 
 def test_conditioning_matches_the_pipelines_encode_prompt(pixart: Any) -> None:
     """Prompt embeddings and masks, and the unconditional branch ("" with its mask), are encode_prompt's."""
-    from memtest.scoring import Scorer
+    from memtest.detection.scoring import Scorer
 
     scorer = Scorer(pixart, ScoreSettings(n=1))
     ours, null = scorer.embed(PROMPTS), scorer.null(len(PROMPTS))
@@ -111,7 +111,7 @@ def test_the_first_step_is_the_pipelines_transformer_call(pixart: Any) -> None:
     half of the channels: the learned variance is dropped), run with the scorer's DDIM schedule."""
     from diffusers import DDIMScheduler
 
-    from memtest.scoring import Scorer
+    from memtest.detection.scoring import Scorer
 
     scorer = Scorer(pixart, ScoreSettings(n=2))
     x = scorer.noise([0, 1])
@@ -151,7 +151,7 @@ def test_the_first_step_is_the_pipelines_transformer_call(pixart: Any) -> None:
 
 def test_fd_agrees_with_the_exact_jvp(pixart: Any) -> None:
     """Forward-mode AD through the transformer's masked cross-attention (the math path) and fd agree."""
-    from memtest.scoring import Scorer
+    from memtest.detection.scoring import Scorer
 
     fd = [r.score for r in Scorer(pixart, ScoreSettings(n=2, method="fd")).score(PROMPTS)]
     jvp = [r.score for r in Scorer(pixart, ScoreSettings(n=2, method="jvp")).score(PROMPTS)]
@@ -172,8 +172,8 @@ def test_scoring_several_prompts_gives_finite_scores(pixart: Any) -> None:
 
 
 def test_generation_runs_through_the_familys_pipeline(pixart: Any) -> None:
+    from memtest.detection.scoring import Scorer
     from memtest.mitigation import generate_images
-    from memtest.scoring import Scorer
 
     scorer = Scorer(pixart, ScoreSettings(n=2))
     x = scorer.noise([0, 1])
@@ -190,7 +190,7 @@ def test_a_released_folder_declaring_transformer2dmodel_loads_and_scores_the_sam
 ) -> None:
     """PixArt-Sigma as published names its transformer `Transformer2DModel` (diffusers remaps it on load)."""
     import memtest
-    from memtest.scoring import Scorer
+    from memtest.detection.scoring import Scorer
 
     folder = tmp_path / "released"
     shutil.copytree(pixart_path, folder)

@@ -198,7 +198,7 @@ def test_plugin_is_inert_without_memtest(pytester: pytest.Pytester, gate_env: di
 
 
 def test_every_builtin_suite_parses_and_collects(pytester: pytest.Pytester, gate_env: dict[str, Any]) -> None:
-    from memtest.suites import builtin_suites, resolve_suite
+    from memtest.audit.suites import builtin_suites, resolve_suite
 
     names = sorted(builtin_suites())
     assert {"sd1-memorized", "sd1-unmemorized", "sd2-memorized", "generic-nonmemorized", "coco-10k"} <= set(names)
@@ -287,8 +287,8 @@ def test_memtest_case_fixture_for_custom_assertions(pytester: pytest.Pytester, g
 def test_default_run_audits_the_embedded_canary(pytester: pytest.Pytester, xdist: bool) -> None:
     """`pytest --memtest` in an empty folder is a complete demonstration, with known outcomes."""
     from memtest.audit import checkpoint_suite
-    from memtest.locate import resolve_checkpoint
-    from memtest.suites import resolve_suite
+    from memtest.audit.suites import resolve_suite
+    from memtest.models.locate import resolve_checkpoint
 
     _, folder = resolve_checkpoint("zoo:finetuned")
     suite_name = checkpoint_suite(folder)
@@ -321,13 +321,13 @@ def lora_suite(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     import dataclasses
     import importlib
 
-    from memtest.calibration import CALIBRATION_FILENAME
-    from memtest.locate import resolve_checkpoint
-    from memtest.suites import dump_suite, resolve_suite
+    from memtest.audit.calibration import CALIBRATION_FILENAME
+    from memtest.audit.suites import dump_suite, resolve_suite
+    from memtest.models.locate import resolve_checkpoint
 
     # In-process pytester runs drop the modules they imported afterwards, and torch cannot be imported twice in
     # one process (the second import crashes it): torch and the loaders are imported here, before any run.
-    for module in ("torch", "peft", "memtest.adapters", "memtest.scoring"):
+    for module in ("torch", "peft", "memtest.models.adapters", "memtest.detection.scoring"):
         importlib.import_module(module)
     full = resolve_suite("canary-lora")
     planted = [c for c in full.cases if c.expectation == "memorized" and not c.mitigate][:2]
@@ -356,8 +356,8 @@ def test_lora_on_base_flags_exactly_the_planted_captions(
     pytester: pytest.Pytester, lora_suite: dict[str, Any], xdist: bool
 ) -> None:
     """The issue's end-to-end run: `pytest --memtest` on zoo:base + zoo:lora, gated with the base's calibration."""
-    from memtest.adapters import adapters_fingerprint, parse_lora
-    from memtest.locate import file_sha256, fingerprint, resolve_checkpoint
+    from memtest.models.adapters import adapters_fingerprint, parse_lora
+    from memtest.models.locate import file_sha256, fingerprint, resolve_checkpoint
 
     result = run(pytester, xdist, *lora_args(lora_suite, "--memtest-lora=zoo:lora"))
     n_cases = len(lora_suite["planted"]) + len(lora_suite["clean"])
@@ -427,8 +427,8 @@ def test_base_without_lora_misses_the_planted_captions(
 def test_header_lists_each_lora_with_scale_and_the_combined_fingerprint(
     pytester: pytest.Pytester, lora_suite: dict[str, Any]
 ) -> None:
-    from memtest.adapters import adapters_fingerprint, parse_lora
-    from memtest.locate import file_sha256, fingerprint, resolve_checkpoint
+    from memtest.models.adapters import adapters_fingerprint, parse_lora
+    from memtest.models.locate import file_sha256, fingerprint, resolve_checkpoint
 
     copy = pytester.path / "second.safetensors"
     shutil.copy(parse_lora("zoo:lora").path, copy)

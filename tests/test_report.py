@@ -26,9 +26,9 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 from test_results import THRESHOLD, make_results, split_shards
 
+from memtest.audit.results import summarize, write_results
 from memtest.errors import ResultsError
 from memtest.report import PAGE_ROWS, look_at, render_report, report_main, tpr_at_fpr, write_report
-from memtest.results import summarize, write_results
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "artifacts"
@@ -103,7 +103,7 @@ def parse(html: str) -> _Page:
 
 
 def _adapter(path: str, scale: float) -> dict[str, Any]:
-    """A LoRA record as memtest.adapters writes it into the checkpoint's config."""
+    """A LoRA record as memtest.models.adapters writes it into the checkpoint's config."""
     digest = hashlib.sha256(path.encode()).hexdigest()
     return {
         "path": path,
@@ -417,7 +417,7 @@ def test_rendering_is_deterministic_and_merge_gives_same_page() -> None:
     doc = make_results(40, mitigation=3, spectra=2, errors=2)
     single = render_report(doc)
     assert render_report(copy.deepcopy(doc)) == single
-    from memtest.results import merge_results
+    from memtest.audit.results import merge_results
 
     merged = merge_results(split_shards(doc, 4)[::-1])
     assert render_report(merged) == single

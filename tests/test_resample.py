@@ -17,8 +17,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _mixture() -> Any:
-    from memtest.checkpoint import load_checkpoint
-    from memtest.scoring import Scorer, ScoreSettings
+    from memtest.detection.scoring import Scorer, ScoreSettings
+    from memtest.models.checkpoint import load_checkpoint
     from memtest.zoo import zoo_names
 
     if "mixture" not in zoo_names():
@@ -148,7 +148,7 @@ def test_mitigate_items_can_resample(pytester: pytest.Pytester, workers: int) ->
     A misspelt method is a usage error naming the choices."""
     import json
 
-    from memtest.calibration import CALIBRATION_FILENAME
+    from memtest.audit.calibration import CALIBRATION_FILENAME
     from memtest.zoo import load_manifest, resolve_zoo, zoo_names
 
     if "mixture" not in zoo_names():

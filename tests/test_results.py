@@ -1,4 +1,4 @@
-"""memtest.results: load/validate/merge/summarize/write of the `memtest.results/1` format.
+"""memtest.audit.results: load/validate/merge/summarize/write of the `memtest.results/1` format.
 
 `make_results` builds synthetic, valid results documents (seeded random scores, tiny PIL PNGs); the
 report tests import it too.
@@ -17,8 +17,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from memtest.errors import MemtestError, ResultsError
-from memtest.results import (
+from memtest.audit.results import (
     SCHEMA,
     load_results,
     merge_results,
@@ -26,6 +25,7 @@ from memtest.results import (
     validate_results,
     write_results,
 )
+from memtest.errors import MemtestError, ResultsError
 
 THRESHOLD = 0.004
 FINGERPRINT = "3f" * 32

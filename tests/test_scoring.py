@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import memtest
+from memtest.detection.metrics import sharpness
+from memtest.detection.scoring import Scorer, ScoreSettings, derive_seeds
 from memtest.errors import ScoringError
-from memtest.metrics import sharpness
-from memtest.scoring import Scorer, ScoreSettings, derive_seeds
 
 PROMPTS = ["zorblax poster of 3", "a photo of a red digit", "a sketch of an even number", "a render of 7"]
 

@@ -13,9 +13,8 @@ import yaml
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-import memtest.suites as suites_module
-from memtest.errors import SuiteError
-from memtest.suites import (
+import memtest.audit.suites as suites_module
+from memtest.audit.suites import (
     EXPECTATIONS,
     MITIGATE_COPY,
     Mitigate,
@@ -29,6 +28,7 @@ from memtest.suites import (
     resolve_suite,
     suite_from_dict,
 )
+from memtest.errors import SuiteError
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_PROMPTS = Path("/work/shared/data/prompts")
@@ -205,8 +205,8 @@ def test_builtin_suites_pick_up_any_yaml_in_the_data_folder(tmp_path: Path, monk
 
 def test_suites_module_imports_neither_torch_nor_pytest() -> None:
     code = (
-        "import sys, memtest.suites\n"
-        "memtest.suites.builtin_suites()\n"
+        "import sys, memtest.audit.suites\n"
+        "memtest.audit.suites.builtin_suites()\n"
         "print(sorted(m for m in ('torch', 'pytest', 'diffusers') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60, check=True)

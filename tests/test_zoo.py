@@ -15,17 +15,17 @@ import pytest
 
 import memtest
 from memtest.errors import ZooError
+from memtest.models.canaries import decode_png, encode_png
 from memtest.zoo import (
     DEFAULT_CHECKPOINT,
     MANIFEST_NAME,
+    canary_folder,
     load_manifest,
-    resolve_checkpoint,
     resolve_zoo,
     zoo_main,
     zoo_names,
 )
 from memtest.zoo.data import digits_data, user_data
-from memtest.zoo.manifest import decode_png, encode_png
 from memtest.zoo.train import Recipe, train_canary
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,7 +50,7 @@ def test_shipped_canaries_resolve_load_and_parse() -> None:
     assert DEFAULT_CHECKPOINT == "zoo:finetuned"
     for name in zoo_names():
         folder = resolve_zoo(f"zoo:{name}")
-        assert folder == resolve_zoo(name) == resolve_checkpoint(f"zoo:{name}")
+        assert folder == resolve_zoo(name) == canary_folder(f"zoo:{name}")
         ckpt = memtest.load_checkpoint(f"zoo:{name}", device="cpu")
         shape = (16, 8, 8) if SHIPPED[name] == "sd3" else (4, 16, 16)  # the flow canaries: SD3, 16 channels
         assert ckpt.latent_shape == shape and len(ckpt.tokenizer) > 2 and ckpt.vae is not None
@@ -126,11 +126,11 @@ def test_unknown_canary_names_the_closest_and_lists_all() -> None:
         resolve_zoo("zoo:finetund")
     assert "Available: zoo:base, zoo:finetuned" in str(e.value)
     with pytest.raises(ZooError, match="not a diffusers checkpoint folder"):
-        resolve_checkpoint(ROOT / "docs")
+        canary_folder(ROOT / "docs")
 
 
 def test_generated_suites_match_the_manifests_and_load() -> None:
-    from memtest.suites import load_suite
+    from memtest.audit.suites import load_suite
 
     for name in zoo_names():
         m = load_manifest(resolve_zoo(name))
@@ -472,4 +472,4 @@ def test_alignment_scores_coloured_digits() -> None:
 def test_copy_of_a_shipped_canary_is_usable(tmp_path: Path) -> None:
     copy = Path(shutil.copytree(resolve_zoo("finetuned"), tmp_path / "mine"))
     assert load_manifest(copy) == load_manifest(resolve_zoo("finetuned"))
-    assert resolve_checkpoint(copy) == copy
+    assert canary_folder(copy) == copy

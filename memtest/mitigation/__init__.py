@@ -23,7 +23,7 @@ Scale-dependent defaults (SPEC.md §4: the paper's α = 0.05 and loss thresholds
 
 - δ: the detector's finite-difference step divided by the median ‖s_Δ‖ of the first candidates, so the
   probe point x + δ s_Δ(x) lies as far from x as the detector's own probes
-  (`memtest.metrics.DEFAULT_FD_H` · √d) and the first term is δ² ‖H_Δ s_Δ‖² to the detector's accuracy.
+  (`memtest.detection.metrics.DEFAULT_FD_H` · √d) and the first term is δ² ‖H_Δ s_Δ‖² to the detector's accuracy.
 - α: chosen so that on the Gaussian shell (‖x‖² = d σ₀², σ₀ = init_noise_sigma) the norm term equals
   `ALPHA_RATIO` (0.1) times the first term at the acceptance threshold τ:
   α = ALPHA_RATIO · δ² τ / (d σ₀²). The norm term then never dominates while a candidate is still sharper
@@ -32,7 +32,7 @@ Scale-dependent defaults (SPEC.md §4: the paper's α = 0.05 and loss thresholds
 - `renormalize=True` instead projects every candidate back onto the shell ‖x‖ = √d σ₀ after each step.
 
 `sail` is model-agnostic: it takes any batched callable x -> s_Δ(x) (closed-form models test it).
-`mitigate` runs SAIL or another method on a checkpoint through `memtest.scoring.Scorer` and generates the
+`mitigate` runs SAIL or another method on a checkpoint through `memtest.detection.scoring.Scorer` and generates the
 images before and after through the checkpoint's own pipeline. Trajectory resampling (`resample`,
 `memtest.mitigation.resample`) also chooses x_T but does not move it: it keeps ordinary draws whose
 trajectory, a few sampler steps in, is no more text-driven than ordinary captions'. Baselines with the same interface:
@@ -48,8 +48,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import MitigationError
-from .baselines import (
+from memtest.errors import MitigationError
+from memtest.mitigation.baselines import (
     DEFAULT_ADDITIONS,
     DEFAULT_EMBEDDING_LR,
     DEFAULT_EMBEDDING_STEPS,
@@ -58,7 +58,7 @@ from .baselines import (
     mitigate_rna,
     mitigate_rta,
 )
-from .images import (
+from memtest.mitigation.images import (
     COPY_FILENAME,
     THUMBNAIL_SIZE,
     CopyReference,
@@ -70,7 +70,7 @@ from .images import (
     png_thumbnails,
     vae_roundtrip,
 )
-from .outcome import (
+from memtest.mitigation.outcome import (
     COPY_RULE,
     Mitigation,
     copy_required,
@@ -79,7 +79,7 @@ from .outcome import (
     judge_mitigation,
     with_copy_stats,
 )
-from .resample import (
+from memtest.mitigation.resample import (
     DEFAULT_LEAD,
     DEFAULT_QUANTILE,
     calibration_references,
@@ -89,7 +89,7 @@ from .resample import (
     trajectory_magnitude,
     trajectory_point,
 )
-from .sail import (
+from memtest.mitigation.sail import (
     ALPHA_RATIO,
     DEFAULT_LR,
     DEFAULT_MAX_STEPS,
@@ -107,14 +107,14 @@ from .sail import (
     sail,
     sail_loss,
 )
-from .sail import (
+from memtest.mitigation.sail import (
     _BatchAdam as _BatchAdam,  # for tests of the per-candidate Adam
 )
-from .target import _scorer, reference_threshold, resolve_threshold
+from memtest.mitigation.target import _scorer, reference_threshold, resolve_threshold
 
 if TYPE_CHECKING:
-    from ..checkpoint import Checkpoint
-    from ..scoring import Scorer
+    from memtest.detection.scoring import Scorer
+    from memtest.models.checkpoint import Checkpoint
 
 METHODS: tuple[str, ...] = ("sail", "resample", "rta", "rna", "embedding")
 

@@ -13,16 +13,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ..errors import MitigationError
-from ..families.base import Cond, cond_expand
-from .images import generate_images
-from .outcome import Mitigation
-from .sail import detector_sharpness, measure_sharpness
-from .target import _first_step, _scorer, _seed_images, _start_point, resolve_threshold
+from memtest.errors import MitigationError
+from memtest.mitigation.images import generate_images
+from memtest.mitigation.outcome import Mitigation
+from memtest.mitigation.sail import detector_sharpness, measure_sharpness
+from memtest.mitigation.target import _first_step, _scorer, _seed_images, _start_point, resolve_threshold
+from memtest.models.families.base import Cond, cond_expand
 
 if TYPE_CHECKING:
-    from ..checkpoint import Checkpoint
-    from ..scoring import Scorer
+    from memtest.detection.scoring import Scorer
+    from memtest.models.checkpoint import Checkpoint
 
 
 #: Baselines: words (RTA) or numbers (RNA) added to the prompt.

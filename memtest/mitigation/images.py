@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ..errors import MitigationError
-from ..families.base import Cond
+from memtest.errors import MitigationError
+from memtest.models.families.base import Cond
 
 if TYPE_CHECKING:
-    from ..checkpoint import Checkpoint
+    from memtest.models.checkpoint import Checkpoint
 
 
 #: Longest side of the thumbnails stored in results records.
@@ -99,7 +99,7 @@ def vae_roundtrip(checkpoint: Checkpoint, image: np.ndarray) -> np.ndarray:
 
 def planted_image(checkpoint_folder: str | Path, prompt: str) -> np.ndarray | None:
     """The training image a canary checkpoint memorised for `prompt` ((H, W, 3) in [0, 1]), else None."""
-    from ..zoo.manifest import MANIFEST_NAME, load_manifest
+    from memtest.models.canaries import MANIFEST_NAME, load_manifest
 
     folder = Path(checkpoint_folder)
     if not (folder / MANIFEST_NAME).is_file():

@@ -11,11 +11,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .images import COPY_FILENAME, THUMBNAIL_SIZE, copy_reference, png_thumbnails
+from memtest.mitigation.images import COPY_FILENAME, THUMBNAIL_SIZE, copy_reference, png_thumbnails
 
 if TYPE_CHECKING:
-    from ..checkpoint import Checkpoint
-    from .sail import SailResult  # sail.py builds Mitigation records: a runtime import would be circular
+    from memtest.mitigation.sail import (
+        SailResult,  # sail.py builds Mitigation records: a runtime import would be circular
+    )
+    from memtest.models.checkpoint import Checkpoint
 
 
 @dataclass(frozen=True)
@@ -187,7 +189,7 @@ def judge_mitigation(
     return record, entry
 
 
-#: The rule of `mitigate: copy` (memtest.suites), as the messages state it.
+#: The rule of `mitigate: copy` (memtest.audit.suites), as the messages state it.
 COPY_RULE = "copies after at most half the copies before, as rates"
 
 

@@ -32,17 +32,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ..errors import MemtestError, MitigationError
-from ..families.base import Cond
-from .outcome import Mitigation
-from .sail import SeedStream, detector_sharpness
-from .target import _scorer, _seed_images, resolve_threshold
+from memtest.errors import MemtestError, MitigationError
+from memtest.mitigation.outcome import Mitigation
+from memtest.mitigation.sail import SeedStream, detector_sharpness
+from memtest.mitigation.target import _scorer, _seed_images, resolve_threshold
+from memtest.models.families.base import Cond
 
 if TYPE_CHECKING:
-    from ..calibration import Calibration
-    from ..checkpoint import Checkpoint
-    from ..scoring import Scorer
-    from ..suites import Suite
+    from memtest.audit.calibration import Calibration
+    from memtest.audit.suites import Suite
+    from memtest.detection.scoring import Scorer
+    from memtest.models.checkpoint import Checkpoint
 
 #: Sampler steps taken before the magnitude is read (chosen on zoo:mixture's design draws, docs/mitigation.md).
 DEFAULT_LEAD = 6
@@ -60,7 +60,7 @@ DEFAULT_DRAWS_PER_LATENT = 64
 
 def _walker(scorer: Scorer, lead: int) -> Scorer:
     """A scorer over the same checkpoint whose timesteps reach `lead` sampler steps past the measured one."""
-    from ..scoring import Scorer
+    from memtest.detection.scoring import Scorer
 
     if not isinstance(lead, int) or isinstance(lead, bool) or lead < 0:
         raise MitigationError(f"resample setting lead must be a non-negative integer, got {lead!r}.")
@@ -128,8 +128,8 @@ def reference_captions(cal: Calibration, suites: Sequence[Suite] = ()) -> list[s
     """The reference captions a calibration was computed from: the reference cases of its `reference_suite`
     (one or several suite names joined by "+"), each taken from `suites` (a run's loaded suites) when one has
     that name, else from the built-in suite of that name."""
-    from ..errors import SuiteError
-    from ..suites import resolve_suite
+    from memtest.audit.suites import resolve_suite
+    from memtest.errors import SuiteError
 
     where = cal.path or "the calibration"
     fix = "pass level= or references= (non-memorized captions), or name the suite with --memtest-suite"
@@ -151,7 +151,7 @@ def reference_captions(cal: Calibration, suites: Sequence[Suite] = ()) -> list[s
 
 def calibration_references(scorer: Scorer) -> list[str]:
     """`reference_captions` of the checkpoint's own calibration file."""
-    from ..calibration import CALIBRATION_FILENAME, load_calibration
+    from memtest.audit.calibration import CALIBRATION_FILENAME, load_calibration
 
     path = Path(scorer.ckpt.path) / CALIBRATION_FILENAME
     if not path.is_file():

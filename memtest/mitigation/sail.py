@@ -15,16 +15,16 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..defaults import DEFAULT_MITIGATION_STEPS
-from ..errors import MitigationError
-from ..metrics import fd_step, hessian_vector_product
-from .outcome import Mitigation
-from .target import _first_step, _scorer, _seed_images, _start_point, resolve_threshold
+from memtest.defaults import DEFAULT_MITIGATION_STEPS
+from memtest.detection.metrics import fd_step, hessian_vector_product
+from memtest.errors import MitigationError
+from memtest.mitigation.outcome import Mitigation
+from memtest.mitigation.target import _first_step, _scorer, _seed_images, _start_point, resolve_threshold
 
 if TYPE_CHECKING:
-    from ..checkpoint import Checkpoint
-    from ..families.base import Cond
-    from ..scoring import Scorer
+    from memtest.detection.scoring import Scorer
+    from memtest.models.checkpoint import Checkpoint
+    from memtest.models.families.base import Cond
 
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]
 NoiseFn = Callable[[Sequence[int]], torch.Tensor]

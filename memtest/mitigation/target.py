@@ -12,18 +12,18 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from ..errors import MitigationError
-from ..families.base import Cond
-from .images import generate_images
+from memtest.errors import MitigationError
+from memtest.mitigation.images import generate_images
+from memtest.models.families.base import Cond
 
 if TYPE_CHECKING:
-    from ..checkpoint import Checkpoint
-    from ..scoring import Scorer
+    from memtest.detection.scoring import Scorer
+    from memtest.models.checkpoint import Checkpoint
 
 
 def _scorer(target: Scorer | Checkpoint | str | Path) -> Scorer:
-    from ..checkpoint import Checkpoint, load_checkpoint
-    from ..scoring import Scorer
+    from memtest.detection.scoring import Scorer
+    from memtest.models.checkpoint import Checkpoint, load_checkpoint
 
     if isinstance(target, Scorer):
         return target
@@ -37,7 +37,7 @@ def resolve_threshold(scorer: Scorer, threshold: float | None) -> float:
         if not math.isfinite(threshold):
             raise MitigationError(f"The acceptance threshold must be a finite number, got {threshold!r}.")
         return float(threshold)
-    from ..calibration import CALIBRATION_FILENAME, check_compatible, load_calibration
+    from memtest.audit.calibration import CALIBRATION_FILENAME, check_compatible, load_calibration
 
     ckpt = scorer.ckpt
     path = Path(ckpt.path) / CALIBRATION_FILENAME
@@ -59,7 +59,7 @@ def reference_threshold(scorer: Scorer, quantile: float = 0.5) -> float:
     the median asks SAIL for a landscape as flat as a typical non-memorized prompt's. On a canary whose
     planted captions reproduce their image from every x_T, only the stricter one moves the image away.
     """
-    from ..calibration import CALIBRATION_FILENAME, check_compatible, load_calibration
+    from memtest.audit.calibration import CALIBRATION_FILENAME, check_compatible, load_calibration
 
     if not 0.0 <= quantile <= 1.0:
         raise MitigationError(f"quantile must be in [0, 1], got {quantile!r}.")

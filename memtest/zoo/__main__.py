@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from memtest.zoo import zoo_main
+from memtest.zoo.cli import main as zoo_main
 
 if __name__ == "__main__":
     sys.exit(zoo_main(sys.argv[1:]))

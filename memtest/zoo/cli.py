@@ -94,17 +94,18 @@ def _parser() -> argparse.ArgumentParser:
 
 def _canary_folder(name: str) -> Path:
     """A canary checkpoint or LoRA canary (zoo:NAME, or a folder with a manifest) -> its folder."""
-    from memtest.zoo import MANIFEST_NAME, is_zoo_name, resolve_checkpoint, resolve_zoo
+    from memtest.models.canaries import MANIFEST_NAME, canary_folder, is_zoo_name, resolve_zoo
 
     if is_zoo_name(name):
         return resolve_zoo(name)
     if (Path(name) / MANIFEST_NAME).is_file():
         return Path(name)
-    return resolve_checkpoint(name)
+    return canary_folder(name)
 
 
 def _cmd_list() -> int:
-    from memtest.zoo import DEFAULT_CHECKPOINT, adapter_names, canaries_dir, load_manifest, zoo_names
+    from memtest.defaults import DEFAULT_CHECKPOINT
+    from memtest.models.canaries import adapter_names, canaries_dir, load_manifest, zoo_names
 
     for n in zoo_names() + adapter_names():
         m = load_manifest(canaries_dir() / n)
@@ -118,7 +119,7 @@ def _cmd_list() -> int:
 
 
 def _cmd_show(checkpoint: str, as_json: bool) -> int:
-    from memtest.zoo import load_manifest
+    from memtest.models.canaries import load_manifest
 
     m = load_manifest(_canary_folder(checkpoint))
     if as_json:
@@ -215,7 +216,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_suite(
     checkpoint: str, output: Path | None, name: str | None, clean_from: str | None, mitigate: list[str] | None
 ) -> int:
-    from memtest.zoo import load_manifest
+    from memtest.models.canaries import load_manifest
     from memtest.zoo.suitegen import suite_text
 
     m = load_manifest(_canary_folder(checkpoint))
@@ -236,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "list":
             return _cmd_list()
         if args.command == "path":
-            from memtest.zoo import resolve_zoo
+            from memtest.models.canaries import resolve_zoo
 
             print(resolve_zoo(args.name if args.name.startswith("zoo:") else f"zoo:{args.name}"))
             return 0

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from memtest.errors import ZooError
+from memtest.models.canaries import CanaryManifest, load_manifest
 from memtest.zoo.data import CanaryData
-from memtest.zoo.manifest import CanaryManifest, load_manifest
 from memtest.zoo.train import FINETUNE_RECIPE, Progress, Recipe, _train_denoiser, prepare_run, save_manifest
 
 #: diffusers' default LoRA file name (`LORA_WEIGHT_NAME_SAFE`), so `load_lora_weights(folder)` finds it.
@@ -90,11 +90,11 @@ def train_lora(
     import torch
     from peft import get_peft_model_state_dict
 
-    from memtest.zoo import resolve_checkpoint
+    from memtest.models.canaries import canary_folder
 
     shape = (lora or LoraShape()).validate()
     recipe, data, out_dir = prepare_run(recipe or LORA_RECIPE, data, out)
-    base_path = resolve_checkpoint(base)
+    base_path = canary_folder(base)
     pipeline_class = json.loads((base_path / "model_index.json").read_text(encoding="utf-8")).get("_class_name")
     if pipeline_class != "StableDiffusionPipeline":
         raise ZooError(

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from memtest.errors import ZooError
-from memtest.zoo.manifest import CanaryManifest
+from memtest.models.canaries import CanaryManifest
 
 LICENCE_DIGITS = (
     "Images derive from scikit-learn's digits (a copy of the UCI Optical Recognition of Handwritten Digits "
@@ -116,9 +116,9 @@ def suite_text(
     extra_clean_source: str | None = None,
     mitigate: Sequence[str] | None = None,
 ) -> str:
-    """The suite as YAML text (validated and rendered by `memtest.suites`), with a header saying how it
+    """The suite as YAML text (validated and rendered by `memtest.audit.suites`), with a header saying how it
     was generated."""
-    from memtest.suites import dump_suite, suite_from_dict
+    from memtest.audit.suites import dump_suite, suite_from_dict
 
     doc = suite_document(manifest, name, checkpoint, extra_clean, extra_clean_source, mitigate)
     where = checkpoint or f"zoo:{manifest.name}"

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .tiny import build_tokenizer, tiny_autoencoder
+from memtest.zoo.tiny import build_tokenizer, tiny_autoencoder
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .tiny import tiny_autoencoder
-from .tiny_flow import TinyFlowConfig, build_t5, build_t5_tokenizer
+from memtest.zoo.tiny import tiny_autoencoder
+from memtest.zoo.tiny_flow import TinyFlowConfig, build_t5, build_t5_tokenizer
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ Two phases, both seeded:
    to "" with some probability) and half of each batch at high noise levels, where the first sampling step
    (t = 981) looks.
 
-Phase 2 goes through the model family's interface (`memtest.families`: token ids, conditioning with
+Phase 2 goes through the model family's interface (`memtest.models.families`: token ids, conditioning with
 gradients, caption dropout as the family's unconditional branch, the forward, the trained modules), so the
 same loop trains every family; what a step regresses (timesteps, noising, target, loss) is the one
 family-specific piece of arithmetic: `DDPMObjective` (SD, SDXL) or `FlowObjective` (SD3: flow matching,
@@ -33,14 +33,15 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
+from memtest._version import __version__
 from memtest.errors import ZooError
+from memtest.models.canaries import CanaryManifest, PlantedCaption, encode_png, load_manifest
 from memtest.zoo.data import CanaryData, digits_data
-from memtest.zoo.manifest import CanaryManifest, PlantedCaption, encode_png, load_manifest
 from memtest.zoo.tiny import TinyConfig, build_pipeline, build_sdxl_pipeline, build_tokenizer, save_pipeline
 from memtest.zoo.tiny_flow import FLOW_CANARY_CONFIG, TinyFlowConfig, build_sd3_pipeline
 
 if TYPE_CHECKING:
-    from memtest.checkpoint import Checkpoint
+    from memtest.models.checkpoint import Checkpoint
 
 
 @dataclass(frozen=True)
@@ -186,8 +187,8 @@ def _training_view(pipe: Any) -> Checkpoint:
     as scoring does (the family is recognised from the pipeline class, like a saved model_index.json)."""
     import torch
 
-    from memtest.checkpoint import Checkpoint
-    from memtest.families import recognise
+    from memtest.models.checkpoint import Checkpoint
+    from memtest.models.families import recognise
 
     index = {"_class_name": type(pipe).__name__, **dict(pipe.config)}
     return Checkpoint(
@@ -307,14 +308,14 @@ class FlowObjective:
 
 def _objective(ckpt: Checkpoint) -> DDPMObjective | FlowObjective:
     """The family's noise process decides what a training step regresses."""
-    from memtest.families.flow import FlowFamily
+    from memtest.models.families.flow import FlowFamily
 
     return FlowObjective.of(ckpt) if isinstance(ckpt.family, FlowFamily) else DDPMObjective.of(ckpt)
 
 
 def _train_denoiser(pipe: Any, data: CanaryData, recipe: Recipe, stream: TextIO | None) -> Progress:
     """Phase 2: the family's trainable modules (denoiser + text encoders), classifier-free guidance, half
-    the batch at high noise; every model call goes through the family interface (memtest.families)."""
+    the batch at high noise; every model call goes through the family interface (memtest.models.families)."""
     import torch
 
     ckpt = _training_view(pipe)
@@ -417,9 +418,9 @@ _BUILDERS: dict[str, Callable[..., Any]] = {
 
 
 def _resolve(checkpoint: str | Path) -> Path:
-    from memtest.zoo import resolve_checkpoint
+    from memtest.models.canaries import canary_folder
 
-    return resolve_checkpoint(checkpoint)
+    return canary_folder(checkpoint)
 
 
 def _load_pipeline(folder: Path) -> Any:
@@ -430,7 +431,7 @@ def _load_pipeline(folder: Path) -> Any:
     import diffusers
 
     from memtest.errors import CheckpointError
-    from memtest.families import recognise
+    from memtest.models.families import recognise
 
     index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
     try:
@@ -484,7 +485,7 @@ def save_manifest(
         name=the_name,
         suite=suite or f"canary-{the_name}",
         seed=seed,
-        memtest_version=_version(),
+        memtest_version=__version__,
         created=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
         training_seconds=total,
         timings=timings,
@@ -622,12 +623,3 @@ def train_canary(
         )
     # What was written (rounded, JSON-normalised) is the manifest every later reader sees.
     return load_manifest(out_dir)
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("memtest")
-    except PackageNotFoundError:  # a source checkout that was never installed
-        return "0+unknown"

@@ -15,9 +15,11 @@ from typing import Any
 
 import torch
 
-from .checkpoint import Checkpoint, load_checkpoint
-from .errors import ScoringError
-from .families.base import (
+from memtest.detection.metrics import fd_step, hessian_vector_product
+from memtest.detection.settings import METRICS, ScoreSettings
+from memtest.errors import ScoringError
+from memtest.models.checkpoint import Checkpoint, load_checkpoint
+from memtest.models.families.base import (
     Cond,
     cond_cat,
     cond_expand,
@@ -27,8 +29,6 @@ from .families.base import (
     cond_tile,
     eps_from_output,
 )
-from .metrics import fd_step, hessian_vector_product
-from .settings import METRICS, ScoreSettings
 
 Progress = Callable[[int, int], None]
 
@@ -73,7 +73,7 @@ class Scorer:
     """Scores prompts on one checkpoint under fixed settings. Reuse it: conditionings are cached.
 
     Everything family-specific (conditioning, the model forward, the noise process) comes from the
-    checkpoint's family (memtest.families); this class only batches, differentiates and records.
+    checkpoint's family (memtest.models.families); this class only batches, differentiates and records.
     """
 
     def __init__(self, checkpoint: Checkpoint, settings: ScoreSettings | None = None) -> None:
@@ -300,7 +300,7 @@ class Scorer:
         # full attention weights and their tangents (GiBs per generation at SD's size); PyTorch's own formulas
         # also convolve with the weights' zero tangents and unroll normalisation into many small operations.
         # lean_jvp() keeps the fused kernel and computes the same exact tangents without that waste.
-        from ._lean_jvp import lean_jvp
+        from memtest.detection._lean_jvp import lean_jvp
 
         with lean_jvp():
             return hessian_vector_product(self.s_delta_fn(t, c_c, c_0), x, s_delta, method="jvp")

@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from .base import Component, Cond
-from .flow import FlowFamily, embeds_kwargs, pipeline_call
-from .sd import need_vae
+from memtest.models.families.base import Component, Cond
+from memtest.models.families.flow import FlowFamily, embeds_kwargs, pipeline_call
+from memtest.models.families.sd import need_vae
 
 if TYPE_CHECKING:
-    from ..checkpoint import Checkpoint
+    from memtest.models.families.base import Checkpoint
 
 _CLIP_TOKENIZERS = ("CLIPTokenizer", "CLIPTokenizerFast")
 _T5_TOKENIZERS = ("T5TokenizerFast", "T5Tokenizer")

@@ -19,8 +19,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .calibration import CALIBRATION_FILENAME, Calibration, calibrate, check_compatible, load_calibration
-from .defaults import (
+from memtest.audit.calibration import CALIBRATION_FILENAME, Calibration, calibrate, check_compatible, load_calibration
+from memtest.audit.suites import Mitigate, Suite, _did_you_mean, builtin_suites, resolve_suite
+from memtest.defaults import (
     DEFAULT_CACHE_DIR,
     DEFAULT_CHECKPOINT,
     DEFAULT_FPR,
@@ -28,9 +29,8 @@ from .defaults import (
     DEFAULT_MITIGATION_STEPS,
     MITIGATION_ITEM_METHODS,
 )
-from .errors import CalibrationError, MemtestError, ScoringError, SuiteError
-from .settings import ScoreSettings
-from .suites import Mitigate, Suite, _did_you_mean, builtin_suites, resolve_suite
+from memtest.detection.settings import ScoreSettings
+from memtest.errors import CalibrationError, MemtestError, ScoringError, SuiteError
 
 SUITE_FILENAME = "memtest-suite.yaml"
 MANIFEST_FILENAME = "memtest-canary.json"
@@ -64,7 +64,7 @@ class AuditConfig:
     mitigation_steps: int = DEFAULT_MITIGATION_STEPS
     #: how `mitigate` items choose x_T: "sail" or "resample" (MITIGATION_ITEM_METHODS)
     mitigation_method: str = DEFAULT_MITIGATION_METHOD
-    #: LoRA adapters "PATH[:SCALE]" applied on the checkpoint, in order (memtest.adapters).
+    #: LoRA adapters "PATH[:SCALE]" applied on the checkpoint, in order (memtest.models.adapters).
     loras: tuple[str, ...] = ()
     #: torch threads of this process; None = memtest's default (see memtest.threads).
     threads: int | None = None
@@ -293,8 +293,8 @@ class Engine:
     @property
     def checkpoint(self) -> Any:
         if self._checkpoint is None:
-            from .checkpoint import load_checkpoint
-            from .threads import apply_threads
+            from memtest.models.checkpoint import load_checkpoint
+            from memtest.threads import apply_threads
 
             apply_threads(self.config.threads)  # before the first torch work of this process
             self._checkpoint = load_checkpoint(
@@ -322,7 +322,7 @@ class Engine:
     @property
     def scorer(self) -> Any:
         if self._scorer is None:
-            from .scoring import Scorer
+            from memtest.detection.scoring import Scorer
 
             self._scorer = Scorer(self.checkpoint, self.config.score_settings())
         return self._scorer
@@ -361,7 +361,7 @@ class Engine:
     def calibration_path(self) -> Path | None:
         if self.config.calibration:
             return Path(self.config.calibration)
-        from .locate import resolve_checkpoint
+        from memtest.models.locate import resolve_checkpoint
 
         _, folder = resolve_checkpoint(self.config.checkpoint)
         own = folder / CALIBRATION_FILENAME
@@ -442,7 +442,7 @@ class Engine:
 
 
 def environment_record(device: str) -> dict[str, Any]:
-    from . import __version__
+    from memtest._version import __version__
 
     env = {
         "memtest": __version__,
@@ -467,8 +467,8 @@ def results_document(
     spectra: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
     """A `memtest.results/1` document from an engine context (see `Engine.context`) and case records."""
-    from . import __version__
-    from .results import summarize
+    from memtest._version import __version__
+    from memtest.audit.results import summarize
 
     ordered = sorted(cases, key=lambda c: (c["id"], c.get("kind", "detect")))
     return {

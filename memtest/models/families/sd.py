@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from ..errors import CheckpointError
-from .base import Component, Cond, Family
+from memtest.errors import CheckpointError
+from memtest.models.families.base import Component, Cond, Family
 
 if TYPE_CHECKING:
-    from ..checkpoint import Checkpoint
+    from memtest.models.families.base import Checkpoint
 
 
 def tokenize(tokenizer: Any, prompts: Sequence[str], device: torch.device) -> torch.Tensor:

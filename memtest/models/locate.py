@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import CheckpointError
+from memtest.errors import CheckpointError
 
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 _WEIGHT_SUFFIXES = (".safetensors", *_PICKLE_SUFFIXES)
@@ -178,14 +178,15 @@ def fingerprint(folder: Path) -> str:
     return value
 
 
-def resolve_location(path_or_id: str | Path) -> tuple[str, Path]:
+def resolve_checkpoint(path_or_id: str | Path) -> tuple[str, Path]:
+    """(display name, folder) for a path, `zoo:<name>` or cached hub id; raises CheckpointError."""
     text = str(path_or_id)
     if text.startswith("zoo:"):
-        from .zoo import resolve_zoo
+        from memtest.models.canaries import resolve_zoo
 
         folder = resolve_zoo(text[4:])
         if not (folder / "model_index.json").is_file():
-            from .zoo import load_manifest
+            from memtest.models.canaries import load_manifest
 
             base = load_manifest(folder).base or "its base checkpoint"
             raise CheckpointError(
@@ -214,8 +215,3 @@ def resolve_location(path_or_id: str | Path) -> tuple[str, Path]:
             f"`hf download {text}` on a machine with network access, or pass a local folder."
         ) from exc
     return text, Path(local)
-
-
-def resolve_checkpoint(path_or_id: str | Path) -> tuple[str, Path]:
-    """(display name, folder) for a path, `zoo:<name>` or cached hub id; raises CheckpointError."""
-    return resolve_location(path_or_id)

@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .errors import CheckpointError
-from .families import Component, Family, recognise
-from .families.base import component_class, declared
-from .locate import _WEIGHT_SUFFIXES, fingerprint, resolve_location
+from memtest.errors import CheckpointError
+from memtest.models.families import Component, Family, recognise
+from memtest.models.families.base import Checkpoint, component_class, declared
+from memtest.models.locate import _WEIGHT_SUFFIXES, fingerprint, resolve_checkpoint
 
 _DTYPES = {
     "float32": torch.float32,
@@ -42,97 +41,6 @@ def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-@dataclass
-class Checkpoint:
-    """The loaded components of one checkpoint, its family, and what identifies it.
-
-    `components` maps the diffusers folder names (`unet`, `text_encoder`, `tokenizer_2`, ...) to loaded
-    objects; the family (memtest.families) knows what each means.
-    """
-
-    name: str
-    path: Path
-    family: Family
-    components: dict[str, Any]
-    device: torch.device
-    dtype: torch.dtype
-    fingerprint: str
-    model_index: dict[str, Any] = field(default_factory=dict)
-    #: LoRA adapters applied on the base weights (memtest.adapters records), in order.
-    adapters: list[dict[str, Any]] = field(default_factory=list)
-
-    # Components most code reads by name (every family so far has them).
-    @property
-    def denoiser(self) -> Any:
-        return self.components[self.family.denoiser]
-
-    @property
-    def unet(self) -> Any:
-        return self.components.get("unet")
-
-    @property
-    def text_encoder(self) -> Any:
-        return self.components.get("text_encoder")
-
-    @property
-    def tokenizer(self) -> Any:
-        return self.components.get("tokenizer")
-
-    @property
-    def scheduler(self) -> Any:
-        return self.components["scheduler"]
-
-    @property
-    def vae(self) -> Any | None:
-        return self.components.get("vae")
-
-    @property
-    def prediction_type(self) -> str:
-        return self.family.prediction_type(self)
-
-    @property
-    def latent_shape(self) -> tuple[int, int, int]:
-        return self.family.latent_shape(self)
-
-    @property
-    def vae_scale_factor(self) -> int:
-        if self.vae is None:
-            return 1
-        return int(2 ** (len(self.vae.config.block_out_channels) - 1))
-
-    @property
-    def resolution(self) -> tuple[int, int]:
-        _, h, w = self.latent_shape
-        return (h * self.vae_scale_factor, w * self.vae_scale_factor)
-
-    def config_summary(self) -> dict[str, Any]:
-        """Plain-JSON summary for reports and results files."""
-        encoders = [n for n, c in self.components.items() if n.startswith("text_encoder") and c is not None]
-        summary = {
-            "family": self.family.name,
-            "pipeline": str(self.model_index.get("_class_name", "")),
-            "prediction_type": self.prediction_type,
-            "scheduler": type(self.scheduler).__name__,
-            "beta_schedule": str(self.scheduler.config.get("beta_schedule", "")),
-            "latent_shape": list(self.latent_shape),
-            "resolution": list(self.resolution),
-            "unet_parameters": int(sum(p.numel() for p in self.denoiser.parameters())),
-            "text_encoder": type(self.text_encoder).__name__,
-            "text_encoders": [type(self.components[n]).__name__ for n in encoders],
-            "tokenizer_max_length": int(self.tokenizer.model_max_length),
-            "has_vae": self.vae is not None,
-            "dtype": str(self.dtype).replace("torch.", ""),
-            "device": str(self.device),
-            "adapters": [dict(a) for a in self.adapters],
-        }
-        summary.update(self.family.summary(self))
-        return summary
-
-    def pipeline(self) -> Any:
-        """The family's diffusers pipeline over these components, for generating images."""
-        return self.family.pipeline(self)
 
 
 def _read_index(folder: Path) -> dict[str, Any]:
@@ -210,7 +118,7 @@ def _load_component(folder: Path, index: dict[str, Any], comp: Component, allow_
                 "(an offline hub load does this). Save a real tokenizer into the checkpoint."
             )
         return tok
-    from .loading import load_component
+    from memtest.models.loading import load_component
 
     # Strict: a component whose weights lack, add or reshape tensors is refused, never partially loaded.
     return load_component(folder, comp.name, cls, expected=comp.classes, allow_pickle=allow_pickle)
@@ -229,11 +137,11 @@ def load_checkpoint(
     the local cache. The model family (SD 1.x/2.x, SDXL, ...) is read from model_index.json. Weights load
     from safetensors only unless `allow_pickle=True`, and strictly: a component whose weights lack or add
     tensors is an error, never a partial load. `loras` are LoRA adapters ("PATH[:SCALE]" or
-    `memtest.adapters.LoraSpec`) applied in order; they become part of the checkpoint's fingerprint. The
+    `memtest.models.adapters.LoraSpec`) applied in order; they become part of the checkpoint's fingerprint. The
     device defaults to CUDA when available, else CPU; the dtype defaults to float32. Metrics are always
     computed in float32 whatever the model dtype.
     """
-    name, folder = resolve_location(path_or_id)
+    name, folder = resolve_checkpoint(path_or_id)
     index = _read_index(folder)
     family = recognise(index, str(folder / "model_index.json"))
     present = _check_folder(folder, family, index, allow_pickle)
@@ -243,7 +151,7 @@ def load_checkpoint(
     dt = parse_dtype(dtype)
     specs: list[Any] = []
     if loras:
-        from .adapters import parse_lora
+        from memtest.models.adapters import parse_lora
 
         specs = [parse_lora(x) for x in loras]
     components: dict[str, Any] = {}
@@ -268,7 +176,7 @@ def load_checkpoint(
         model_index=index,
     )
     if specs:
-        from .adapters import adapters_fingerprint, apply_loras
+        from memtest.models.adapters import adapters_fingerprint, apply_loras
 
         ckpt.adapters = apply_loras(family.pipeline(ckpt), specs, allow_pickle=allow_pickle)
         ckpt.fingerprint = adapters_fingerprint(ckpt.fingerprint, specs)
@@ -287,3 +195,6 @@ def place(ckpt: Checkpoint) -> Checkpoint:
         m.eval()
         m.requires_grad_(False)
     return ckpt
+
+
+__all__ = ["Checkpoint", "default_device", "load_checkpoint", "parse_dtype", "place"]

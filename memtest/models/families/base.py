@@ -19,15 +19,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 
-from ..errors import CheckpointError, ScoringError
-
-if TYPE_CHECKING:
-    from ..checkpoint import Checkpoint
+from memtest.errors import CheckpointError, ScoringError
 
 Cond = dict[str, torch.Tensor]
 
@@ -302,3 +300,94 @@ def component_class(index: dict[str, Any], comp: Component, where: str) -> Any:
 def declared(index: dict[str, Any], name: str) -> bool:
     entry = index.get(name)
     return isinstance(entry, list) and len(entry) == 2 and bool(entry[1])
+
+
+@dataclass
+class Checkpoint:
+    """The loaded components of one checkpoint, its family, and what identifies it.
+
+    `components` maps the diffusers folder names (`unet`, `text_encoder`, `tokenizer_2`, ...) to loaded
+    objects; the family (memtest.models.families) knows what each means.
+    """
+
+    name: str
+    path: Path
+    family: Family
+    components: dict[str, Any]
+    device: torch.device
+    dtype: torch.dtype
+    fingerprint: str
+    model_index: dict[str, Any] = field(default_factory=dict)
+    #: LoRA adapters applied on the base weights (memtest.models.adapters records), in order.
+    adapters: list[dict[str, Any]] = field(default_factory=list)
+
+    # Components most code reads by name (every family so far has them).
+    @property
+    def denoiser(self) -> Any:
+        return self.components[self.family.denoiser]
+
+    @property
+    def unet(self) -> Any:
+        return self.components.get("unet")
+
+    @property
+    def text_encoder(self) -> Any:
+        return self.components.get("text_encoder")
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.components.get("tokenizer")
+
+    @property
+    def scheduler(self) -> Any:
+        return self.components["scheduler"]
+
+    @property
+    def vae(self) -> Any | None:
+        return self.components.get("vae")
+
+    @property
+    def prediction_type(self) -> str:
+        return self.family.prediction_type(self)
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        return self.family.latent_shape(self)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        if self.vae is None:
+            return 1
+        return int(2 ** (len(self.vae.config.block_out_channels) - 1))
+
+    @property
+    def resolution(self) -> tuple[int, int]:
+        _, h, w = self.latent_shape
+        return (h * self.vae_scale_factor, w * self.vae_scale_factor)
+
+    def config_summary(self) -> dict[str, Any]:
+        """Plain-JSON summary for reports and results files."""
+        encoders = [n for n, c in self.components.items() if n.startswith("text_encoder") and c is not None]
+        summary = {
+            "family": self.family.name,
+            "pipeline": str(self.model_index.get("_class_name", "")),
+            "prediction_type": self.prediction_type,
+            "scheduler": type(self.scheduler).__name__,
+            "beta_schedule": str(self.scheduler.config.get("beta_schedule", "")),
+            "latent_shape": list(self.latent_shape),
+            "resolution": list(self.resolution),
+            "unet_parameters": int(sum(p.numel() for p in self.denoiser.parameters())),
+            "text_encoder": type(self.text_encoder).__name__,
+            "text_encoders": [type(self.components[n]).__name__ for n in encoders],
+            "tokenizer_max_length": int(self.tokenizer.model_max_length),
+            "has_vae": self.vae is not None,
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "device": str(self.device),
+            "adapters": [dict(a) for a in self.adapters],
+        }
+        summary.update(self.family.summary(self))
+        return summary
+
+    def pipeline(self) -> Any:
+        """The family's diffusers pipeline over these components, for generating images."""
+        return self.family.pipeline(self)

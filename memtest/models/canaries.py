@@ -1,4 +1,8 @@
-"""`memtest-canary.json`: what a canary checkpoint was trained on, and which captions it memorised.
+"""The shipped canaries: `zoo:NAME` lookup, and `memtest-canary.json`, what a canary checkpoint was trained on
+and which captions it memorised.
+
+The canaries ship as package data under `memtest/zoo/canaries/`; training them (memtest.zoo) sits on top of
+memtest.models, while this lookup and the manifest format sit at its bottom (locate and adapters read them).
 
 The manifest sits in the checkpoint folder beside `model_index.json`. It holds the planted captions with
 their training images (small base64 PNGs), the non-planted training captions, the held-out captions,
@@ -8,6 +12,7 @@ every training hyperparameter, the seed, the training time and the memtest versi
 from __future__ import annotations
 
 import base64
+import difflib
 import io
 import json
 from dataclasses import dataclass, field
@@ -177,3 +182,60 @@ def load_manifest(path: str | Path) -> CanaryManifest:
         base=base,
         timings={str(k): float(v) for k, v in timings.items()},
     )
+
+
+ZOO_PREFIX = "zoo:"
+
+
+def canaries_dir() -> Path:
+    """The folder of shipped canaries (inside the installed package)."""
+    return Path(__file__).resolve().parent.parent / "zoo" / "canaries"
+
+
+def zoo_names() -> list[str]:
+    """Names of the shipped canaries (folders with a model_index.json)."""
+    root = canaries_dir()
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / "model_index.json").is_file())
+
+
+def adapter_names() -> list[str]:
+    """Names of the shipped LoRA canaries: folders with a manifest but no model_index.json (each holds one
+    adapter file, loaded on the base its manifest names, e.g. `--memtest-lora zoo:lora`)."""
+    root = canaries_dir()
+    if not root.is_dir():
+        return []
+    return sorted(
+        p.name for p in root.iterdir() if (p / MANIFEST_NAME).is_file() and not (p / "model_index.json").is_file()
+    )
+
+
+def is_zoo_name(name: str) -> bool:
+    return name.startswith(ZOO_PREFIX)
+
+
+def resolve_zoo(name: str) -> Path:
+    """`zoo:base`, `zoo:finetuned`, `zoo:lora` (or the bare names) -> the shipped canary's folder."""
+    bare = name[len(ZOO_PREFIX) :] if is_zoo_name(name) else name
+    names = sorted(zoo_names() + adapter_names())
+    if bare in names:
+        return canaries_dir() / bare
+    close = difflib.get_close_matches(bare, names, n=1)
+    hint = f" Did you mean '{ZOO_PREFIX}{close[0]}'?" if close else ""
+    available = ", ".join(ZOO_PREFIX + n for n in names) or "none (the package was installed without them)"
+    raise ZooError(f"Unknown canary '{name}'.{hint} Available: {available}")
+
+
+def canary_folder(name_or_path: str | Path) -> Path:
+    """A `zoo:` name or a path to a checkpoint folder -> the folder (which must exist). Unlike
+    `memtest.models.locate.resolve_checkpoint` it never looks in the hub cache: the trainer's bases are local."""
+    if isinstance(name_or_path, str) and is_zoo_name(name_or_path):
+        return resolve_zoo(name_or_path)
+    p = Path(name_or_path)
+    if not (p / "model_index.json").is_file():
+        raise ZooError(
+            f"{p} is not a diffusers checkpoint folder (no model_index.json); pass a folder saved with "
+            f"save_pretrained or one of {', '.join(ZOO_PREFIX + n for n in zoo_names())}"
+        )
+    return p

@@ -23,13 +23,13 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import torch
 
-from .base import Component, Cond
-from .flow import FlowFamily, embeds_kwargs, latent_side, pipeline_call
-from .sd import need_vae
-from .sd3 import pad_ids
+from memtest.models.families.base import Component, Cond
+from memtest.models.families.flow import FlowFamily, embeds_kwargs, latent_side, pipeline_call
+from memtest.models.families.sd import need_vae
+from memtest.models.families.sd3 import pad_ids
 
 if TYPE_CHECKING:
-    from ..checkpoint import Checkpoint
+    from memtest.models.families.base import Checkpoint
 
 #: FluxPipeline's `default_sample_size` (latent side without a VAE to read the image size from).
 DEFAULT_LATENT_SIDE = 128

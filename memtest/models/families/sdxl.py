@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from .base import Component, Cond, Family
-from .sd import ddim_pipeline_call, need_vae, tokenize
+from memtest.models.families.base import Component, Cond, Family
+from memtest.models.families.sd import ddim_pipeline_call, need_vae, tokenize
 
 if TYPE_CHECKING:
-    from ..checkpoint import Checkpoint
+    from memtest.models.families.base import Checkpoint
 
 _REFINER = (
     "memtest audits SDXL's text-to-image base pipeline (StableDiffusionXLPipeline); refiner, img2img and "

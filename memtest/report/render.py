@@ -24,14 +24,14 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup, escape
 
 from memtest._resources import data_dir
-from memtest.errors import MemtestError, ResultsError
-from memtest.results import (
+from memtest.audit.results import (
     atomic_write_text,
     load_results,
     merge_results,
     summarize,
     validate_results,
 )
+from memtest.errors import MemtestError, ResultsError
 
 TEMPLATE = "report.html.j2"
 # Our own inline scripts, in page order. The CSP allows exactly these (by hash).
@@ -643,7 +643,7 @@ def _mitigation_model(entries: Sequence[Mapping[str, Any]]) -> list[dict[str, An
                 "copies": _copies(e.get("copy_before"), e.get("copy_after")),
                 "copy_required": bool(e.get("copy_required")),
                 "copy_verdict": str(e.get("copy_verdict") or "—"),
-                # validated as base64 PNG by memtest.results; escaped again by autoescape
+                # validated as base64 PNG by memtest.audit.results; escaped again by autoescape
                 "images_before": [f"data:image/png;base64,{img}" for img in e["images_before"]],
                 "images_after": [f"data:image/png;base64,{img}" for img in e["images_after"]],
             }

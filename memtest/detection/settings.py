@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .errors import ScoringError
+from memtest.errors import ScoringError
 
 METRICS: tuple[str, ...] = ("sharpness", "score_norm")
 METHODS: tuple[str, ...] = ("jvp", "fd", "fd-forward")

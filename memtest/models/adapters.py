@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import CheckpointError, MemtestError
-from .locate import _PICKLE_SUFFIXES, _WEIGHT_SUFFIXES, file_sha256
+from memtest.errors import CheckpointError, MemtestError
+from memtest.models.locate import _PICKLE_SUFFIXES, _WEIGHT_SUFFIXES, file_sha256
 
 #: Adapters are named memtest_0, memtest_1, ... in the order given.
 ADAPTER_PREFIX = "memtest_"
@@ -80,7 +80,7 @@ def parse_lora(text: str | Path | LoraSpec) -> LoraSpec:
     if not math.isfinite(scale):
         raise CheckpointError(f"LoRA adapter '{text}' has scale {scale}; give a finite number, e.g. {raw}:0.8.")
     if raw.startswith("zoo:"):
-        from .zoo import resolve_zoo
+        from memtest.models.canaries import resolve_zoo
 
         try:
             path = resolve_zoo(raw)
@@ -100,7 +100,7 @@ def parse_lora(text: str | Path | LoraSpec) -> LoraSpec:
 
 def declared_base(spec: LoraSpec) -> str | None:
     """The base a memtest canary adapter says it was trained on (its manifest's `base`), else None."""
-    from .zoo.manifest import MANIFEST_NAME, load_manifest
+    from memtest.models.canaries import MANIFEST_NAME, load_manifest
 
     manifest = spec.path.parent / MANIFEST_NAME
     return load_manifest(manifest).base if manifest.is_file() else None

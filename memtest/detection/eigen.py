@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .metrics import ScoreFn, hessian_vector_product
+from memtest.detection.metrics import ScoreFn, hessian_vector_product
 
 
 def _symmetric_hvp(s_delta: ScoreFn, x: torch.Tensor, method: str = "jvp") -> Callable[[torch.Tensor], torch.Tensor]:
@@ -139,7 +139,7 @@ def block_eigenvalues(
 def prompt_spectrum(
     scorer: Any, prompt: str, k: int = 8, generation: int = 0, iters: int = 30, method: str = "fd"
 ) -> Spectrum:
-    """Spectrum of sym(H_Δ) of one generation of `prompt` on a `memtest.scoring.Scorer`'s checkpoint, where the
+    """Spectrum of sym(H_Δ) of one generation of `prompt` on a `Scorer`'s checkpoint, where the
     detector measures it: at x_T (DDPM families), or after the sampler's lead Euler steps from x_1 (flow
     matching: `Scorer.start_map`) at the first measured timestep."""
     from torch.nn.attention import SDPBackend, sdpa_kernel

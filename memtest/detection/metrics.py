@@ -13,7 +13,7 @@ from typing import Literal
 
 import torch
 
-from .settings import METHODS
+from memtest.detection.settings import METHODS
 
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]
 Method = Literal["jvp", "fd", "fd-forward"]

@@ -28,11 +28,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from .base import Component, Cond, Family
-from .sd import ddim_pipeline_call, need_vae
+from memtest.models.families.base import Component, Cond, Family
+from memtest.models.families.sd import ddim_pipeline_call, need_vae
 
 if TYPE_CHECKING:
-    from ..checkpoint import Checkpoint
+    from memtest.models.families.base import Checkpoint
 
 _ALPHA = (
     "memtest audits PixArt-Sigma (PixArtSigmaPipeline) of the PixArt family; PixArt-Alpha pads T5 to 120 tokens "

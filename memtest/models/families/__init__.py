@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import CheckpointError
-from .base import Component, Cond, Family, Process
-from .flux import Flux
-from .pixart import PixArtSigma
-from .sd import StableDiffusion
-from .sd3 import StableDiffusion3
-from .sdxl import StableDiffusionXL
+from memtest.errors import CheckpointError
+from memtest.models.families.base import Component, Cond, Family, Process
+from memtest.models.families.flux import Flux
+from memtest.models.families.pixart import PixArtSigma
+from memtest.models.families.sd import StableDiffusion
+from memtest.models.families.sd3 import StableDiffusion3
+from memtest.models.families.sdxl import StableDiffusionXL
 
 #: Every family memtest audits, in recognition order.
 FAMILIES: tuple[type[Family], ...] = (StableDiffusion, StableDiffusionXL, StableDiffusion3, Flux, PixArtSigma)

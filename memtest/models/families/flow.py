@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from ..errors import CheckpointError, ScoringError
-from ..settings import DEFAULT_FLOW_STEPS
-from .base import Cond, Family, Process, cond_expand, cond_rows
+from memtest.detection.settings import DEFAULT_FLOW_STEPS
+from memtest.errors import CheckpointError, ScoringError
+from memtest.models.families.base import Cond, Family, Process, cond_expand, cond_rows
 
 if TYPE_CHECKING:
-    from ..checkpoint import Checkpoint
+    from memtest.models.families.base import Checkpoint
 
 #: What memtest calls the output of a flow-matching transformer (diffusers' name for it).
 FLOW_PREDICTION = "flow_prediction"

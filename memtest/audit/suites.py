@@ -344,7 +344,7 @@ def _parse_bytes(data: bytes, source: str, path: Path | None) -> Suite:
                 source,
                 None,
                 "the file is empty. A suite file is a YAML mapping with the keys "
-                f"{', '.join(_TOP_REQUIRED)} (the format is described in the memtest.suites docstring)",
+                f"{', '.join(_TOP_REQUIRED)} (the format is described in the memtest.audit.suites docstring)",
             )
         )
     data_tree = _Converter(source).convert(node, 0)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import CheckpointError
+from memtest.errors import CheckpointError
 
 #: Weight file stems: diffusers, transformers (safetensors) and transformers (pickle).
 _STEMS = ("diffusion_pytorch_model", "model", "pytorch_model")

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CalibrationError
-from .results import atomic_write_text
+from memtest.audit.results import atomic_write_text
+from memtest.errors import CalibrationError
 
 SCHEMA = "memtest.calibration/1"
 CALIBRATION_FILENAME = "memtest-calibration.json"
@@ -115,7 +115,7 @@ def calibrate(
     rng = np.random.default_rng(seed)
     boots = np.quantile(rng.choice(arr, size=(n_boot, arr.size), replace=True), 1.0 - fpr, axis=1, method="higher")
     lo, hi = np.quantile(boots, [(1 - level) / 2, 1 - (1 - level) / 2])
-    from . import __version__
+    from memtest._version import __version__
 
     return Calibration(
         threshold=threshold,

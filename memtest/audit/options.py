@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .defaults import DEFAULT_CACHE_DIR, DEFAULT_CHECKPOINT, DEFAULT_MITIGATION_STEPS
+from memtest.defaults import DEFAULT_CACHE_DIR, DEFAULT_CHECKPOINT, DEFAULT_MITIGATION_STEPS
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ OPTIONS: tuple[Option, ...] = (
 
 def config_from_values(values: dict[str, Any]) -> Any:
     """An `AuditConfig` from option values keyed by `Option.dest` (None = not given)."""
-    from .audit import AuditConfig, parse_shard
+    from memtest.audit import AuditConfig, parse_shard
 
     v = {opt.dest: values.get(opt.dest) for opt in OPTIONS}
     d = AuditConfig()
