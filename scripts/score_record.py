@@ -33,7 +33,7 @@ CANARIES: dict[str, tuple[str, tuple[str, ...]]] = {
 
 
 def score_canary(name: str, limit: int | None = None) -> dict[str, Any]:
-    from memtest.suites import resolve_suite
+    from memtest.audit.suites import resolve_suite
 
     from memtest.audit import AuditConfig, Engine
 
