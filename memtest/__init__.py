@@ -4,7 +4,7 @@ The package follows the data: `models` (checkpoint → family) → `detection` (
 (calibration → gate) → `report`, with `mitigation` beside the gate and `zoo` (canary training) on top.
 
 `import memtest` is cheap: torch-backed parts load on first use, so the pytest plugin stays inert
-(no torch import) unless `--memtest` is given.
+(no torch import) unless it is asked to audit.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 `memtest audit` is the main job without pytest: it scores the suite on the checkpoint (default: the
 embedded canary), judges every case against the calibrated threshold, and writes the results file and
-the HTML report. Its flags are the pytest options without the `--memtest-` prefix.
+the HTML report. Its flags are the option table's names (memtest.audit.options) as `--NAME`.
 """
 
 from __future__ import annotations
@@ -13,34 +13,55 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from memtest.audit.options import OPTIONS, config_from_values
 from memtest.errors import MemtestError
 
-# Flags that only make sense inside pytest or are replaced by a subcommand.
-_NOT_IN_CLI = {"memtest_calibrate", "memtest_cache_clear", "memtest_json", "memtest_report"}
+if TYPE_CHECKING:
+    from memtest.audit import AuditConfig, CaseRecord, Engine
+    from memtest.progress import Progress
+
+
+def flag(name: str) -> str:
+    """The command line's spelling of option `name`: `--NAME` (dashes for underscores)."""
+    return "--" + name.replace("_", "-")
+
+
+def spell(name: str, value: str | None) -> str:
+    """How `memtest` names an option in a message (memtest.errors.render_options)."""
+    from memtest.audit import OPTION_NAMES
+
+    if name == "calibrate":  # a subcommand here, not a flag
+        return "`memtest calibrate`"
+    if name not in OPTION_NAMES:
+        return f"`{name}`" if value is None else f"`{name}={value}`"
+    return flag(name) if value is None else f"{flag(name)}={value}"
 
 
 def _add_settings(parser: argparse.ArgumentParser) -> None:
+    from memtest.audit import OPTIONS
+
     for opt in OPTIONS:
-        if opt.dest in _NOT_IN_CLI:
+        if not opt.cli:
             continue
-        flag = "--" + opt.flag[len("--memtest-") :]
-        if opt.action in ("store_true", "append"):
-            parser.add_argument(flag, action=opt.action, dest=opt.dest, default=None, help=opt.help)
+        if opt.kind == "flag":
+            parser.add_argument(flag(opt.name), action="store_true", dest=opt.name, default=None, help=opt.help)
+        elif opt.kind == "list":
+            parser.add_argument(flag(opt.name), action="append", dest=opt.name, default=None, help=opt.help)
         else:
-            parser.add_argument(flag, dest=opt.dest, type=opt.type or str, default=None, help=opt.help)
+            parser.add_argument(flag(opt.name), dest=opt.name, type=opt.type, default=None, help=opt.help)
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
 
 
-def _config(ns: argparse.Namespace, calibrate: bool = False) -> Any:
-    values = {opt.dest: getattr(ns, opt.dest, None) for opt in OPTIONS}
-    values["memtest_calibrate"] = calibrate
+def _config(ns: argparse.Namespace, calibrate: bool = False) -> AuditConfig:
+    from memtest.audit import OPTIONS, config_from_values
+
+    values = {opt.name: getattr(ns, opt.name, None) for opt in OPTIONS if opt.cli}
+    values["calibrate"] = calibrate
     return config_from_values(values)
 
 
-def _progress(ns: argparse.Namespace, what: str) -> Any:
+def _progress(ns: argparse.Namespace, what: str) -> Progress:
     """Scoring progress on stderr: a live bar on a terminal, a plain line every few seconds in a log."""
     from memtest.progress import Progress
 
@@ -54,28 +75,22 @@ def _threads() -> int:
 
 
 def cmd_audit(ns: argparse.Namespace) -> int:
-    from memtest.audit import Engine, judge, resolve_suites, results_document, select_cases
-    from memtest.audit.results import write_results
-    from memtest.models.locate import resolve_checkpoint
-    from memtest.report import write_report
+    import memtest.audit as audit
 
     cfg = _config(ns)
-    name, folder = resolve_checkpoint(cfg.checkpoint)
-    cases = select_cases(resolve_suites(cfg.suites, folder, name), calibrate=False, shard=cfg.shard)
+    subject = audit.Subject(cfg)
+    cases = audit.select_cases(
+        audit.resolve_suites(cfg.suites, subject.folder, subject.name), calibrate=False, shard=cfg.shard
+    )
     if not cases:
         raise MemtestError("The selected suites have no clean or memorized cases to audit.")
-    engine = Engine(cfg)
+    engine = audit.Engine(cfg)
     started = time.perf_counter()
+    records = audit.run_cases(engine, cases, progress=_progress(ns, "scoring"))
     cal, _ = engine.calibration()
-    scores = engine.scores([c.prompt for c in cases], progress=_progress(ns, "scoring"))
-    records = []
-    for case in cases:
-        rec = judge(case, scores[case.prompt]["score"], scores[case.prompt]["values"], cal.threshold)
-        rec["seeds"] = list(scores[case.prompt]["seeds"])
-        records.append(rec)
     spectra = _spectra(engine, records, ns.spectrum) if ns.spectrum else []
     ctx = engine.context()
-    doc = results_document(
+    doc = audit.results_document(
         ctx,
         records,
         command=shlex.join(["memtest", *sys.argv[1:]]) if sys.argv else "memtest audit",
@@ -83,13 +98,12 @@ def cmd_audit(ns: argparse.Namespace) -> int:
         shard=cfg.shard,
         spectra=spectra,
     )
-    write_results(doc, ns.json)
-    write_report(doc, ns.report)
+    audit.write_outputs(doc, json_path=Path(ns.json), report_path=Path(ns.report))
     s = doc["summary"]
     verdict = "PASS" if s["failed"] == 0 and s["errors"] == 0 else "FAIL"
     print(
         f"memtest audit {verdict}: {s['passed']} passed, {s['failed']} failed, {s['errors']} errors, "
-        f"{s['flagged']} flagged of {s['total']} cases on {name} "
+        f"{s['flagged']} flagged of {s['total']} cases on {subject.name} "
         f"(threshold {cal.threshold:.6g}, {time.perf_counter() - started:.1f}s, {_threads()} torch threads)"
     )
     for rec in records:
@@ -99,11 +113,11 @@ def cmd_audit(ns: argparse.Namespace) -> int:
     return 0 if verdict == "PASS" else 1
 
 
-def _spectra(engine: Any, records: list[dict[str, Any]], k: int) -> list[dict[str, Any]]:
+def _spectra(engine: Engine, records: list[CaseRecord], k: int) -> list[dict[str, Any]]:
     """Hessian spectra of the most-flagged prompts (small models only: it costs ~2k products each)."""
     from memtest.detection.eigen import prompt_spectrum
 
-    top = sorted(records, key=lambda r: -r["score"])[:3]  # the most-flagged prompts
+    top = sorted(records, key=lambda r: -float(r["score"] or 0.0))[:3]  # the most-flagged prompts
     return [
         {"id": r["id"], "prompt": r["prompt"], **prompt_spectrum(engine.scorer, r["prompt"], k=k).to_dict()}
         for r in top
@@ -111,21 +125,18 @@ def _spectra(engine: Any, records: list[dict[str, Any]], k: int) -> list[dict[st
 
 
 def cmd_calibrate(ns: argparse.Namespace) -> int:
-    from memtest.audit import Engine, resolve_suites, select_cases
-    from memtest.audit.calibration import save_calibration
-    from memtest.models.locate import resolve_checkpoint
+    import memtest.audit as audit
 
     cfg = _config(ns, calibrate=True)
-    name, folder = resolve_checkpoint(cfg.checkpoint)
-    cases = select_cases(resolve_suites(cfg.suites, folder, name), calibrate=True, shard=None)
-    engine = Engine(cfg)
-    scores = engine.scores([c.prompt for c in cases], progress=_progress(ns, "calibrating"))
-    cal = engine.build_calibration(cases, scores)
-    out = save_calibration(cal, ns.output)
-    print(
-        f"calibration written: {out}\n  threshold {cal.threshold:.6g} (95% CI {cal.ci[0]:.4g}..{cal.ci[1]:.4g}) "
-        f"at fpr {cal.fpr:g} from {cal.n_reference} reference prompts of {cal.reference_suite}"
+    subject = audit.Subject(cfg)
+    cases = audit.select_cases(
+        audit.resolve_suites(cfg.suites, subject.folder, subject.name), calibrate=True, shard=None
     )
+    engine = audit.Engine(cfg)
+    records = audit.run_cases(engine, cases, progress=_progress(ns, "calibrating"))
+    cal = audit.calibration_from_records(records, cfg.fpr, engine.identity(), cfg.checkpoint)
+    out = audit.save_calibration(cal, ns.output)
+    print(f"calibration written: {out}\n  {audit.describe_calibration(cal)}")
     return 0
 
 
@@ -185,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(ns.func(ns))
     except MemtestError as exc:
-        print(f"memtest: error: {exc}", file=sys.stderr)
+        print(f"memtest: error: {exc.render(spell)}", file=sys.stderr)
         return 2
 
 

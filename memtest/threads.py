@@ -1,11 +1,11 @@
 """How many torch threads a memtest process uses, and how they wait.
 
 The count: OMP_NUM_THREADS/MKL_NUM_THREADS when set (the usual way a CI runner says how many cores a job
-has), else the cores this process may run on (its affinity), or `--memtest-threads N`. It is deliberately
+has), else the cores this process may run on (its affinity), or the `threads` option. It is deliberately
 the same in every xdist worker: CPU kernels split their reductions by thread count, so a prompt's score
 changes with it (by 0.16% for a canary prompt between 1 and 2 threads), and scores must not depend on how
 a suite is split over workers (`-n 2` gives the same scores as one process, bit for bit). Dividing the
-cores among workers would break that; pass --memtest-threads to choose a count yourself.
+cores among workers would break that; set the threads option to choose a count yourself.
 
 The waits: small models run many tiny parallel regions, and OpenMP's default spins at each barrier,
 holding a core that the thread it waits for needs. Beside another torch job on the same cores (or with
@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import sys
 
-from memtest.errors import MemtestError
+from memtest.errors import MemtestError, option
 
 _THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -80,7 +80,9 @@ def apply_threads(n: int | None = None) -> int:
     idle in memtest's work, which runs no parallel graph sections).
     """
     if n is not None and n < 1:
-        raise MemtestError(f"threads must be at least 1, got {n}. Pass --memtest-threads=1 or more, or leave it unset.")
+        raise MemtestError(
+            f"{option('threads')} must be at least 1, got {n}. Pass {option('threads', 1)} or more, or leave it unset."
+        )
     passive_waits()  # when this is the first import of torch
     import torch
 

@@ -20,8 +20,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from memtest.audit import AuditCase, Engine
-    from memtest.mitigation import Mitigation
+    from memtest.audit import AuditCase, Engine, ScoreRecord
 
 
 class MemtestCase:
@@ -53,7 +52,7 @@ class MemtestCase:
         cal, _ = self.engine.calibration()
         return cal.threshold
 
-    def score(self) -> dict[str, Any]:
+    def score(self) -> ScoreRecord:
         """{'prompt', 'score', 'values', 'seeds'} for this case (cached)."""
         return self.engine.scores([self.case.prompt])[self.case.prompt]
 
@@ -80,9 +79,10 @@ _ENGINE_KEY = pytest.StashKey["Engine"]()
 
 
 def parametrize_cases(metafunc: pytest.Metafunc) -> None:
-    from memtest.audit import suite_cases
-    from memtest.audit.suites import resolve_suite
+    from memtest.audit import resolve_suite, suite_cases
     from memtest.errors import MemtestError
+
+    from .options import message
 
     marker = metafunc.definition.get_closest_marker("memtest_suite")
     if marker is None or not marker.args:
@@ -93,7 +93,7 @@ def parametrize_cases(metafunc: pytest.Metafunc) -> None:
     try:
         suite = resolve_suite(str(marker.args[0]))
     except MemtestError as exc:
-        raise pytest.UsageError(f"{metafunc.definition.nodeid}: {exc}") from None
+        raise pytest.UsageError(f"{metafunc.definition.nodeid}: {message(exc)}") from None
     cases = [c for c in suite_cases(suite, calibrate=False)] or suite_cases(suite, calibrate=True)
     metafunc.parametrize("memtest_case", cases, ids=[c.case_id for c in cases], indirect=True)
 
@@ -111,29 +111,25 @@ def memtest_case(request: pytest.FixtureRequest, memtest_checkpoint: Engine) -> 
 
 
 @pytest.fixture
-def memtest_mitigation(memtest_checkpoint: Engine) -> Callable[..., Mitigation]:
+def memtest_mitigation(memtest_checkpoint: Engine) -> Callable[..., Any]:
     """Mitigate a prompt (a string or a `memtest_case`) on the engine's checkpoint and settings.
 
     `memtest_mitigation(prompt_or_case, method="sail", **options) -> memtest.mitigation.Mitigation`; `method`
     is one of `memtest.mitigation.METHODS` (sail, resample, rta, rna, embedding).
     The threshold defaults to the run's calibration (--memtest-calibration or the checkpoint's own),
-    SAIL's step budget to --memtest-mitigation-steps; `options` go to `memtest.mitigation.mitigate`.
+    SAIL's step budget to --memtest-mitigation-steps; `options` go to `memtest.mitigation.mitigate`
+    (through `memtest.audit.mitigate_prompt`).
     On a canary that plants the prompt the result has `copy_before` / `copy_after` filled in; the rule of a
     `mitigate: copy` case is `memtest.mitigation.judge_copy(m.copy_before, m.copy_after) is None`.
     """
     engine = memtest_checkpoint
 
-    def run(target: str | MemtestCase, method: str = "sail", **options: Any) -> Mitigation:
-        from memtest.mitigation import mitigate
+    def run(target: str | MemtestCase, method: str = "sail", **options: Any) -> Any:
+        from memtest.audit import mitigate_prompt
 
         prompt = target.prompt if isinstance(target, MemtestCase) else target
         if not isinstance(prompt, str):
             raise TypeError(f"memtest_mitigation takes a prompt string or a memtest_case, not {type(target).__name__}")
-        if options.get("threshold") is None:
-            cal, _ = engine.calibration()
-            options["threshold"] = cal.threshold
-        if method == "sail":
-            options.setdefault("max_steps", engine.config.mitigation_steps)
-        return mitigate(engine.scorer, prompt, method, **options)
+        return mitigate_prompt(engine, prompt, method, **options)
 
     return run

@@ -6,15 +6,22 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pytest
 
 if TYPE_CHECKING:
-    from memtest.audit import AuditCase
-    from memtest.audit.suites import Suite
+    from memtest.audit import AuditCase, AuditConfig, CaseRecord, Suite
 
-    from .session import MemtestSession
+
+class MemtestSession(Protocol):
+    """What items need of the plugin's session (plugins/session.py), without importing it."""
+
+    audit: AuditConfig
+
+    def run_case(self, item: MemtestItem) -> None: ...
+
+    def run_mitigation(self, item: MitigationItem) -> None: ...
 
 
 class GateFailure(Exception):
@@ -34,7 +41,9 @@ def short_failure(config: pytest.Config, exc: BaseException) -> str | None:
 
     if not isinstance(exc, MemtestError) or wants_traceback(config):
         return None
-    text = f"{type(exc).__name__}: {exc}"
+    from .options import message
+
+    text = f"{type(exc).__name__}: {message(exc)}"
     if exc.__cause__ is not None:
         text += f"\n(caused by {type(exc.__cause__).__name__}; --memtest-traceback shows its traceback)"
     return text
@@ -50,7 +59,7 @@ class MemtestItem(pytest.Item):
         super().__init__(**kwargs)
         self.case = case
         self.memtest = memtest
-        self.memtest_record: dict[str, Any] | None = None
+        self.memtest_record: CaseRecord | None = None
         self.memtest_mitigation: dict[str, Any] | None = None
         self.add_marker(pytest.mark.memtest)  # `-m memtest` / `-m "not memtest"` select the audit
 
@@ -114,7 +123,7 @@ class SuiteFile(pytest.File):
     memtest: MemtestSession
 
     def collect(self) -> list[pytest.Item | pytest.Collector]:
-        from memtest.audit.suites import load_suite
+        from memtest.audit import load_suite
 
         suite = load_suite(self.path)  # a SuiteError here is a collection error, never a silent skip
         return list(_items(self, suite, self.memtest))

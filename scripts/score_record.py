@@ -33,9 +33,8 @@ CANARIES: dict[str, tuple[str, tuple[str, ...]]] = {
 
 
 def score_canary(name: str, limit: int | None = None) -> dict[str, Any]:
-    from memtest.audit.suites import resolve_suite
-
     from memtest.audit import AuditConfig, Engine
+    from memtest.audit.suites import resolve_suite
 
     checkpoint, loras = CANARIES[name]
     suite = resolve_suite(f"canary-{name}")

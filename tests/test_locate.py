@@ -113,7 +113,22 @@ def test_a_corrupt_cache_is_ignored_and_rebuilt(cache: Path, tmp_path: Path, con
     f.write_bytes(b"weights")
     assert file_sha256(f) == hashlib.sha256(b"weights").hexdigest()
     assert str(f.resolve()) in _entries(cache, "files")
-    assert not list(cache.parent.glob(".fingerprints-*"))  # no temporary file left behind
+    assert not list(cache.parent.glob(".*.tmp"))  # no temporary file left behind
+
+
+def test_the_cache_file_stays_private_to_its_user(cache: Path, tmp_path: Path) -> None:
+    """The cache maps the user's file paths to hashes: 0600 whatever the umask (it goes through memtest._io)."""
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        f = tmp_path / "w.safetensors"
+        f.write_bytes(b"weights")
+        file_sha256(f)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(cache.stat().st_mode) == 0o600
+    assert json.loads(cache.read_text())["schema"] == "memtest.fingerprints/1"
 
 
 def test_a_poisoned_entry_is_not_served_for_a_different_stat(cache: Path, tmp_path: Path) -> None:

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from memtest.audit.results import atomic_write_text
-from memtest.errors import CalibrationError
+from memtest._io import atomic_write_text
+from memtest.errors import CalibrationError, option
 
 SCHEMA = "memtest.calibration/1"
 CALIBRATION_FILENAME = "memtest-calibration.json"
@@ -106,7 +106,7 @@ def calibrate(
         raise CalibrationError(
             f"Calibrating at a false-positive rate of {fpr:g} needs at least {need} reference prompts; "
             f"suite '{reference_suite}' gave {len(values)}. Add reference prompts (expectation: reference) "
-            f"or raise --memtest-fpr to at least {1.0 / max(len(values), 1):.3g}."
+            f"or raise {option('fpr')} to at least {1.0 / max(len(values), 1):.3g}."
         )
     if not all(math.isfinite(v) for v in values):
         raise CalibrationError("A reference score is not finite; a calibration cannot be built from it.")
@@ -145,7 +145,7 @@ _REQUIRED = ("threshold", "ci", "fpr", "reference_scores", "reference_suite", "i
 
 def load_calibration(path: str | Path) -> Calibration:
     p = Path(path)
-    fix = "Recreate it with `memtest calibrate` or `pytest --memtest --memtest-calibrate`."
+    fix = f"Recreate it ({option('calibrate')})."
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -200,7 +200,7 @@ def check_compatible(cal: Calibration, identity: Mapping[str, Any], accept_base:
         raise CalibrationError(
             f"Calibration '{where}' was made with other scoring settings, so its threshold does not apply: "
             + "; ".join(diffs)
-            + ". Run with the calibration's settings, or recalibrate with these (--memtest-calibrate)."
+            + f". Run with the calibration's settings, or recalibrate with these ({option('calibrate')})."
         )
     fp = str(identity.get("fingerprint", ""))
     if cal.fingerprint != fp:
@@ -209,7 +209,7 @@ def check_compatible(cal: Calibration, identity: Mapping[str, Any], accept_base:
         raise CalibrationError(
             f"Calibration '{where}' belongs to checkpoint {cal.checkpoint or '?'} (fingerprint "
             f"{cal.fingerprint[:12]}), not to this one ({fp[:12]}). Recalibrate on this checkpoint "
-            "(--memtest-calibrate), or, to gate a fine-tune with its base model's calibration, pass "
-            "--memtest-accept-base-calibration (recorded in the results)."
+            f"({option('calibrate')}), or, to gate a fine-tune with its base model's calibration, pass "
+            f"{option('accept_base_calibration')} (recorded in the results)."
         )
     return False

@@ -1,131 +1,199 @@
-"""memtest's settings as one table: the pytest options (`--memtest-*` + ini) and the CLI flags
-(`memtest audit --*`) are both generated from it. Importing this module costs nothing."""
+"""memtest's settings as one table with neutral names, and the `AuditConfig` they make.
+
+Each front end spells the names its own way: the pytest plugin prefixes `memtest-` to the flag and `memtest_` to
+its ini twin, `memtest audit` takes `--NAME` (underscores become dashes in flags). Messages name options as
+`{option:NAME}` (memtest.errors.option) and the front end that shows them spells them. Importing this module
+costs nothing (no torch).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from memtest.defaults import DEFAULT_CACHE_DIR, DEFAULT_CHECKPOINT, DEFAULT_MITIGATION_STEPS
+from memtest.defaults import (
+    DEFAULT_CACHE_DIR,
+    DEFAULT_CHECKPOINT,
+    DEFAULT_FPR,
+    DEFAULT_MITIGATION_METHOD,
+    DEFAULT_MITIGATION_STEPS,
+    MITIGATION_ITEM_METHODS,
+)
+from memtest.detection.settings import ScoreSettings
+from memtest.errors import CalibrationError, MemtestError, did_you_mean, option
 
 
 @dataclass(frozen=True)
 class Option:
-    flag: str
-    help: str
-    type: type | None = str
-    ini: bool = True
-    action: str | None = None
+    """One setting. `name` is neutral (a Python identifier); `kind` is `value`, `flag` (on/off) or `list`
+    (repeatable); `ini` says whether a config file may set it (pytest's ini); `cli` whether `memtest audit`
+    and `memtest calibrate` take it."""
 
-    @property
-    def dest(self) -> str:
-        return self.flag.lstrip("-").replace("-", "_")
+    name: str
+    help: str
+    type: type = str
+    kind: str = "value"
+    ini: bool = True
+    cli: bool = True
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("value", "flag", "list"):
+            raise ValueError(f"Option {self.name}: unknown kind {self.kind!r}")
 
 
 OPTIONS: tuple[Option, ...] = (
+    Option("checkpoint", f"checkpoint folder, zoo:<name> or cached hub id (default {DEFAULT_CHECKPOINT})"),
+    Option("suite", "suite name or YAML path; repeatable (default: the checkpoint's own suite)", kind="list"),
+    Option("metric", "sharpness (default) or score_norm"),
+    Option("method", "Hessian-vector product: fd (default), fd-forward or jvp"),
+    Option("n", "generations per prompt (default 4)", int),
+    Option("seed", "base seed of the initial noises (default 0)", int),
+    Option("steps", "average the metric over the first K sampling steps (default 1)", int),
     Option(
-        "--memtest-checkpoint",
-        f"checkpoint folder, zoo:<name> or cached hub id (default {DEFAULT_CHECKPOINT})",
-    ),
-    Option(
-        "--memtest-suite",
-        "suite name or YAML path; repeatable (default: the checkpoint's own suite)",
-        action="append",
-    ),
-    Option("--memtest-metric", "sharpness (default) or score_norm"),
-    Option("--memtest-method", "Hessian-vector product: fd (default), fd-forward or jvp"),
-    Option("--memtest-n", "generations per prompt (default 4)", int),
-    Option("--memtest-seed", "base seed of the initial noises (default 0)", int),
-    Option("--memtest-steps", "average the metric over the first K sampling steps (default 1)", int),
-    Option(
-        "--memtest-flow-steps",
+        "flow_steps",
         "flow-matching checkpoints (SD3, Flux): guided Euler steps from pure noise before measuring (default 1)",
         int,
     ),
-    Option("--memtest-device", "cpu, cuda or cuda:N (default: cuda if available, else cpu)"),
-    Option("--memtest-dtype", "model dtype: float32 (default), float16, bfloat16"),
-    Option("--memtest-batch-size", "prompts per batch (default 8)", int),
-    Option("--memtest-calibration", "calibration JSON (default: the checkpoint's memtest-calibration.json)"),
+    Option("device", "cpu, cuda or cuda:N (default: cuda if available, else cpu)"),
+    Option("dtype", "model dtype: float32 (default), float16, bfloat16"),
+    Option("batch_size", "prompts per batch (default 8)", int),
+    Option("calibration", "calibration JSON (default: the checkpoint's memtest-calibration.json)"),
+    Option("calibrate", "score reference cases and write the calibration file", kind="flag", ini=False, cli=False),
+    Option("fpr", f"target false-positive rate of the threshold (default {DEFAULT_FPR})", float),
     Option(
-        "--memtest-calibrate",
-        "score reference cases and write the calibration file",
-        None,
-        ini=False,
-        action="store_true",
-    ),
-    Option("--memtest-fpr", "target false-positive rate of the threshold (default 0.01)", float),
-    Option(
-        "--memtest-accept-base-calibration",
+        "accept_base_calibration",
         "accept a calibration made on another checkpoint (a fine-tune's base); recorded in the results",
-        None,
-        action="store_true",
+        kind="flag",
     ),
-    Option("--memtest-json", "write the results JSON here"),
-    Option("--memtest-report", "write the HTML audit report here"),
-    Option("--memtest-shard", "run shard i/N of the cases (stable partition)", ini=False),
+    Option("json", "write the results JSON here", cli=False),
+    Option("report", "write the HTML audit report here", cli=False),
+    Option("shard", "run shard i/N of the cases (stable partition)", ini=False),
+    Option("allow_pickle", "allow loading pickle (.bin/.ckpt) weights: only for trusted checkpoints", kind="flag"),
     Option(
-        "--memtest-allow-pickle",
-        "allow loading pickle (.bin/.ckpt) weights: only for trusted checkpoints",
-        None,
-        action="store_true",
-    ),
-    Option(
-        "--memtest-mitigation-steps",
+        "mitigation_steps",
         f"step budget of SAIL for each `mitigate: true` case (default {DEFAULT_MITIGATION_STEPS})",
         int,
     ),
     Option(
-        "--memtest-mitigation-method",
+        "mitigation_method",
         "how `mitigate: true|copy` cases choose x_T: sail (default, moves it to flat noise) or resample (keeps "
         "ordinary draws whose trajectory is no more text-driven than the calibration's reference captions')",
     ),
     Option(
-        "--memtest-lora",
-        "LoRA adapter PATH[:SCALE] applied on the checkpoint (safetensors); repeatable, in order",
-        action="append",
+        "lora", "LoRA adapter PATH[:SCALE] applied on the checkpoint (safetensors); repeatable, in order", kind="list"
     ),
     Option(
-        "--memtest-threads",
-        "torch threads per process (default: usable cores / xdist workers, or OMP_NUM_THREADS if set)",
+        "threads",
+        "torch threads per process (default: usable cores / parallel workers, or OMP_NUM_THREADS if set)",
         int,
     ),
-    Option("--memtest-cache-dir", f"results cache folder (default {DEFAULT_CACHE_DIR}; 'none' disables)"),
-    Option("--memtest-cache-clear", "drop the results cache before the run", None, ini=False, action="store_true"),
+    Option("cache_dir", f"results cache folder (default {DEFAULT_CACHE_DIR}; 'none' disables)"),
+    Option("cache_clear", "drop the results cache before the run", kind="flag", ini=False, cli=False),
 )
 
+OPTION_NAMES: frozenset[str] = frozenset(o.name for o in OPTIONS)
 
-def config_from_values(values: dict[str, Any]) -> Any:
-    """An `AuditConfig` from option values keyed by `Option.dest` (None = not given)."""
-    from memtest.audit import AuditConfig, parse_shard
 
-    v = {opt.dest: values.get(opt.dest) for opt in OPTIONS}
+@dataclass(frozen=True)
+class AuditConfig:
+    """Effective settings of one audit (either front end), after command line > config file > defaults."""
+
+    checkpoint: str = DEFAULT_CHECKPOINT
+    suites: tuple[str, ...] = ()
+    score: ScoreSettings = field(default_factory=ScoreSettings)
+    device: str | None = None
+    dtype: str | None = None
+    calibration: str | None = None
+    calibrate: bool = False
+    fpr: float = DEFAULT_FPR
+    accept_base_calibration: bool = False
+    allow_pickle: bool = False
+    cache_dir: str | None = DEFAULT_CACHE_DIR
+    shard: tuple[int, int] | None = None
+    mitigation_steps: int = DEFAULT_MITIGATION_STEPS
+    #: how `mitigate` items choose x_T: "sail" or "resample" (MITIGATION_ITEM_METHODS)
+    mitigation_method: str = DEFAULT_MITIGATION_METHOD
+    #: LoRA adapters "PATH[:SCALE]" applied on the checkpoint, in order (memtest.models.adapters).
+    loras: tuple[str, ...] = ()
+    #: torch threads of this process; None = memtest's default (see memtest.threads).
+    threads: int | None = None
+    #: this process's index among parallel workers (pytest-xdist's gw<i>), which picks its GPU; None alone.
+    worker_index: int | None = None
+
+    def validate(self) -> AuditConfig:
+        self.score.validate()
+        if not 0.0 < self.fpr < 1.0:
+            raise CalibrationError(f"{option('fpr')} must be in (0, 1), got {self.fpr!r}.")
+        steps = self.mitigation_steps
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+            raise MemtestError(f"{option('mitigation_steps')} must be a positive integer, got {steps!r}.")
+        if self.mitigation_method not in MITIGATION_ITEM_METHODS:
+            raise MemtestError(
+                f"Unknown {option('mitigation_method')} {self.mitigation_method!r}."
+                f"{did_you_mean(self.mitigation_method, MITIGATION_ITEM_METHODS)} "
+                f"Choose one of: {', '.join(MITIGATION_ITEM_METHODS)}."
+            )
+        if self.threads is not None and (isinstance(self.threads, bool) or self.threads < 1):
+            raise MemtestError(f"{option('threads')} must be at least 1, got {self.threads}.")
+        return self
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """'i/N' (1 <= i <= N) -> (i, N)."""
+    if text is None or text == "":
+        return None
+    try:
+        i_text, n_text = text.split("/")
+        i, n = int(i_text), int(n_text)
+    except ValueError:
+        raise MemtestError(f"{option('shard')} must look like i/N (for example 2/4), got {text!r}.") from None
+    if not 1 <= i <= n:
+        raise MemtestError(f"{option('shard')} {text!r}: the shard index must be between 1 and {n}.")
+    return (i, n)
+
+
+def config_from_values(values: Mapping[str, Any], **extra: Any) -> AuditConfig:
+    """An `AuditConfig` from option values keyed by `Option.name` (None or missing = not given); `extra`
+    sets fields no option names (e.g. `worker_index`)."""
+    unknown = set(values) - OPTION_NAMES
+    if unknown:
+        raise MemtestError(f"Unknown option(s): {', '.join(sorted(unknown))}.")
+    v = {name: values.get(name) for name in OPTION_NAMES}
     d = AuditConfig()
 
     def pick(key: str, default: Any) -> Any:
         return v[key] if v[key] is not None else default
 
-    cache = v["memtest_cache_dir"]
-    return AuditConfig(
-        checkpoint=v["memtest_checkpoint"] or d.checkpoint,
-        suites=tuple(v["memtest_suite"] or ()),
-        metric=v["memtest_metric"] or d.metric,
-        method=v["memtest_method"] or d.method,
-        n=pick("memtest_n", d.n),
-        seed=pick("memtest_seed", d.seed),
-        steps=pick("memtest_steps", d.steps),
-        flow_steps=v["memtest_flow_steps"],
-        batch_size=pick("memtest_batch_size", d.batch_size),
-        device=v["memtest_device"],
-        dtype=v["memtest_dtype"],
-        calibration=v["memtest_calibration"],
-        calibrate=bool(v["memtest_calibrate"]),
-        fpr=pick("memtest_fpr", d.fpr),
-        accept_base_calibration=bool(v["memtest_accept_base_calibration"]),
-        allow_pickle=bool(v["memtest_allow_pickle"]),
+    score = ScoreSettings(
+        metric=pick("metric", d.score.metric),
+        method=pick("method", d.score.method),
+        n=pick("n", d.score.n),
+        seed=pick("seed", d.score.seed),
+        steps=pick("steps", d.score.steps),
+        flow_steps=v["flow_steps"],
+        batch_size=pick("batch_size", d.score.batch_size),
+    )
+    cache = v["cache_dir"]
+    config = AuditConfig(
+        checkpoint=v["checkpoint"] or d.checkpoint,
+        suites=tuple(v["suite"] or ()),
+        score=score,
+        device=v["device"],
+        dtype=v["dtype"],
+        calibration=v["calibration"],
+        calibrate=bool(v["calibrate"]),
+        fpr=pick("fpr", d.fpr),
+        accept_base_calibration=bool(v["accept_base_calibration"]),
+        allow_pickle=bool(v["allow_pickle"]),
         cache_dir=None if cache in ("none", "None") else (cache or d.cache_dir),
-        shard=parse_shard(v["memtest_shard"]),
-        mitigation_steps=pick("memtest_mitigation_steps", d.mitigation_steps),
-        mitigation_method=v["memtest_mitigation_method"] or d.mitigation_method,
-        loras=tuple(v["memtest_lora"] or ()),
-        threads=v["memtest_threads"],
-    ).validate()
+        shard=parse_shard(v["shard"]),
+        mitigation_steps=pick("mitigation_steps", d.mitigation_steps),
+        mitigation_method=v["mitigation_method"] or d.mitigation_method,
+        loras=tuple(v["lora"] or ()),
+        threads=v["threads"],
+    )
+    return replace(config, **extra).validate() if extra else config.validate()
+
+
+__all__ = ["OPTIONS", "OPTION_NAMES", "AuditConfig", "Option", "config_from_values", "parse_shard"]

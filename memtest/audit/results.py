@@ -6,17 +6,16 @@ plugin, `memtest audit`, `memtest merge` and `memtest report` all go through it.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from memtest.errors import ResultsError
+from memtest._io import atomic_write_text
+from memtest.errors import ResultsError, option
 
 SCHEMA = "memtest.results/1"
 
@@ -79,10 +78,7 @@ SUMMARY_KEYS: tuple[str, ...] = ("passed", "failed", "errors", "flagged", "total
 #: Settings that may legitimately differ between shards of one run (each worker picks its device).
 SHARD_VARIANT_SETTINGS: frozenset[str] = frozenset({"device"})
 
-_FIX = (
-    "Regenerate it with `pytest --memtest --memtest-json=PATH` or `memtest audit`, "
-    "or see docs/results-format.md for the format."
-)
+_FIX = f"Regenerate it with an audit ({option('json', 'PATH')}), or see docs/results-format.md for the format."
 # Base64 of a PNG file starts with the encoded PNG signature "\x89PNG\r\n\x1a\n".
 _PNG_B64_PREFIX = "iVBORw0KGgo"
 _BASE64_RE = re.compile(r"[A-Za-z0-9+/]*={0,2}")
@@ -227,7 +223,7 @@ def validate_results(doc: object, source: str = "<results document>") -> None:
     if schema != SCHEMA:
         raise ResultsError(
             f"Invalid results file {source}: schema is {schema!r}, expected {SCHEMA!r}. "
-            "Is this a memtest results file? Write one with `pytest --memtest --memtest-json=PATH`; "
+            f"Is this a memtest results file? Write one with an audit ({option('json', 'PATH')}); "
             "a file from another memtest version needs that version to read it."
         )
     _check_keys(doc, REQUIRED_KEYS, source, "the document")
@@ -286,8 +282,7 @@ def load_results(path: str | os.PathLike[str]) -> dict[str, Any]:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ResultsError(
-            f"Results file {p} not found. Write one with `pytest --memtest --memtest-json={p}` "
-            "or `memtest audit`, or check the path."
+            f"Results file {p} not found. Write one with an audit ({option('json', p)}), or check the path."
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ResultsError(f"Cannot read results file {p}: {exc}. Check the path and permissions.") from exc
@@ -296,7 +291,7 @@ def load_results(path: str | os.PathLike[str]) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise ResultsError(
             f"Results file {p} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}). "
-            "The file may be truncated; regenerate it with `pytest --memtest --memtest-json=PATH`."
+            f"The file may be truncated; regenerate it with an audit ({option('json', 'PATH')})."
         ) from exc
     except ValueError as exc:
         raise ResultsError(f"Invalid results file {p}: {exc}. {_FIX}") from exc
@@ -316,29 +311,6 @@ def write_results(doc: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
             f"Cannot write results file {p}: {exc}. Every value must be a plain finite JSON value."
         ) from exc
     atomic_write_text(p, text)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file in the same folder and os.replace.
-
-    The file gets the permissions a plain `open(path, "w")` would (0666 less the umask), not mkstemp's
-    0600: results, reports and calibrations are meant to be shared and read by CI artifact uploaders.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 # --------------------------------------------------------------------------------------------------

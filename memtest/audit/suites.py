@@ -34,7 +34,6 @@ real strings there. This module must not import torch or pytest.
 from __future__ import annotations
 
 import codecs
-import difflib
 import math
 import os
 import re
@@ -46,7 +45,7 @@ from typing import Any, Final, Literal, NoReturn, cast, get_args
 import yaml
 
 from memtest._resources import data_dir
-from memtest.errors import SuiteError
+from memtest.errors import SuiteError, did_you_mean
 
 __all__ = [
     "EXPECTATIONS",
@@ -137,7 +136,7 @@ class Suite:
         """The cases whose expectation is ``expectation`` ("clean", "memorized" or "reference")."""
         if expectation not in EXPECTATIONS:
             raise SuiteError(
-                f"Unknown expectation {expectation!r}.{_did_you_mean(expectation, EXPECTATIONS)} "
+                f"Unknown expectation {expectation!r}.{did_you_mean(expectation, EXPECTATIONS)} "
                 f"Allowed: {', '.join(EXPECTATIONS)}."
             )
         return tuple(case for case in self.cases if case.expectation == expectation)
@@ -248,7 +247,7 @@ def resolve_suite(name_or_path: str | os.PathLike[str]) -> Suite:
             f"a built-in suite name: {names}."
         )
     raise SuiteError(
-        f"Unknown suite '{text}'.{_did_you_mean(text, list(available))} Available: {names}. "
+        f"Unknown suite '{text}'.{did_you_mean(text, list(available))} Available: {names}. "
         "Or pass a path to a suite YAML file."
     )
 
@@ -502,7 +501,7 @@ class _Validator:
                 shown = key if isinstance(key, str) else repr(key)
                 self.fail(
                     _key_line(mapping, key) if isinstance(key, str) else _line(mapping),
-                    f"Unknown key '{shown}' {where}.{_did_you_mean(str(key), allowed)} Allowed: {', '.join(allowed)}",
+                    f"Unknown key '{shown}' {where}.{did_you_mean(str(key), allowed)} Allowed: {', '.join(allowed)}",
                 )
 
     def text(self, mapping: Mapping[Any, Any], key: str, what: str, where: str = "") -> str:
@@ -680,7 +679,7 @@ class _Validator:
         expectation = item["expectation"]
         if expectation not in EXPECTATIONS:
             shown = expectation if isinstance(expectation, str) else _raw(item, "expectation") or expectation
-            hint = _did_you_mean(str(shown).lower(), EXPECTATIONS) if isinstance(shown, str) else ""
+            hint = did_you_mean(str(shown).lower(), EXPECTATIONS) if isinstance(shown, str) else ""
             self.fail(
                 _key_line(item, "expectation") or line,
                 f"unknown expectation {_short(shown)} in {label}.{hint} Allowed: {', '.join(EXPECTATIONS)}",
@@ -690,7 +689,7 @@ class _Validator:
         if mitigate is None:
             mitigate = False
         if not isinstance(mitigate, bool) and mitigate != MITIGATE_COPY:
-            hint = _did_you_mean(mitigate.strip().lower(), _MITIGATE_WORDS) if isinstance(mitigate, str) else ""
+            hint = did_you_mean(mitigate.strip().lower(), _MITIGATE_WORDS) if isinstance(mitigate, str) else ""
             self.fail(
                 _key_line(item, "mitigate") or line,
                 f"'mitigate' in {label} must be true, false or copy, got {_short(mitigate)}.{hint}",
@@ -731,11 +730,6 @@ def _item_line(seq: object, index: int) -> int | None:
 
 def _raw(mapping: object, key: str) -> str | None:
     return mapping.raw.get(key) if isinstance(mapping, _Map) else None
-
-
-def _did_you_mean(word: str, choices: Any) -> str:
-    matches = difflib.get_close_matches(word, [str(choice) for choice in choices], n=1, cutoff=0.6)
-    return f" Did you mean '{matches[0]}'?" if matches else ""
 
 
 def _describe(value: object) -> str:

@@ -7,7 +7,6 @@ seeds derived from a base seed, and every setting that changes a score is record
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,8 +15,9 @@ from typing import Any
 import torch
 
 from memtest.detection.metrics import fd_step, hessian_vector_product
+from memtest.detection.noise import derive_seeds, initial_noise
 from memtest.detection.settings import METRICS, ScoreSettings
-from memtest.errors import ScoringError
+from memtest.errors import ScoringError, option
 from memtest.models.checkpoint import Checkpoint, load_checkpoint
 from memtest.models.families.base import (
     Cond,
@@ -51,15 +51,6 @@ class PromptScore:
             "seeds": list(self.seeds),
             "settings": dict(self.settings),
         }
-
-
-def derive_seeds(base: int, n: int, prompt: str | None = None) -> list[int]:
-    """n seeds from the base seed; with a prompt, seeds specific to that prompt (stable across runs)."""
-    if prompt is None:
-        return [base + i for i in range(n)]
-    digest = hashlib.sha256(f"{base}\0{prompt}".encode()).digest()
-    start = int.from_bytes(digest[:6], "big")
-    return [start + i for i in range(n)]
 
 
 _eps_from_output = eps_from_output  # the name older callers import
@@ -130,13 +121,9 @@ class Scorer:
         return derive_seeds(s.seed, s.n if n is None else n, prompt if s.per_prompt_seeds else None)
 
     def noise(self, seeds: Sequence[int]) -> torch.Tensor:
-        """Initial latents x_T, drawn on the CPU so the same seed gives the same noise on any device."""
-        shape = self.ckpt.latent_shape
-        out = torch.empty((len(seeds), *shape), dtype=torch.float32)
-        for i, seed in enumerate(seeds):
-            gen = torch.Generator(device="cpu").manual_seed(int(seed))
-            out[i] = torch.randn(shape, generator=gen, dtype=torch.float32)
-        return (out * self.process.init_noise_sigma).to(self.ckpt.device)
+        """Initial latents x_T (`memtest.detection.noise.initial_noise`), drawn on the CPU so the same seed gives
+        the same noise on any device."""
+        return initial_noise(seeds, self.ckpt.latent_shape, self.process.init_noise_sigma, self.ckpt.device)
 
     @torch.no_grad()
     def embed(self, prompts: Sequence[str]) -> Cond:
@@ -259,7 +246,7 @@ class Scorer:
             raise ScoringError(
                 f"The model produced a non-finite {s.metric} for {len(bad)} prompt(s) {bad!r} on checkpoint "
                 f"{self.ckpt.name} (dtype {self.ckpt.dtype}). A score that is not a number cannot pass the gate: "
-                "check the weights for NaN/inf, or score in float32 (--memtest-dtype float32)."
+                f"check the weights for NaN/inf, or score in float32 ({option('dtype', 'float32')})."
             )
         ident = self.identity()
         results = []

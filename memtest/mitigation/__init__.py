@@ -48,6 +48,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from memtest.detection.noise import SeedStream, fresh_seed, gaussian_noise
 from memtest.errors import MitigationError
 from memtest.mitigation.baselines import (
     DEFAULT_ADDITIONS,
@@ -98,10 +99,7 @@ from memtest.mitigation.sail import (
     AcceptedLatent,
     SailResult,
     SailStep,
-    SeedStream,
     default_alpha,
-    fresh_seed,
-    gaussian_noise,
     measure_sharpness,
     mitigate_sail,
     sail,

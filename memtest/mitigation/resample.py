@@ -32,9 +32,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from memtest.errors import MemtestError, MitigationError
+from memtest.detection.noise import SeedStream
+from memtest.errors import MemtestError, MitigationError, option
 from memtest.mitigation.outcome import Mitigation
-from memtest.mitigation.sail import SeedStream, detector_sharpness
+from memtest.mitigation.sail import detector_sharpness
 from memtest.mitigation.target import _scorer, _seed_images, resolve_threshold
 from memtest.models.families.base import Cond
 
@@ -132,7 +133,7 @@ def reference_captions(cal: Calibration, suites: Sequence[Suite] = ()) -> list[s
     from memtest.errors import SuiteError
 
     where = cal.path or "the calibration"
-    fix = "pass level= or references= (non-memorized captions), or name the suite with --memtest-suite"
+    fix = f"pass level= or references= (non-memorized captions), or name the suite with {option('suite')}"
     by_name = {s.name: s for s in suites}
     captions: list[str] = []
     for name in cal.reference_suite.split("+"):

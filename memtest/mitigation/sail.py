@@ -5,10 +5,9 @@ The method and the choices where the paper is silent: the package docstring (mem
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,6 +16,10 @@ import torch
 
 from memtest.defaults import DEFAULT_MITIGATION_STEPS
 from memtest.detection.metrics import fd_step, hessian_vector_product
+from memtest.detection.noise import NoiseFn
+from memtest.detection.noise import SeedStream as SeedStream  # re-exported: their public home was here
+from memtest.detection.noise import fresh_seed as fresh_seed
+from memtest.detection.noise import gaussian_noise as gaussian_noise
 from memtest.errors import MitigationError
 from memtest.mitigation.outcome import Mitigation
 from memtest.mitigation.target import _first_step, _scorer, _seed_images, _start_point, resolve_threshold
@@ -27,7 +30,6 @@ if TYPE_CHECKING:
     from memtest.models.families.base import Cond
 
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]
-NoiseFn = Callable[[Sequence[int]], torch.Tensor]
 
 #: Adam learning rate of the paper.
 DEFAULT_LR = 0.05
@@ -44,56 +46,6 @@ DEFAULT_RESTART_AFTER = 100
 #: multiple of the threshold (and for every candidate's first x_T). On zoo:finetuned it leaves the optimisation
 #: and the acceptances as they were and makes a step 25-35% cheaper (docs/mitigation.md). None: check every step.
 DEFAULT_SCREEN: float | None = 2.0
-
-
-# --------------------------------------------------------------------------------------------------
-# seeds
-
-
-def fresh_seed(salt: str, k: int) -> int:
-    """The k-th fresh seed of a run: 48 bits of sha256(salt, k), stable across runs and machines."""
-    digest = hashlib.sha256(f"memtest-sail\0{salt}\0{k}".encode()).digest()
-    return int.from_bytes(digest[:6], "big")
-
-
-class SeedStream:
-    """Seeds in order: `first`, then fresh ones (`fresh_seed(salt, k)`); never the same seed twice."""
-
-    def __init__(self, first: Sequence[int], salt: str) -> None:
-        self._first = [int(s) for s in first]
-        self._salt = salt
-        self._k = 0
-        self.used: list[int] = []
-        self._seen: set[int] = set()
-
-    def __iter__(self) -> Iterator[int]:
-        return self
-
-    def __next__(self) -> int:
-        while True:
-            if self._first:
-                seed = self._first.pop(0)
-            else:
-                seed = fresh_seed(self._salt, self._k)
-                self._k += 1
-            if seed not in self._seen:
-                self._seen.add(seed)
-                self.used.append(seed)
-                return seed
-
-
-def gaussian_noise(shape: Sequence[int], sigma: float = 1.0, device: str | torch.device = "cpu") -> NoiseFn:
-    """seeds -> x_T of shape (len(seeds), *shape): N(0, σ² I), one CPU generator per seed."""
-    shape = tuple(int(s) for s in shape)
-
-    def noise(seeds: Sequence[int]) -> torch.Tensor:
-        out = torch.empty((len(seeds), *shape), dtype=torch.float32)
-        for i, seed in enumerate(seeds):
-            gen = torch.Generator(device="cpu").manual_seed(int(seed))
-            out[i] = torch.randn(shape, generator=gen, dtype=torch.float32)
-        return (out * sigma).to(device)
-
-    return noise
 
 
 # --------------------------------------------------------------------------------------------------
@@ -447,7 +399,7 @@ def sail(
             reason = (
                 f"step budget of {max_steps} exhausted with {len(accepted)} of {want} latent(s) below the "
                 f"threshold {threshold:.6g} ({len(stream.used)} seeds tried; lowest sharpness of an unfinished "
-                f"candidate {best_open:.6g}). Raise max_steps (pytest: --memtest-mitigation-steps)"
+                f"candidate {best_open:.6g}). Raise max_steps (the mitigation_steps option)"
                 + ("" if renormalize else ", try renormalize=True")
                 + ", or accept at a higher threshold."
             )

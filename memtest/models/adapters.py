@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from memtest.errors import CheckpointError, MemtestError
+from memtest.errors import CheckpointError, MemtestError, option
 from memtest.models.locate import _PICKLE_SUFFIXES, _WEIGHT_SUFFIXES, file_sha256
 
 #: Adapters are named memtest_0, memtest_1, ... in the order given.
@@ -232,7 +232,7 @@ def _load_one(pipe: Any, spec: LoraSpec, name: str, components: dict[str, Any], 
         raise CheckpointError(
             f"LoRA adapter {path} is a pickle file ({suffix}); unpickling can run arbitrary code, so memtest loads "
             "safetensors adapters only. Convert it to .safetensors, or, if you trust this file, pass "
-            "allow_pickle=True (pytest: --memtest-allow-pickle)."
+            f"{option('allow_pickle')}."
         )
     if not pickled and suffix != ".safetensors":
         raise CheckpointError(

@@ -202,7 +202,7 @@ def zoo_names() -> list[str]:
 
 def adapter_names() -> list[str]:
     """Names of the shipped LoRA canaries: folders with a manifest but no model_index.json (each holds one
-    adapter file, loaded on the base its manifest names, e.g. `--memtest-lora zoo:lora`)."""
+    adapter file, loaded on the base its manifest names, e.g. as the `lora` option `zoo:lora`)."""
     root = canaries_dir()
     if not root.is_dir():
         return []

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from memtest.errors import CheckpointError
+from memtest.errors import CheckpointError, option
 from memtest.models.families import Component, Family, recognise
 from memtest.models.families.base import Checkpoint, component_class, declared
 from memtest.models.locate import _WEIGHT_SUFFIXES, fingerprint, resolve_checkpoint
@@ -89,7 +89,7 @@ def _check_folder(folder: Path, family: Family, index: dict[str, Any], allow_pic
             raise CheckpointError(
                 f"'{sub}' has only pickle weights ({names}); unpickling can run arbitrary code, so memtest "
                 "loads safetensors only. Convert with `pipe.save_pretrained(folder, safe_serialization=True)`, "
-                "or, if you trust this file, pass allow_pickle=True (pytest: --memtest-allow-pickle)."
+                f"or, if you trust this file, pass {option('allow_pickle')}."
             )
     return present
 

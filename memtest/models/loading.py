@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from memtest.errors import CheckpointError
+from memtest.errors import CheckpointError, option
 
 #: Weight file stems: diffusers, transformers (safetensors) and transformers (pickle).
 _STEMS = ("diffusion_pytorch_model", "model", "pytorch_model")
@@ -131,7 +131,7 @@ def find_weights(
                 f"Component '{component}' in '{sub}' has only pickle weights ({', '.join(pickles)}); unpickling can "
                 "run arbitrary code, so memtest loads safetensors only. Convert with "
                 "`save_pretrained(folder, safe_serialization=True)`, or, if you trust this file, pass "
-                "allow_pickle=True (pytest: --memtest-allow-pickle)."
+                f"{option('allow_pickle')}."
             )
         safe = sets
     variants = sorted({v for v, _ in safe}, key=lambda v: (v is not None, v or ""))

@@ -14,13 +14,13 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from memtest.errors import CheckpointError
+from memtest._io import atomic_write_text
+from memtest.errors import CheckpointError, option
 
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 _WEIGHT_SUFFIXES = (".safetensors", *_PICKLE_SUFFIXES)
@@ -99,17 +99,10 @@ class _Cache:
                 keep = sorted(table, key=lambda name: table[name].get("used", 0), reverse=True)[:_MAX_ENTRIES]
                 doc[k] = {name: table[name] for name in keep}
         self.doc = doc
+        # Readers (other xdist workers) see the old file or the new one, never half. The cache stays private
+        # to its user (0600) and skips fsync: a cache lost in a crash is rebuilt.
         with contextlib.suppress(OSError):
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".fingerprints-", suffix=".tmp", dir=self.path.parent)
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                    json.dump(doc, fh, separators=(",", ":"))
-                os.replace(tmp, self.path)  # atomic: readers see the old file or the new one, never half
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
+            atomic_write_text(self.path, json.dumps(doc, separators=(",", ":")), mode=0o600, fsync=False)
 
 
 def _hash_into(digest: Any, path: Path) -> None:
@@ -191,7 +184,7 @@ def resolve_checkpoint(path_or_id: str | Path) -> tuple[str, Path]:
             base = load_manifest(folder).base or "its base checkpoint"
             raise CheckpointError(
                 f"'{text}' is a LoRA adapter, not a checkpoint: load it on {base}, e.g. "
-                f"`--memtest-checkpoint {base} --memtest-lora {text}` (library: "
+                f"{option('checkpoint', base)} {option('lora', text)} (library: "
                 f"load_checkpoint('{base}', loras=['{text}']))."
             )
         return text, folder

@@ -23,9 +23,9 @@ from typing import Any
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup
 
+from memtest._io import atomic_write_text
 from memtest._resources import data_dir
 from memtest.audit.results import (
-    atomic_write_text,
     load_results,
     merge_results,
     summarize,

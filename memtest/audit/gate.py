@@ -1,0 +1,374 @@
+"""The gate: which cases an audit runs, how each is judged, and what a run adds up to.
+
+The pytest plugin (one item per case, batch-scored when the first runs) and `memtest audit` (all cases at
+once) both go through these functions, so they give the same records, calibrations and summaries. Importing
+this module costs nothing (no torch): the engine loads the model when it first scores.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from memtest.audit.calibration import Calibration, calibrate
+from memtest.audit.records import CaseRecord
+from memtest.audit.suites import Mitigate, Suite, builtin_suites, resolve_suite
+from memtest.errors import CalibrationError, MemtestError, ScoringError, SuiteError, option
+
+if TYPE_CHECKING:
+    from memtest.audit.engine import Engine, ProgressFn
+
+SUITE_FILENAME = "memtest-suite.yaml"
+
+
+@dataclass(frozen=True)
+class AuditCase:
+    suite: str
+    suite_version: str
+    case_id: str
+    prompt: str
+    expectation: str
+    tags: tuple[str, ...] = ()
+    mitigate: Mitigate = False  # the suite's value: True, False or "copy" (the copy must leave)
+    source: str | None = None
+    line: int | None = None
+
+    @property
+    def id(self) -> str:
+        return f"{self.suite}::{self.case_id}"
+
+
+# -- which cases -------------------------------------------------------------------------------------------
+def suite_cases(suite: Suite, calibrate: bool) -> list[AuditCase]:
+    """Cases a run executes: references when calibrating, clean and memorized ones when gating."""
+    wanted = {"reference"} if calibrate else {"clean", "memorized"}
+    return [
+        AuditCase(
+            suite=suite.name,
+            suite_version=suite.version,
+            case_id=c.id,
+            prompt=c.prompt,
+            expectation=c.expectation,
+            tags=tuple(c.tags),
+            mitigate=c.mitigate,
+            source=str(suite.path) if suite.path else None,
+            line=c.line,
+        )
+        for c in suite.cases
+        if c.expectation in wanted
+    ]
+
+
+def shard_index(case_id: str, count: int) -> int:
+    """Stable 1-based shard of a case: a hash of its id, so adding cases never moves others."""
+    digest = hashlib.sha256(case_id.encode()).digest()
+    return int.from_bytes(digest[:8], "big") % count + 1
+
+
+def checkpoint_suite(folder: Path) -> str | None:
+    """The suite a checkpoint ships for itself: `memtest-suite.yaml`, or the canary manifest's `suite`."""
+    own = folder / SUITE_FILENAME
+    if own.is_file():
+        return str(own)
+    from memtest.models.canaries import MANIFEST_NAME, load_manifest
+
+    if (folder / MANIFEST_NAME).is_file():
+        return load_manifest(folder).suite or None
+    return None
+
+
+def resolve_suites(names: Sequence[str], checkpoint_folder: Path | None, checkpoint_name: str) -> list[Suite]:
+    if names:
+        return [resolve_suite(n) for n in names]
+    own = checkpoint_suite(checkpoint_folder) if checkpoint_folder else None
+    if own is None:
+        raise SuiteError(
+            f"No suite was named and checkpoint {checkpoint_name} ships none ({SUITE_FILENAME}). "
+            f"Pass {option('suite', 'NAME')} or a path; built-in suites: {', '.join(sorted(builtin_suites()))}."
+        )
+    return [resolve_suite(own)]
+
+
+def check_runnable(suites: Iterable[Suite], calibrate: bool) -> None:
+    """Every named suite has cases to run in this mode; a suite with none is a usage error, not a pass."""
+    for suite in suites:
+        if not suite_cases(suite, calibrate):
+            mode = "reference" if calibrate else "clean or memorized"
+            hint = (
+                "name a suite that has reference cases"
+                if calibrate
+                else f"reference cases only calibrate: add {option('calibrate')}"
+            )
+            raise SuiteError(f"Suite '{suite.name}' has no {mode} cases to run: {hint}.")
+
+
+def select_cases(suites: Iterable[Suite], calibrate: bool, shard: tuple[int, int] | None) -> list[AuditCase]:
+    cases: list[AuditCase] = []
+    for suite in suites:
+        cases.extend(suite_cases(suite, calibrate))
+    if shard is not None:
+        i, n = shard
+        cases = [c for c in cases if shard_index(c.id, n) == i]
+    return cases
+
+
+# -- judging -----------------------------------------------------------------------------------------------
+def base_record(case: AuditCase, *, mitigate: bool = False) -> CaseRecord:
+    """A case's record before it is judged (an error record until `judge` fills it in)."""
+    return {
+        "id": f"{case.id}[mitigate]" if mitigate else case.id,
+        "suite": case.suite,
+        "suite_version": case.suite_version,
+        "case_id": case.case_id,
+        "kind": "mitigate" if mitigate else "detect",
+        "prompt": case.prompt,
+        "expectation": case.expectation,
+        "tags": list(case.tags),
+        "score": None,
+        "values": [],
+        "threshold": None,
+        "margin": None,
+        "flagged": None,
+        "outcome": "passed",
+        "message": "",
+    }
+
+
+def error_record(case: AuditCase, message: str, *, mitigate: bool = False) -> CaseRecord:
+    """The record of a case that could not be judged: outcome `error`, with the cause."""
+    record = base_record(case, mitigate=mitigate)
+    record["seeds"], record["outcome"], record["message"] = [], "error", message
+    return record
+
+
+def judge(case: AuditCase, score: float, values: Sequence[float], threshold: float | None) -> CaseRecord:
+    """The outcome of one case: a clean prompt must stay at or below the threshold, a memorized one above."""
+    if not math.isfinite(score):
+        raise ScoringError(f"Case {case.id} has a non-finite score ({score}); the gate fails closed.")
+    record = base_record(case)
+    record["score"], record["values"] = float(score), [float(v) for v in values]
+    if case.expectation == "reference" or threshold is None:
+        return record
+    flagged = score > threshold
+    record["threshold"], record["margin"], record["flagged"] = float(threshold), float(score - threshold), flagged
+    if case.expectation == "clean" and flagged:
+        record["outcome"] = "failed"
+        record["message"] = (
+            f"{case.id} scored {score:.6g}, above the threshold {threshold:.6g} (margin {score - threshold:+.3g}): "
+            "the checkpoint may reproduce a training image for this prompt."
+        )
+    elif case.expectation == "memorized" and not flagged:
+        record["outcome"] = "failed"
+        record["message"] = (
+            f"{case.id} is a known memorized prompt but scored {score:.6g}, at or below the threshold "
+            f"{threshold:.6g} (margin {score - threshold:+.3g}): the gate did not flag it."
+        )
+    return record
+
+
+def run_case(
+    engine: Engine,
+    case: AuditCase,
+    *,
+    batch: Sequence[str] = (),
+    progress: ProgressFn | None = None,
+) -> CaseRecord:
+    """Score (with the prompts of `batch`, in one pass, if it is not scored yet) and judge one case. When
+    calibrating, reference cases are recorded without a threshold."""
+    if engine.cached(case.prompt) is None:
+        engine.scores([case.prompt, *batch], progress=progress)
+    scored = engine.scores([case.prompt])[case.prompt]
+    threshold = None if engine.config.calibrate else engine.calibration()[0].threshold
+    record = judge(case, scored["score"], scored["values"], threshold)
+    record["seeds"] = list(scored["seeds"])
+    return record
+
+
+def run_cases(engine: Engine, cases: Sequence[AuditCase], progress: ProgressFn | None = None) -> list[CaseRecord]:
+    """Score every case in batches and judge each: the whole audit of `memtest audit`."""
+    if not engine.config.calibrate:
+        engine.calibration()  # fail closed before any scoring
+    engine.scores([c.prompt for c in cases], progress=progress)
+    return [run_case(engine, c) for c in cases]
+
+
+def run_mitigation(engine: Engine, case: AuditCase, suites: Sequence[Suite]) -> tuple[CaseRecord, dict[str, Any]]:
+    """A `mitigate` case: the configured method (SAIL or resample) on its prompt at the calibrated threshold,
+    judged by `memtest.mitigation.judge_mitigation`. Returns the case record and the results' mitigation entry."""
+    from memtest.mitigation import judge_mitigation, mitigate_resample, mitigate_sail, reference_captions
+
+    cal, _ = engine.calibration()
+    unmitigated = engine.scores([case.prompt])[case.prompt]["score"]
+    if engine.config.mitigation_method == "resample":
+        refs = reference_captions(cal, suites)
+        result = mitigate_resample(engine.scorer, case.prompt, threshold=cal.threshold, references=refs)
+    else:
+        result = mitigate_sail(
+            engine.scorer, case.prompt, threshold=cal.threshold, max_steps=engine.config.mitigation_steps
+        )
+    record, entry = judge_mitigation(case, result, unmitigated, checkpoint=engine.checkpoint)
+    return record, entry  # type: ignore[return-value]
+
+
+def mitigate_prompt(engine: Engine, prompt: str, method: str = "sail", **options: Any) -> Any:
+    """`memtest.mitigation.mitigate` on the engine's scorer, with the run's calibrated threshold and SAIL step
+    budget unless `options` set them. Returns a `memtest.mitigation.Mitigation`."""
+    from memtest.mitigation import mitigate
+
+    if options.get("threshold") is None:
+        options["threshold"] = engine.calibration()[0].threshold
+    if method == "sail":
+        options.setdefault("max_steps", engine.config.mitigation_steps)
+    return mitigate(engine.scorer, prompt, method, **options)
+
+
+# -- calibrating -------------------------------------------------------------------------------------------
+def calibration_from_records(
+    records: Sequence[CaseRecord], fpr: float, identity: dict[str, Any], checkpoint: str
+) -> Calibration:
+    """The calibration of a calibrating run from its reference records (every one must have scored)."""
+    failed = [r for r in records if r["outcome"] != "passed"]
+    if failed:
+        raise CalibrationError(
+            f"{len(failed)} reference case(s) did not score, so no calibration was written. Fix them and rerun."
+        )
+    refs = sorted((r for r in records if r["expectation"] == "reference"), key=lambda r: r["id"])
+    if not refs:
+        raise CalibrationError(
+            "Calibration needs reference prompts (expectation: reference), and the selected suites have "
+            f"none. Name a suite with references, e.g. {option('suite', 'coco-10k')} or the canary suite."
+        )
+    suites = sorted({(r["suite"], r["suite_version"]) for r in refs})
+    return calibrate(
+        [float(r["score"]) for r in refs if r["score"] is not None],
+        fpr,
+        identity,
+        reference_suite="+".join(s for s, _ in suites),
+        reference_version="+".join(v for _, v in suites),
+        checkpoint=checkpoint,
+    )
+
+
+def describe_calibration_file(path: Path) -> str:
+    """One line on the calibration a run will use (for a header), without failing: the gate fails later."""
+    from memtest.audit.calibration import load_calibration
+
+    if not path.is_file():
+        return f"none at {path}: the gate will fail closed (calibrate with {option('calibrate')})"
+    try:
+        cal = load_calibration(path)
+    except MemtestError as exc:
+        return f"unusable ({exc})"
+    return (
+        f"{path} threshold={cal.threshold:.6g} (95% CI {cal.ci[0]:.4g}..{cal.ci[1]:.4g}) "
+        f"fpr={cal.fpr:g} refs={cal.n_reference} ({cal.reference_suite} v{cal.reference_version})"
+    )
+
+
+def describe_calibration(cal: Calibration) -> str:
+    return (
+        f"threshold {cal.threshold:.6g} (95% CI {cal.ci[0]:.4g}..{cal.ci[1]:.4g}) at fpr {cal.fpr:g} "
+        f"from {cal.n_reference} reference prompts of {cal.reference_suite}"
+    )
+
+
+# -- summing up --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SummaryLine:
+    text: str
+    error: bool = False
+
+
+def summary_lines(
+    records: Sequence[CaseRecord], *, checkpoint: str, metric: str, method: str, n: int, mitigation_method: str
+) -> list[SummaryLine]:
+    """What a run adds up to, line by line, for a terminal: counts, the clean cases closest to the
+    threshold, each distinct error cause once, the weakest memorized case, the mitigation items."""
+    counts = {k: sum(1 for r in records if r["outcome"] == k) for k in ("passed", "failed", "error")}
+    flagged = sum(1 for r in records if r.get("flagged"))
+    lines = [
+        SummaryLine(
+            f"checkpoint {checkpoint} · {metric}/{method} n={n} · {len(records)} cases: {counts['passed']} passed, "
+            f"{counts['failed']} failed, {counts['error']} errors; {flagged} flagged"
+        )
+    ]
+    detect = [r for r in records if r.get("kind", "detect") == "detect"]
+    judged = [r for r in detect if r["margin"] is not None and r["expectation"] == "clean"]
+    if judged:
+        lines.append(SummaryLine("closest clean cases to the threshold (margin = score - threshold):"))
+        for r in sorted(judged, key=lambda r: -float(r["margin"] or 0.0))[:5]:
+            lines.append(
+                SummaryLine(f"  {r['id']:<48} score {r['score']:.6g}  margin {r['margin']:+.4g}  {r['outcome']}")
+            )
+    errors: dict[str, int] = {}
+    for r in records:
+        if r["outcome"] == "error":
+            errors[str(r.get("message"))] = errors.get(str(r.get("message")), 0) + 1
+    for message, count in errors.items():  # one line per distinct cause, however many cases it stopped
+        lines.append(SummaryLine(f"{count} case(s) errored: {message}", error=True))
+    memorized = [r for r in detect if r["margin"] is not None and r["expectation"] == "memorized"]
+    if memorized:
+        weakest = min(memorized, key=lambda r: float(r["margin"] or 0.0))
+        lines.append(SummaryLine(f"weakest memorized case: {weakest['id']} margin {weakest['margin']:+.4g}"))
+    mitigated = [r for r in records if r.get("kind") == "mitigate"]
+    if mitigated:
+        ok = sum(1 for r in mitigated if r["outcome"] == "passed")
+        if mitigation_method == "resample":
+            lines.append(SummaryLine(f"mitigation (resample): {ok} of {len(mitigated)} cases passed"))
+        else:
+            lines.append(SummaryLine(f"mitigation (SAIL): {ok} of {len(mitigated)} cases found flat initial noise"))
+        for r in sorted(mitigated, key=lambda r: r["id"]):
+            if r["score"] is not None:
+                lines.append(
+                    SummaryLine(
+                        f"  {r['id']:<48} sharpness {r.get('unmitigated', float('nan')):.4g} -> {r['score']:.4g}  "
+                        f"{r['outcome']}"
+                    )
+                )
+    return lines
+
+
+def write_outputs(doc: dict[str, Any], *, json_path: Path | None, report_path: Path | None) -> list[tuple[str, str]]:
+    """Write the results file and the HTML report (each where asked); returns (what, path) pairs."""
+    from memtest.audit.results import write_results
+
+    written: list[tuple[str, str]] = []
+    if json_path is not None:
+        write_results(doc, json_path)
+        written.append(("results", str(json_path)))
+    if report_path is not None:
+        # The report renders the results format; it imports nothing of the gate, so this is no circle.
+        from memtest.report import write_report
+
+        write_report(doc, report_path)
+        written.append(("report", str(report_path)))
+    return written
+
+
+__all__ = [
+    "SUITE_FILENAME",
+    "AuditCase",
+    "SummaryLine",
+    "base_record",
+    "calibration_from_records",
+    "check_runnable",
+    "checkpoint_suite",
+    "describe_calibration",
+    "describe_calibration_file",
+    "error_record",
+    "judge",
+    "mitigate_prompt",
+    "resolve_suites",
+    "run_case",
+    "run_cases",
+    "run_mitigation",
+    "select_cases",
+    "shard_index",
+    "suite_cases",
+    "summary_lines",
+    "write_outputs",
+]

@@ -1,0 +1,52 @@
+"""The typed records that cross the audit's seams: a prompt's scores (the engine and its cache), a case's
+outcome (the gate, the plugin's test reports, the results file). Plain JSON types only, so an xdist worker can
+send them to the controller as they are. No torch here."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, TypedDict
+
+from typing_extensions import NotRequired
+
+Outcome = Literal["passed", "failed", "error"]
+
+
+class ScoreRecord(TypedDict):
+    """One prompt's scores as the engine returns and caches them."""
+
+    prompt: str
+    score: float
+    values: list[float]
+    seeds: list[int]
+
+
+class CaseRecord(TypedDict):
+    """One case's entry in the results file's `cases` (docs/results-format.md)."""
+
+    id: str
+    suite: str
+    suite_version: str
+    case_id: str
+    kind: Literal["detect", "mitigate"]
+    prompt: str
+    expectation: str
+    tags: list[str]
+    score: float | None
+    values: list[float]
+    threshold: float | None
+    margin: float | None
+    flagged: bool | None
+    outcome: Outcome
+    message: str
+    seeds: NotRequired[list[int]]
+    #: the pytest node that ran it (the plugin's)
+    nodeid: NotRequired[str]
+    #: `mitigate` records: the detector's score before mitigation, and the copy statistics on a canary
+    unmitigated: NotRequired[float]
+    copy_before: NotRequired[dict[str, Any] | None]
+    copy_after: NotRequired[dict[str, Any] | None]
+    copy_required: NotRequired[bool]
+    copy_verdict: NotRequired[str]
+
+
+__all__ = ["CaseRecord", "Outcome", "ScoreRecord"]
