@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from memtest.errors import CheckpointError, MemtestError, option
-from memtest.models.locate import _PICKLE_SUFFIXES, _WEIGHT_SUFFIXES, file_sha256
+from memtest.models.locate import PICKLE_SUFFIXES, WEIGHT_SUFFIXES, file_sha256
 
 #: Adapters are named memtest_0, memtest_1, ... in the order given.
 ADAPTER_PREFIX = "memtest_"
@@ -46,7 +46,7 @@ def _adapter_file(folder: Path, shown: str) -> Path:
     """The one adapter file in a folder (diffusers' `pytorch_lora_weights.safetensors` first)."""
     if (folder / ADAPTER_FILE).is_file():
         return folder / ADAPTER_FILE
-    weights = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in _WEIGHT_SUFFIXES)
+    weights = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in WEIGHT_SUFFIXES)
     safe = [p for p in weights if p.suffix.lower() == ".safetensors"]
     for group in (safe, weights):
         if len(group) == 1:
@@ -227,7 +227,7 @@ def _load_one(pipe: Any, spec: LoraSpec, name: str, components: dict[str, Any], 
     if not path.is_file():
         raise CheckpointError(f"LoRA adapter {path} does not exist (or is not a file). Pass the adapter file.")
     suffix = path.suffix.lower()
-    pickled = suffix in _PICKLE_SUFFIXES
+    pickled = suffix in PICKLE_SUFFIXES
     if pickled and not allow_pickle:
         raise CheckpointError(
             f"LoRA adapter {path} is a pickle file ({suffix}); unpickling can run arbitrary code, so memtest loads "

@@ -18,7 +18,7 @@ import torch
 from memtest.errors import CheckpointError, option
 from memtest.models.families import Component, Family, recognise
 from memtest.models.families.base import Checkpoint, component_class, declared
-from memtest.models.locate import _WEIGHT_SUFFIXES, fingerprint, resolve_checkpoint
+from memtest.models.locate import WEIGHT_SUFFIXES, fingerprint, resolve_checkpoint
 
 _DTYPES = {
     "float32": torch.float32,
@@ -80,7 +80,7 @@ def _check_folder(folder: Path, family: Family, index: dict[str, Any], allow_pic
         if not comp.weights:
             continue
         sub = folder / comp.name
-        weights = [p for p in sub.iterdir() if p.suffix in _WEIGHT_SUFFIXES]
+        weights = [p for p in sub.iterdir() if p.suffix in WEIGHT_SUFFIXES]
         safe = [p for p in weights if p.suffix == ".safetensors"]
         if not weights:
             raise CheckpointError(f"'{sub}' holds no weight files (*.safetensors). Re-save the pipeline.")

@@ -22,9 +22,9 @@ from typing import Any
 from memtest._io import atomic_write_text
 from memtest.errors import CheckpointError, option
 
-_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-_WEIGHT_SUFFIXES = (".safetensors", *_PICKLE_SUFFIXES)
-_HASHED_SUFFIXES = (*_WEIGHT_SUFFIXES, ".json", ".txt", ".model")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+WEIGHT_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
+HASHED_SUFFIXES = (*WEIGHT_SUFFIXES, ".json", ".txt", ".model")
 
 CACHE_ENV = "MEMTEST_FINGERPRINT_CACHE"
 _CACHE_SCHEMA = "memtest.fingerprints/1"
@@ -131,7 +131,7 @@ def file_sha256(path: Path) -> str:
 
 
 def _hashed_files(folder: Path) -> Iterator[tuple[str, Path]]:
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in _HASHED_SUFFIXES)
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in HASHED_SUFFIXES)
     for p in files:
         rel = p.relative_to(folder).as_posix()
         # Only a `.cache` inside the checkpoint (hub download metadata) is skipped: a checkpoint that itself
