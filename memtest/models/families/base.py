@@ -8,7 +8,11 @@ A family decides, and nothing outside `memtest/families/` branches on it:
 - how a model forward runs on latents and conditioning,
 - which noise process the sampler follows (`Process`: DDPM here, flow matching elsewhere): the timesteps the
   metric looks at, the quantity the metrics differentiate, and one sampler step,
-- how images are generated through the family's own diffusers pipeline.
+- how images are generated through the family's own diffusers pipeline: `Family.generate` is one template
+  (the pipeline over the loaded components, the scorer's sampler, the unconditional branch computed without
+  gradients); a family supplies only what differs, through the hooks `pipeline_options`, `sampler`,
+  `pipeline_latents`, `call_options` and `conditioning_kwargs` (and the class attributes `pipeline_keys`,
+  `negative_conditioning`, `repeats_embeddings`).
 
 Conditioning is a `Cond`: a dict of tensors that all share the batch dimension, so the scorer can
 concatenate, repeat and cache it without knowing what is inside (SD: one embedding; SDXL: embeddings,
@@ -23,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from memtest.errors import CheckpointError, ScoringError
@@ -263,9 +268,64 @@ class Family:
         raise NotImplementedError
 
     # -- generation ---------------------------------------------------------------------------------
+    #: Conditioning entries generation hands the pipeline, each as `<key>=` (and `negative_<key>=`).
+    pipeline_keys: ClassVar[tuple[str, ...]] = ("prompt_embeds",)
+    #: Whether generation from conditioning passes the unconditional branch (`negative_<key>`); False for
+    #: guidance-distilled families whose pipeline steps with the conditional output alone (Flux).
+    negative_conditioning: ClassVar[bool] = True
+    #: Whether the pipeline repeats given embeddings `num_images_per_prompt` times (the DDPM pipelines); the
+    #: flow pipelines do not, so they are given one row per image.
+    repeats_embeddings: ClassVar[bool] = True
+
+    def pipeline_class(self) -> Any:
+        """The diffusers pipeline class generation builds: the family's first declared pipeline."""
+        import diffusers
+
+        return getattr(diffusers, self.pipelines[0])
+
+    def pipeline_options(self, ckpt: Checkpoint) -> dict[str, Any]:
+        """Constructor arguments of the pipeline beyond the family's components."""
+        return {}
+
     def pipeline(self, ckpt: Checkpoint) -> Any:
         """The family's diffusers pipeline over the loaded components (for generation and adapters)."""
-        raise NotImplementedError
+        parts = {c.name: ckpt.components.get(c.name) for c in self.components}
+        pipe = self.pipeline_class()(**parts, **self.pipeline_options(ckpt))
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def sampler(self, ckpt: Checkpoint) -> Any:
+        """The scheduler generation samples with: the scorer's DDIM from the checkpoint's own noise schedule, so
+        the first step is the one the detector looks at."""
+        from diffusers import DDIMScheduler
+
+        return DDIMScheduler.from_config(ckpt.scheduler.config)
+
+    def pipeline_latents(self, ckpt: Checkpoint, pipe: Any, latents: torch.Tensor) -> torch.Tensor:
+        """Initial latents as the pipeline takes them: the DDPM pipelines multiply given latents by the
+        sampler's init_noise_sigma, and ours already carry it."""
+        sigma0 = float(getattr(pipe.scheduler, "init_noise_sigma", 1.0))
+        return (latents.detach() / sigma0).to(ckpt.device, ckpt.dtype)
+
+    def call_options(self, ckpt: Checkpoint, guidance_scale: float) -> dict[str, Any]:
+        """Pipeline call arguments that are neither the prompt, its conditioning, the latents nor the steps."""
+        h, w = ckpt.resolution
+        return {"guidance_scale": guidance_scale, "height": h, "width": w}
+
+    def conditioning_kwargs(self, ckpt: Checkpoint, cond: Cond, null: Cond | None, images: int) -> dict[str, Any]:
+        """The pipeline call's conditioning for `images` images of one conditioning row: `pipeline_keys` from
+        `cond` and, as `negative_<key>`, from the unconditional branch `null` (None: the family passes none)."""
+        per_prompt = images
+        if not self.repeats_embeddings:
+            cond = cond_expand(cond_rows(cond, 0), images)
+            null = None if null is None else cond_expand(cond_rows(null, 0), images)
+            per_prompt = 1
+        out: dict[str, Any] = {"num_images_per_prompt": per_prompt}
+        for key in self.pipeline_keys:
+            out[key] = pipeline_tensor(ckpt, cond[key])
+            if null is not None:
+                out[f"negative_{key}"] = pipeline_tensor(ckpt, null[key])
+        return out
 
     def generate(
         self,
@@ -277,8 +337,46 @@ class Family:
         guidance_scale: float,
         num_inference_steps: int,
     ) -> Any:
-        """Images (n, H, W, 3) in [0, 1] from initial latents x_T (which already carry init_noise_sigma)."""
-        raise NotImplementedError
+        """Images (n, H, W, 3) in [0, 1] from initial latents x_T (which already carry init_noise_sigma), through
+        the family's pipeline with its `sampler`: of `prompt` (the pipeline encodes it), or of the conditioning
+        row `cond` with the family's unconditional branch (computed without gradients)."""
+        need_vae(ckpt)
+        images = int(latents.shape[0])
+        kwargs = self.call_options(ckpt, guidance_scale)
+        if cond is None:
+            kwargs.update(prompt=prompt, num_images_per_prompt=images)
+        else:
+            null = None
+            if self.negative_conditioning:
+                with torch.no_grad():
+                    null = self.unconditional(ckpt, self.encode(ckpt, [""]))
+            kwargs.update(self.conditioning_kwargs(ckpt, cond, null, images))
+        pipe = self.pipeline(ckpt)
+        pipe.scheduler = self.sampler(ckpt)
+        with torch.no_grad():
+            out = pipe(
+                num_inference_steps=num_inference_steps,
+                latents=self.pipeline_latents(ckpt, pipe, latents),
+                output_type="np",
+                **kwargs,
+            )
+        return np.asarray(out.images, dtype=np.float32)
+
+
+def need_vae(ckpt: Checkpoint) -> None:
+    if ckpt.vae is None:
+        raise CheckpointError(
+            f"Checkpoint {ckpt.name} has no VAE, so it cannot decode images; scoring works without "
+            "one, but generation and mitigation images need a `vae/` folder."
+        )
+
+
+def pipeline_tensor(ckpt: Checkpoint, value: torch.Tensor) -> torch.Tensor:
+    """A conditioning entry as a pipeline takes it: detached, on the checkpoint's device, in its dtype when
+    floating (attention masks keep their integer dtype)."""
+    if value.is_floating_point():
+        return value.detach().to(ckpt.device, ckpt.dtype)
+    return value.detach().to(ckpt.device)
 
 
 def component_class(index: dict[str, Any], comp: Component, where: str) -> Any:

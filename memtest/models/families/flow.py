@@ -20,7 +20,7 @@ import torch
 
 from memtest.detection.settings import DEFAULT_FLOW_STEPS
 from memtest.errors import CheckpointError, ScoringError
-from memtest.models.families.base import Cond, Family, Process, cond_expand, cond_rows
+from memtest.models.families.base import Family, Process
 
 if TYPE_CHECKING:
     from memtest.models.families.base import Checkpoint
@@ -141,39 +141,18 @@ class FlowFamily(Family):
     def trainable(self, ckpt: Checkpoint) -> list[str]:
         return [self.denoiser, *(n for n, c in ckpt.components.items() if n.startswith("text_encoder") and c)]
 
+    # -- generation: the pipeline's Euler sampler on the checkpoint's schedule, latents as given ---------
+    pipeline_keys: ClassVar[tuple[str, ...]] = ("prompt_embeds", "pooled_prompt_embeds")
+    repeats_embeddings: ClassVar[bool] = False
 
-def pipeline_call(pipe: Any, ckpt: Checkpoint, latents: torch.Tensor, num_inference_steps: int, **kwargs: Any) -> Any:
-    """Run a flow pipeline with the checkpoint's Euler schedule from given latents (already in the pipeline's
-    layout); images (n, H, W, 3) in [0, 1]. With `prompt`, the pipeline makes n images of it; with embeddings,
-    they must already have n rows (the flow pipelines do not repeat given embeddings)."""
-    import numpy as np
-    from diffusers import FlowMatchEulerDiscreteScheduler
+    def sampler(self, ckpt: Checkpoint) -> Any:
+        from diffusers import FlowMatchEulerDiscreteScheduler
 
-    pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(ckpt.scheduler.config)
-    h, w = ckpt.resolution
-    per_prompt = int(latents.shape[0]) if "prompt" in kwargs else 1
-    with torch.no_grad():
-        out = pipe(
-            height=h,
-            width=w,
-            num_inference_steps=num_inference_steps,
-            num_images_per_prompt=per_prompt,
-            latents=latents.detach().to(ckpt.device, ckpt.dtype),
-            output_type="np",
-            **kwargs,
-        )
-    return np.asarray(out.images, dtype=np.float32)
+        return FlowMatchEulerDiscreteScheduler.from_config(ckpt.scheduler.config)
 
-
-def embeds_kwargs(cond: Cond, rows: int, ckpt: Checkpoint, null: Cond | None = None) -> dict[str, Any]:
-    """A pipeline's prompt_embeds / pooled_prompt_embeds (and negative_* from `null`) keyword arguments, each
-    one conditioning row repeated to `rows` rows."""
-    out: dict[str, Any] = {}
-    for key in ("prompt_embeds", "pooled_prompt_embeds"):
-        out[key] = cond_expand(cond_rows(cond, 0), rows)[key].detach().to(ckpt.device, ckpt.dtype)
-        if null is not None:
-            out[f"negative_{key}"] = cond_expand(cond_rows(null, 0), rows)[key].detach().to(ckpt.device, ckpt.dtype)
-    return out
+    def pipeline_latents(self, ckpt: Checkpoint, pipe: Any, latents: torch.Tensor) -> torch.Tensor:
+        """The flow pipelines take given latents as they are (no init_noise_sigma)."""
+        return latents.detach().to(ckpt.device, ckpt.dtype)
 
 
 def latent_side(pixels: int, vae_scale_factor: int, multiple: int) -> int:

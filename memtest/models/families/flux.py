@@ -24,8 +24,7 @@ import numpy as np
 import torch
 
 from memtest.models.families.base import Component, Cond
-from memtest.models.families.flow import FlowFamily, embeds_kwargs, latent_side, pipeline_call
-from memtest.models.families.sd import need_vae
+from memtest.models.families.flow import FlowFamily, latent_side
 from memtest.models.families.sd3 import pad_ids
 
 if TYPE_CHECKING:
@@ -149,41 +148,13 @@ class Flux(FlowFamily):
         )[0]
         return unpack(out, h, w)
 
-    def pipeline(self, ckpt: Checkpoint) -> Any:
-        from diffusers import FluxPipeline
+    # -- generation: the embedded guidance is the family's (`guidance_scale`, a CFG scale, does not apply: the
+    # pipeline steps with the conditional velocity, and takes no unconditional branch); latents are packed
+    negative_conditioning: ClassVar[bool] = False
 
-        c = ckpt.components
-        pipe = FluxPipeline(
-            scheduler=c["scheduler"],
-            vae=c.get("vae"),
-            text_encoder=c["text_encoder"],
-            tokenizer=c["tokenizer"],
-            text_encoder_2=c["text_encoder_2"],
-            tokenizer_2=c["tokenizer_2"],
-            transformer=c["transformer"],
-        )
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
+    def call_options(self, ckpt: Checkpoint, guidance_scale: float) -> dict[str, Any]:
+        options = super().call_options(ckpt, guidance_scale)
+        return {**options, "guidance_scale": self.guidance, "max_sequence_length": self.max_sequence_length}
 
-    def generate(
-        self,
-        ckpt: Checkpoint,
-        latents: torch.Tensor,
-        *,
-        prompt: str | None,
-        cond: Cond | None,
-        guidance_scale: float,
-        num_inference_steps: int,
-    ) -> Any:
-        """Images through FluxPipeline from (n, C, H, W) latents; the embedded guidance is the family's
-        (`guidance_scale`, a CFG scale, does not apply: the pipeline steps with the conditional velocity)."""
-        need_vae(ckpt)
-        kwargs: dict[str, Any] = {
-            "guidance_scale": self.guidance,
-            "max_sequence_length": self.max_sequence_length,
-        }
-        if cond is not None:
-            kwargs.update(embeds_kwargs(cond, int(latents.shape[0]), ckpt))
-        else:
-            kwargs["prompt"] = prompt
-        return pipeline_call(self.pipeline(ckpt), ckpt, pack(latents), num_inference_steps, **kwargs)
+    def pipeline_latents(self, ckpt: Checkpoint, pipe: Any, latents: torch.Tensor) -> torch.Tensor:
+        return super().pipeline_latents(ckpt, pipe, pack(latents))

@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from memtest.models.families.base import Component, Cond, Family
-from memtest.models.families.sd import ddim_pipeline_call, need_vae
 
 if TYPE_CHECKING:
     from memtest.models.families.base import Checkpoint
@@ -117,50 +116,18 @@ class PixArtSigma(Family):
             out = out.chunk(2, dim=1)[0]
         return out
 
-    def pipeline(self, ckpt: Checkpoint) -> Any:
-        from diffusers import PixArtSigmaPipeline
+    # -- generation: DDIM from the checkpoint's schedule, at the checkpoint's own resolution ------------
+    pipeline_keys: ClassVar[tuple[str, ...]] = ("prompt_embeds", "prompt_attention_mask")
 
-        c = ckpt.components
-        pipe = PixArtSigmaPipeline(
-            tokenizer=c["tokenizer"],
-            text_encoder=c["text_encoder"],
-            vae=c.get("vae"),
-            transformer=c["transformer"],
-            scheduler=c["scheduler"],
-        )
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
-
-    def generate(
-        self,
-        ckpt: Checkpoint,
-        latents: torch.Tensor,
-        *,
-        prompt: str | None,
-        cond: Cond | None,
-        guidance_scale: float,
-        num_inference_steps: int,
-    ) -> Any:
-        """Images through PixArtSigmaPipeline with DDIM from the checkpoint's schedule, at the checkpoint's own
-        resolution (no aspect-ratio binning, which would resize to the released models' bins)."""
-        need_vae(ckpt)
-        h, w = ckpt.resolution
-        kwargs: dict[str, Any] = {
-            "height": h,
-            "width": w,
-            "use_resolution_binning": False,
+    def call_options(self, ckpt: Checkpoint, guidance_scale: float) -> dict[str, Any]:
+        return {
+            **super().call_options(ckpt, guidance_scale),
+            "use_resolution_binning": False,  # binning would resize to the released models' aspect-ratio bins
             "max_sequence_length": self.sequence_length(ckpt),
             "clean_caption": False,  # as the conditioning: the pipeline's default cleans only with bs4 and ftfy
         }
-        if cond is not None:
-            with torch.no_grad():
-                null = self.unconditional(ckpt, self.encode(ckpt, [""]))
-            # one row each: the pipeline repeats given embeddings and masks num_images_per_prompt times
-            kwargs["prompt_embeds"] = cond["prompt_embeds"].detach().to(ckpt.device, ckpt.dtype)
-            kwargs["prompt_attention_mask"] = cond["prompt_attention_mask"].to(ckpt.device)
-            kwargs["negative_prompt_embeds"] = null["prompt_embeds"].to(ckpt.device, ckpt.dtype)
-            kwargs["negative_prompt_attention_mask"] = null["prompt_attention_mask"].to(ckpt.device)
-            kwargs["negative_prompt"] = None  # the pipeline refuses "" (its default) beside negative embeddings
-        else:
-            kwargs["prompt"] = prompt
-        return ddim_pipeline_call(self.pipeline(ckpt), ckpt, latents, guidance_scale, num_inference_steps, **kwargs)
+
+    def conditioning_kwargs(self, ckpt: Checkpoint, cond: Cond, null: Cond | None, images: int) -> dict[str, Any]:
+        # one row each (the pipeline repeats given embeddings and masks); it refuses its default negative
+        # prompt "" beside negative embeddings
+        return {**super().conditioning_kwargs(ckpt, cond, null, images), "negative_prompt": None}

@@ -23,8 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from memtest.models.families.base import Component, Cond
-from memtest.models.families.flow import FlowFamily, embeds_kwargs, pipeline_call
-from memtest.models.families.sd import need_vae
+from memtest.models.families.flow import FlowFamily
 
 if TYPE_CHECKING:
     from memtest.models.families.base import Checkpoint
@@ -145,40 +144,5 @@ class StableDiffusion3(FlowFamily):
         )[0]
         return out
 
-    def pipeline(self, ckpt: Checkpoint) -> Any:
-        from diffusers import StableDiffusion3Pipeline
-
-        c = ckpt.components
-        pipe = StableDiffusion3Pipeline(
-            transformer=c["transformer"],
-            scheduler=c["scheduler"],
-            vae=c.get("vae"),
-            text_encoder=c["text_encoder"],
-            tokenizer=c["tokenizer"],
-            text_encoder_2=c["text_encoder_2"],
-            tokenizer_2=c["tokenizer_2"],
-            text_encoder_3=c.get("text_encoder_3"),
-            tokenizer_3=c.get("tokenizer_3"),
-        )
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
-
-    def generate(
-        self,
-        ckpt: Checkpoint,
-        latents: torch.Tensor,
-        *,
-        prompt: str | None,
-        cond: Cond | None,
-        guidance_scale: float,
-        num_inference_steps: int,
-    ) -> Any:
-        need_vae(ckpt)
-        kwargs: dict[str, Any] = {"guidance_scale": guidance_scale, "max_sequence_length": self.sequence_length(ckpt)}
-        if cond is not None:
-            with torch.no_grad():
-                null = self.unconditional(ckpt, self.encode(ckpt, [""]))
-            kwargs.update(embeds_kwargs(cond, int(latents.shape[0]), ckpt, null))
-        else:
-            kwargs["prompt"] = prompt
-        return pipeline_call(self.pipeline(ckpt), ckpt, latents, num_inference_steps, **kwargs)
+    def call_options(self, ckpt: Checkpoint, guidance_scale: float) -> dict[str, Any]:
+        return {**super().call_options(ckpt, guidance_scale), "max_sequence_length": self.sequence_length(ckpt)}

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from memtest.models.families.base import Component, Cond, Family
-from memtest.models.families.sd import ddim_pipeline_call, need_vae, tokenize
+from memtest.models.families.sd import tokenize
 
 if TYPE_CHECKING:
     from memtest.models.families.base import Checkpoint
@@ -45,6 +45,7 @@ class StableDiffusionXL(Family):
         Component("vae", "diffusers", ("AutoencoderKL", "AutoencoderTiny"), required=False),
     )
     embedding_keys: ClassVar[tuple[str, ...]] = ("prompt_embeds", "pooled_prompt_embeds")
+    pipeline_keys: ClassVar[tuple[str, ...]] = ("prompt_embeds", "pooled_prompt_embeds")  # time_ids: call_options
 
     def force_zeros(self, ckpt: Checkpoint) -> bool:
         return bool(ckpt.model_index.get("force_zeros_for_empty_prompt", True))
@@ -105,43 +106,9 @@ class StableDiffusionXL(Family):
         )[0]
         return out
 
-    def pipeline(self, ckpt: Checkpoint) -> Any:
-        from diffusers import StableDiffusionXLPipeline
+    def pipeline_options(self, ckpt: Checkpoint) -> dict[str, Any]:
+        return {"force_zeros_for_empty_prompt": self.force_zeros(ckpt), "add_watermarker": False}
 
-        c = ckpt.components
-        pipe = StableDiffusionXLPipeline(
-            vae=c.get("vae"),
-            text_encoder=c["text_encoder"],
-            text_encoder_2=c["text_encoder_2"],
-            tokenizer=c["tokenizer"],
-            tokenizer_2=c["tokenizer_2"],
-            unet=c["unet"],
-            scheduler=c["scheduler"],
-            force_zeros_for_empty_prompt=self.force_zeros(ckpt),
-            add_watermarker=False,
-        )
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
-
-    def generate(
-        self,
-        ckpt: Checkpoint,
-        latents: torch.Tensor,
-        *,
-        prompt: str | None,
-        cond: Cond | None,
-        guidance_scale: float,
-        num_inference_steps: int,
-    ) -> Any:
-        need_vae(ckpt)
-        h, w = ckpt.resolution
-        kwargs: dict[str, Any] = {"height": h, "width": w, "original_size": (h, w), "target_size": (h, w)}
-        if cond is not None:
-            null = self.unconditional(ckpt, self.encode(ckpt, [""]))
-            kwargs["prompt_embeds"] = cond["prompt_embeds"].detach().to(ckpt.device, ckpt.dtype)
-            kwargs["pooled_prompt_embeds"] = cond["pooled_prompt_embeds"].detach().to(ckpt.device, ckpt.dtype)
-            kwargs["negative_prompt_embeds"] = null["prompt_embeds"].to(ckpt.dtype)
-            kwargs["negative_pooled_prompt_embeds"] = null["pooled_prompt_embeds"].to(ckpt.dtype)
-        else:
-            kwargs["prompt"] = prompt
-        return ddim_pipeline_call(self.pipeline(ckpt), ckpt, latents, guidance_scale, num_inference_steps, **kwargs)
+    def call_options(self, ckpt: Checkpoint, guidance_scale: float) -> dict[str, Any]:
+        h, w = ckpt.resolution  # the micro-conditions add_time_ids holds (time_ids)
+        return {**super().call_options(ckpt, guidance_scale), "original_size": (h, w), "target_size": (h, w)}
