@@ -3,6 +3,7 @@
 #
 #   bash scripts/install.sh          # memtest + test extras (plain install, as users get it)
 #   bash scripts/install.sh --dev    # editable, with ruff and mypy, for contributors
+#   bash scripts/install.sh --lint   # plain install with the test extras and ruff and mypy (what CI checks with)
 #
 # On a machine without an NVIDIA GPU, the CPU build of torch is installed first (pinned to
 # torch==2.13.0, which this kind of machine holds on disk), so nothing pulls several GB of CUDA wheels.
@@ -27,6 +28,8 @@ fi
 
 if [ "${1:-}" = "--dev" ]; then
     "${PIP[@]}" install -e ".[dev]"
+elif [ "${1:-}" = "--lint" ]; then
+    "${PIP[@]}" install ".[test,lint]"
 else
     "${PIP[@]}" install ".[test]"
 fi

@@ -28,7 +28,14 @@ def test_ci_runs_the_readme_test_command() -> None:
         for ln in (ROOT / ".ci" / "run").read_text().splitlines()
         if ln and not ln.startswith(("#", "set ", "cd ", "export "))
     ]
-    assert ci == [commands[1]]
+    # Lint, format and type checks first (the pinned tools of the install script), then the README's command.
+    assert ci == [
+        "bash scripts/install.sh --lint",
+        ".venv/bin/ruff check .",
+        ".venv/bin/ruff format --check .",
+        ".venv/bin/mypy",
+        commands[1],
+    ]
     assert "pytest" in commands[1] and "memtest audit" in commands[0]
 
 

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
         summary_lines,
         write_outputs,
     )
-    from memtest.audit.options import OPTIONS, AuditConfig, Option, config_from_values, parse_shard
+    from memtest.audit.options import OPTION_NAMES, OPTIONS, AuditConfig, Option, config_from_values, parse_shard
     from memtest.audit.records import CaseRecord, ScoreRecord
     from memtest.audit.suites import Suite, is_suite_file, load_suite, resolve_suite
     from memtest.defaults import DEFAULT_CHECKPOINT
@@ -59,6 +59,7 @@ _LAZY: dict[str, str] = {
     "DEFAULT_CHECKPOINT": "memtest.defaults",
     "Engine": "memtest.audit.engine",
     "OPTIONS": "memtest.audit.options",
+    "OPTION_NAMES": "memtest.audit.options",
     "Option": "memtest.audit.options",
     "ProgressFn": "memtest.audit.engine",
     "ResultsCache": "memtest.audit.engine",
@@ -110,6 +111,7 @@ __all__ = [
     "CALIBRATION_FILENAME",
     "DEFAULT_CHECKPOINT",
     "OPTIONS",
+    "OPTION_NAMES",
     "SUITE_FILENAME",
     "AdapterInfo",
     "AuditCase",
