@@ -7,9 +7,10 @@ get exactly the quantities memtest computes on diffusers checkpoints.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -76,8 +77,39 @@ def hessian_vector_product(
     return (s_delta(x + step * u) - base) * (vnorm / step)
 
 
-def sharpness(s_delta: ScoreFn, x: torch.Tensor, method: str = "jvp", h: float | None = None) -> torch.Tensor:
-    """‖H_Δ(x) s_Δ(x)‖² per sample, shape (B,), in float32 or wider."""
-    s = s_delta(x)
+def squared_norm(t: torch.Tensor) -> torch.Tensor:
+    """‖t‖² per sample, shape (B,), in float32 or wider."""
+    return t.flatten(1).to(torch.promote_types(t.dtype, torch.float32)).pow(2).sum(dim=1)
+
+
+def sharpness(
+    s_delta: ScoreFn, x: torch.Tensor, method: str = "jvp", h: float | None = None, s_at_x: torch.Tensor | None = None
+) -> torch.Tensor:
+    """‖H_Δ(x) s_Δ(x)‖² per sample, shape (B,), in float32 or wider; `s_at_x` reuses s_Δ(x) when known.
+
+    The one implementation of the sharpness: the scorer, SAIL's acceptance check and the baselines all take it
+    from here (`measure_sharpness` is this without autograd).
+    """
+    s = s_delta(x) if s_at_x is None else s_at_x
     hs = hessian_vector_product(s_delta, x, s, method=method, h=h, s_at_x=s)
-    return hs.flatten(1).to(torch.promote_types(hs.dtype, torch.float32)).pow(2).sum(dim=1)
+    return squared_norm(hs)
+
+
+def _hvp_context(method: str) -> contextlib.AbstractContextManager[Any]:
+    if method != "jvp":
+        return contextlib.nullcontext()
+    # Fused SDPA kernels have no forward-mode derivative (pytorch#128971): use the math path.
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.MATH])
+
+
+def measure_sharpness(
+    s_delta: ScoreFn, x: torch.Tensor, method: str = "fd", h: float | None = None, s_at_x: torch.Tensor | None = None
+) -> torch.Tensor:
+    """`sharpness` as a measurement: no autograd graph (finite differences run under no_grad, `jvp` on the math
+    attention path), detached; `s_at_x` reuses s_Δ(x) when known."""
+    with torch.no_grad():
+        s = s_delta(x) if s_at_x is None else s_at_x
+    with _hvp_context(method), contextlib.nullcontext() if method == "jvp" else torch.no_grad():
+        return sharpness(s_delta, x, method, h, s_at_x=s).detach()

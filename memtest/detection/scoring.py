@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from memtest.detection.metrics import fd_step, hessian_vector_product
+from memtest.detection.metrics import fd_step, measure_sharpness, sharpness
 from memtest.detection.noise import derive_seeds, initial_noise
 from memtest.detection.settings import METRICS, ScoreSettings
 from memtest.errors import ScoringError, option
@@ -230,8 +230,7 @@ class Scorer:
                 else:
                     field_at_x = process.field(o_c, o_0, xf, t)
             if s.metric != "score_norm":
-                hv = self._hvp(t, c_c, c_0, xf, field_at_x)
-                value = hv.flatten(1).pow(2).sum(dim=1)
+                value = self._sharpness(t, c_c, c_0, xf, field_at_x)
             totals += value.to(torch.float64)
             if k + 1 < len(self.timesteps):
                 with torch.inference_mode():
@@ -276,13 +275,14 @@ class Scorer:
         o_c, o_0 = self._outputs(x, t, c_c, c_0).chunk(2)
         return o_c, o_0
 
-    def _hvp(self, t: int, c_c: Cond, c_0: Cond, x: torch.Tensor, s_delta: torch.Tensor) -> torch.Tensor:
-        """H_Δ(x) s_Δ(x) by the configured method; x, s_delta, c_c and c_0 have one row per generation."""
+    def _sharpness(self, t: int, c_c: Cond, c_0: Cond, x: torch.Tensor, s_delta: torch.Tensor) -> torch.Tensor:
+        """‖H_Δ(x) s_Δ(x)‖² (`metrics.sharpness` at the known s_Δ(x)) by the configured method; x, s_delta, c_c
+        and c_0 have one row per generation."""
         method = self.settings.method
         if method != "jvp":
             with torch.inference_mode():
                 s_fn = self.s_delta_fn(t, c_c, c_0)
-                return hessian_vector_product(s_fn, x, s_delta, method=method, h=self.fd_h, s_at_x=s_delta)
+                return sharpness(s_fn, x, method=method, h=self.fd_h, s_at_x=s_delta)
         # Fused SDPA kernels have no forward-mode derivative (pytorch#128971), and the math path holds the
         # full attention weights and their tangents (GiBs per generation at SD's size); PyTorch's own formulas
         # also convolve with the weights' zero tangents and unroll normalisation into many small operations.
@@ -290,7 +290,7 @@ class Scorer:
         from memtest.detection._lean_jvp import lean_jvp
 
         with lean_jvp():
-            return hessian_vector_product(self.s_delta_fn(t, c_c, c_0), x, s_delta, method="jvp")
+            return sharpness(self.s_delta_fn(t, c_c, c_0), x, method="jvp", s_at_x=s_delta)
 
     def score(self, prompts: Sequence[str], progress: Progress | None = None) -> list[PromptScore]:
         prompts = validate_prompts(prompts)
@@ -306,6 +306,21 @@ class Scorer:
             if progress is not None:
                 progress(len(results), len(prompts))
         return results
+
+
+def start_point(scorer: Scorer, c_c: Cond, c_0: Cond, x: torch.Tensor) -> torch.Tensor:
+    """Where the detector measures for initial noises x: x itself (DDPM families), or the point after the
+    sampler's lead Euler steps from x_1 under the prompt's guidance (flow matching, `Scorer.start_map`)."""
+    with torch.no_grad():
+        return scorer.start_map(c_c, c_0)(x)
+
+
+def detector_sharpness(scorer: Scorer, c_c: Cond, c_0: Cond, x: torch.Tensor) -> list[float]:
+    """The detector's first-step sharpness of the conditioning `c_c` at initial noises x on `scorer`'s checkpoint
+    (its method and fd step, measured where it measures: `start_point`), through `metrics.measure_sharpness`."""
+    s_fn = scorer.s_delta_fn(scorer.timesteps[0], c_c, c_0)
+    points = start_point(scorer, c_c, c_0, x)
+    return [float(v) for v in measure_sharpness(s_fn, points, scorer.settings.method, scorer.fd_h).tolist()]
 
 
 def validate_prompts(prompts: Iterable[Any]) -> list[str]:
@@ -355,4 +370,13 @@ def score_prompts(
     return Scorer(ckpt, settings).score(prompts, progress=progress)
 
 
-__all__ = ["METRICS", "PromptScore", "ScoreSettings", "Scorer", "derive_seeds", "score_prompts"]
+__all__ = [
+    "METRICS",
+    "PromptScore",
+    "ScoreSettings",
+    "Scorer",
+    "derive_seeds",
+    "detector_sharpness",
+    "score_prompts",
+    "start_point",
+]

@@ -48,6 +48,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from memtest.detection.metrics import measure_sharpness
 from memtest.detection.noise import SeedStream, fresh_seed, gaussian_noise
 from memtest.errors import MitigationError
 from memtest.mitigation.baselines import (
@@ -100,7 +101,6 @@ from memtest.mitigation.sail import (
     SailResult,
     SailStep,
     default_alpha,
-    measure_sharpness,
     mitigate_sail,
     sail,
     sail_loss,

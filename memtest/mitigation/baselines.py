@@ -13,11 +13,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from memtest.detection.metrics import measure_sharpness
+from memtest.detection.scoring import detector_sharpness, start_point
 from memtest.errors import MitigationError
 from memtest.mitigation.images import generate_images
 from memtest.mitigation.outcome import Mitigation
-from memtest.mitigation.sail import detector_sharpness, measure_sharpness
-from memtest.mitigation.target import _first_step, _scorer, _seed_images, _start_point, resolve_threshold
+from memtest.mitigation.target import _first_step, _scorer, _seed_images, resolve_threshold
 from memtest.models.families.base import Cond, cond_expand
 
 if TYPE_CHECKING:
@@ -177,7 +178,7 @@ def mitigate_embedding(
     x = scorer.noise(seeds)
     t, c_c, c_0 = _first_step(scorer, prompt)
     method, h = scorer.settings.method, scorer.fd_h
-    pt = _start_point(scorer, c_c, c_0, x)  # the measured point (x itself for DDPM families)
+    pt = start_point(scorer, c_c, c_0, x)  # the measured point (x itself for DDPM families)
     before = measure_sharpness(scorer.s_delta_fn(t, c_c, c_0), pt, method, h).tolist()
     rows = len(x)
     started = time.perf_counter()
@@ -198,7 +199,7 @@ def mitigate_embedding(
         if steps and scorer.process.lead_timesteps:
             # flow matching: the lead Euler steps are guided by the embedding, so the measured point moves
             # with it (the loss treats it as fixed within a step)
-            pt = _start_point(scorer, current(), c_0, x)
+            pt = start_point(scorer, current(), c_0, x)
             with torch.no_grad():
                 o_0 = scorer.forward(pt, t, cond_expand(c_0, rows))
         with torch.no_grad():

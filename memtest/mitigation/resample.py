@@ -33,9 +33,9 @@ import numpy as np
 import torch
 
 from memtest.detection.noise import SeedStream
+from memtest.detection.scoring import detector_sharpness
 from memtest.errors import MemtestError, MitigationError, option
 from memtest.mitigation.outcome import Mitigation
-from memtest.mitigation.sail import detector_sharpness
 from memtest.mitigation.target import _scorer, _seed_images, resolve_threshold
 from memtest.models.families.base import Cond
 

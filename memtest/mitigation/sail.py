@@ -4,7 +4,6 @@ The method and the choices where the paper is silent: the package docstring (mem
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -15,21 +14,20 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from memtest.defaults import DEFAULT_MITIGATION_STEPS
-from memtest.detection.metrics import fd_step, hessian_vector_product
+from memtest.detection.metrics import ScoreFn, fd_step, squared_norm
+from memtest.detection.metrics import measure_sharpness as measure_sharpness  # re-exported: its home was here
 from memtest.detection.noise import NoiseFn
 from memtest.detection.noise import SeedStream as SeedStream  # re-exported: their public home was here
 from memtest.detection.noise import fresh_seed as fresh_seed
 from memtest.detection.noise import gaussian_noise as gaussian_noise
+from memtest.detection.scoring import detector_sharpness as detector_sharpness
 from memtest.errors import MitigationError
 from memtest.mitigation.outcome import Mitigation
-from memtest.mitigation.target import _first_step, _scorer, _seed_images, _start_point, resolve_threshold
+from memtest.mitigation.target import _first_step, _scorer, _seed_images, resolve_threshold
 
 if TYPE_CHECKING:
     from memtest.detection.scoring import Scorer
     from memtest.models.checkpoint import Checkpoint
-    from memtest.models.families.base import Cond
-
-ScoreFn = Callable[[torch.Tensor], torch.Tensor]
 
 #: Adam learning rate of the paper.
 DEFAULT_LR = 0.05
@@ -136,42 +134,6 @@ class _BatchAdam:
             x[i].addcdiv_(self.m[i], denom, value=-self.lr / bc1)
 
 
-def _flat_sq(t: torch.Tensor) -> torch.Tensor:
-    return t.flatten(1).to(torch.promote_types(t.dtype, torch.float32)).pow(2).sum(dim=1)
-
-
-def _hvp_context(method: str) -> contextlib.AbstractContextManager[Any]:
-    if method != "jvp":
-        return contextlib.nullcontext()
-    # Fused SDPA kernels have no forward-mode derivative (pytorch#128971): use the math path.
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    return sdpa_kernel([SDPBackend.MATH])
-
-
-def measure_sharpness(
-    s_delta: ScoreFn, x: torch.Tensor, method: str = "fd", h: float | None = None, s_at_x: torch.Tensor | None = None
-) -> torch.Tensor:
-    """‖H_Δ s_Δ‖² per row of x, as the detector computes it; `s_at_x` reuses s_Δ(x) when known."""
-    with torch.no_grad():
-        s = s_delta(x) if s_at_x is None else s_at_x
-    with _hvp_context(method):
-        if method == "jvp":
-            hv = hessian_vector_product(s_delta, x, s, method="jvp")
-        else:
-            with torch.no_grad():
-                hv = hessian_vector_product(s_delta, x, s, method=method, h=h, s_at_x=s)
-    return _flat_sq(hv.detach())
-
-
-def detector_sharpness(scorer: Scorer, c_c: Cond, c_0: Cond, x: torch.Tensor) -> list[float]:
-    """The detector's first-step sharpness of the conditioning `c_c` at initial noises x on `scorer`'s checkpoint
-    (its method and fd step, measured where it measures: `_start_point`)."""
-    s_fn = scorer.s_delta_fn(scorer.timesteps[0], c_c, c_0)
-    points = _start_point(scorer, c_c, c_0, x)
-    return [float(v) for v in measure_sharpness(s_fn, points, scorer.settings.method, scorer.fd_h).tolist()]
-
-
 def sail_loss(
     s_delta: ScoreFn, x: torch.Tensor, delta: float, alpha: float, start: ScoreFn | None = None
 ) -> torch.Tensor:
@@ -179,7 +141,13 @@ def sail_loss(
     without `start`); differentiable in x."""
     y = x if start is None else start(x)
     s = s_delta(y)
-    return _flat_sq(s_delta(y + delta * s) - s) + alpha * _flat_sq(x)
+    return _probe_term(s_delta, y, s, delta) + alpha * squared_norm(x)
+
+
+def _probe_term(s_delta: ScoreFn, y: torch.Tensor, s: torch.Tensor, delta: float) -> torch.Tensor:
+    """The first term of `sail_loss` per row, ‖s_Δ(y + δ s) − s‖² with s = s_Δ(y): a forward difference of
+    δ² ‖H_Δ s_Δ‖² (`memtest.detection.metrics.sharpness`), so divided by δ² it estimates the sharpness."""
+    return squared_norm(s_delta(y + delta * s) - s)
 
 
 def default_alpha(delta: float, threshold: float, dim: int, init_noise_sigma: float = 1.0) -> float:
@@ -349,8 +317,8 @@ def sail(
                 s_l = counted(yl)
                 set_scale(s_l)
                 assert delta is not None and alpha is not None
-                first = _flat_sq(counted(yl + delta * s_l) - s_l)
-                loss_all = first + alpha * _flat_sq(xl)
+                first = _probe_term(counted, yl, s_l, delta)
+                loss_all = first + alpha * squared_norm(xl)
                 (grad,) = torch.autograd.grad(loss_all.sum(), xl)
             s_now, y = s_l.detach(), yl.detach()
             estimate = (first.detach() / max(delta, 1e-300) ** 2).tolist()

@@ -89,13 +89,6 @@ def _first_step(scorer: Scorer, prompt: str) -> tuple[int, Cond, Cond]:
     return t, scorer.embed([prompt]), scorer.null()
 
 
-def _start_point(scorer: Scorer, c_c: Cond, c_0: Cond, x: torch.Tensor) -> torch.Tensor:
-    """Where the detector measures for initial noises x: x itself (DDPM families), or the point after the
-    sampler's lead Euler steps from x_1 under the prompt's guidance (flow matching, `Scorer.start_map`)."""
-    with torch.no_grad():
-        return scorer.start_map(c_c, c_0)(x)
-
-
 def _seed_images(
     scorer: Scorer, prompt: str, latents: torch.Tensor, guidance_scale: float, steps: int | None
 ) -> tuple[np.ndarray, float]:
