@@ -43,9 +43,9 @@ def _auc(labels: np.ndarray, values: np.ndarray) -> float | None:
 
 def survey(scorer: Any, caption: str, seeds: list[int], leads: tuple[int, ...], batch: int) -> dict[str, Any]:
     """Per-draw measurements and outcomes of `caption` at initial noises `seeds`."""
+    from memtest.detection.scoring import detector_sharpness
     from memtest.mitigation import copy_reference, generate_images, image_distances
-    from memtest.mitigation.resample import _walker, trajectory_magnitude
-    from memtest.mitigation.sail import detector_sharpness
+    from memtest.mitigation.resample import lead_walker, trajectory_magnitude
     from memtest.zoo.alignment import predict_proba
 
     ref = copy_reference(scorer.ckpt, caption)
@@ -56,7 +56,7 @@ def survey(scorer: Any, caption: str, seeds: list[int], leads: tuple[int, ...], 
     row: dict[str, Any] = {"caption": caption, "seeds": seeds}
     row["sharpness"] = np.asarray([v for c in chunks for v in detector_sharpness(scorer, c_c, c_0, scorer.noise(c))])
     for lead in leads:
-        walker = _walker(scorer, lead)
+        walker = lead_walker(scorer, lead)
         row[f"magnitude_{lead}"] = np.concatenate(
             [trajectory_magnitude(walker, c_c, c_0, scorer.noise(c)).numpy() for c in chunks]
         )

@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 from memtest.detection.closed_form import EmpiricalScore, GaussianScore
 from memtest.errors import MitigationError
 from memtest.mitigation import (
+    BatchAdam,
     SailStep,
     SeedStream,
-    _BatchAdam,
     default_alpha,
     fresh_seed,
     gaussian_noise,
@@ -162,7 +162,7 @@ def test_batch_adam_matches_torch_adam_per_row_with_restarts() -> None:
     x = torch.randn(2, 5, generator=gen, dtype=torch.float64)
     rows = [x[i].clone().requires_grad_(True) for i in range(2)]
     opts = [torch.optim.Adam([r], lr=0.05) for r in rows]
-    mine = _BatchAdam(x, 0.05)
+    mine = BatchAdam(x, 0.05)
     for step in range(8):
         if step == 4:  # restart row 1 alone
             fresh = torch.randn(5, generator=gen, dtype=torch.float64)

@@ -31,13 +31,13 @@ def test_the_walk_is_the_pipelines_own_trajectory() -> None:
     DDIM step from the same x_T; with no lead step the magnitude is ‖s_Δ‖² of the detector's first step."""
     from diffusers import DDIMScheduler
 
-    from memtest.mitigation.resample import _walker, trajectory_magnitude, trajectory_point
+    from memtest.mitigation.resample import lead_walker, trajectory_magnitude, trajectory_point
 
     scorer = _mixture()
     ckpt = scorer.ckpt
     x = scorer.noise([0, 1])
     c_c, c_0 = scorer.embed([MIXTURE_CAPTION]), scorer.null()
-    ours = trajectory_point(_walker(scorer, 3), c_c, c_0, x)
+    ours = trajectory_point(lead_walker(scorer, 3), c_c, c_0, x)
 
     pipe = ckpt.family.pipeline(ckpt)
     pipe.scheduler = DDIMScheduler.from_config(ckpt.scheduler.config)
@@ -54,7 +54,7 @@ def test_the_walk_is_the_pipelines_own_trajectory() -> None:
     assert not torch.allclose(ours, seen[1].float(), atol=1e-3)  # one step short is somewhere else
 
     first = scorer.s_delta_fn(scorer.timesteps[0], c_c, c_0)(x).flatten(1).pow(2).sum(1).double()
-    assert torch.allclose(trajectory_magnitude(_walker(scorer, 0), c_c, c_0, x), first, rtol=1e-6)
+    assert torch.allclose(trajectory_magnitude(lead_walker(scorer, 0), c_c, c_0, x), first, rtol=1e-6)
 
 
 def test_resample_removes_the_copy_with_ordinary_draws() -> None:

@@ -98,6 +98,7 @@ from memtest.mitigation.sail import (
     DEFAULT_RESTART_AFTER,
     DEFAULT_SCREEN,
     AcceptedLatent,
+    BatchAdam,
     SailResult,
     SailStep,
     default_alpha,
@@ -105,10 +106,7 @@ from memtest.mitigation.sail import (
     sail,
     sail_loss,
 )
-from memtest.mitigation.sail import (
-    _BatchAdam as _BatchAdam,  # for tests of the per-candidate Adam
-)
-from memtest.mitigation.target import _scorer, reference_threshold, resolve_threshold
+from memtest.mitigation.target import as_scorer, reference_threshold, resolve_threshold
 
 if TYPE_CHECKING:
     from memtest.detection.scoring import Scorer
@@ -131,7 +129,7 @@ def mitigate(target: Scorer | Checkpoint | str | Path, prompt: str, method: str 
     fn = _METHODS.get(method)
     if fn is None:
         raise MitigationError(f"Unknown mitigation method {method!r}. Choose one of: {', '.join(METHODS)}.")
-    scorer = _scorer(target)
+    scorer = as_scorer(target)
     return with_copy_stats(fn(scorer, prompt, **options), scorer.ckpt)
 
 
@@ -151,6 +149,7 @@ __all__ = [
     "METHODS",
     "THUMBNAIL_SIZE",
     "AcceptedLatent",
+    "BatchAdam",
     "CopyReference",
     "Mitigation",
     "SailResult",

@@ -18,7 +18,7 @@ from memtest.detection.scoring import detector_sharpness, start_point
 from memtest.errors import MitigationError
 from memtest.mitigation.images import generate_images
 from memtest.mitigation.outcome import Mitigation
-from memtest.mitigation.target import _first_step, _scorer, _seed_images, resolve_threshold
+from memtest.mitigation.target import as_scorer, first_step, resolve_threshold, seed_images
 from memtest.models.families.base import Cond, cond_expand
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ def _prompt_baseline(
     thr = resolve_threshold(scorer, threshold)
     seeds = scorer.seeds_for(prompt)
     x = scorer.noise(seeds)
-    _, e_c, e_0 = _first_step(scorer, prompt)
+    _, e_c, e_0 = first_step(scorer, prompt)
     before = detector_sharpness(scorer, e_c, e_0, x)
     started = time.perf_counter()
     new_prompt = new_prompt_fn(_rng(prompt, method, seed))
@@ -78,8 +78,8 @@ def _prompt_baseline(
     before_imgs = after_imgs = None
     gen_seconds = None
     if images:
-        before_imgs, gen_seconds = _seed_images(scorer, prompt, x, guidance_scale, num_inference_steps)
-        after_imgs, _ = _seed_images(scorer, new_prompt, x, guidance_scale, num_inference_steps)
+        before_imgs, gen_seconds = seed_images(scorer, prompt, x, guidance_scale, num_inference_steps)
+        after_imgs, _ = seed_images(scorer, new_prompt, x, guidance_scale, num_inference_steps)
     ok = all(v < thr for v in after)
     return Mitigation(
         method=method,
@@ -118,7 +118,7 @@ def mitigate_rta(
 ) -> Mitigation:
     """Random token addition: `additions` random word-final tokens of the tokenizer's vocabulary (letters
     only), each inserted at a random word boundary of the prompt."""
-    scorer = _scorer(target)
+    scorer = as_scorer(target)
     words = _word_pool(scorer.ckpt.tokenizer)
     if not words:
         raise MitigationError(f"The tokenizer of {scorer.ckpt.name} has no whole-word tokens to add (RTA).")
@@ -145,7 +145,7 @@ def mitigate_rna(
 ) -> Mitigation:
     """Random number addition: `additions` random integers below 10**digits, each inserted at a random word
     boundary of the prompt."""
-    scorer = _scorer(target)
+    scorer = as_scorer(target)
 
     def new_prompt(rng: np.random.Generator) -> str:
         return insert_words(prompt, [str(int(rng.integers(0, 10**digits))) for _ in range(additions)], rng)
@@ -172,11 +172,11 @@ def mitigate_embedding(
     sharpness at every one of them falls below the threshold (SAIL's acceptance rule, so the methods are
     compared on one criterion), or after `max_steps`. Generation uses the optimised embedding.
     """
-    scorer = _scorer(target)
+    scorer = as_scorer(target)
     thr = resolve_threshold(scorer, threshold)
     seeds = scorer.seeds_for(prompt)
     x = scorer.noise(seeds)
-    t, c_c, c_0 = _first_step(scorer, prompt)
+    t, c_c, c_0 = first_step(scorer, prompt)
     method, h = scorer.settings.method, scorer.fd_h
     pt = start_point(scorer, c_c, c_0, x)  # the measured point (x itself for DDPM families)
     before = measure_sharpness(scorer.s_delta_fn(t, c_c, c_0), pt, method, h).tolist()
@@ -218,7 +218,7 @@ def mitigate_embedding(
     before_imgs = after_imgs = None
     gen_seconds = None
     if images:
-        before_imgs, gen_seconds = _seed_images(scorer, prompt, x, guidance_scale, num_inference_steps)
+        before_imgs, gen_seconds = seed_images(scorer, prompt, x, guidance_scale, num_inference_steps)
         after_imgs = generate_images(
             scorer.ckpt,
             x,

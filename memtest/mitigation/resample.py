@@ -36,7 +36,7 @@ from memtest.detection.noise import SeedStream
 from memtest.detection.scoring import detector_sharpness
 from memtest.errors import MemtestError, MitigationError, option
 from memtest.mitigation.outcome import Mitigation
-from memtest.mitigation.target import _scorer, _seed_images, resolve_threshold
+from memtest.mitigation.target import as_scorer, resolve_threshold, seed_images
 from memtest.models.families.base import Cond
 
 if TYPE_CHECKING:
@@ -59,7 +59,7 @@ REFERENCE_DRAWS = 16
 DEFAULT_DRAWS_PER_LATENT = 64
 
 
-def _walker(scorer: Scorer, lead: int) -> Scorer:
+def lead_walker(scorer: Scorer, lead: int) -> Scorer:
     """A scorer over the same checkpoint whose timesteps reach `lead` sampler steps past the measured one."""
     from memtest.detection.scoring import Scorer
 
@@ -108,8 +108,8 @@ def reference_level(
         raise MitigationError(f"quantile must be in [0, 1], got {quantile!r}.")
     if not isinstance(draws, int) or isinstance(draws, bool) or draws < 1:
         raise MitigationError(f"reference_level setting draws must be a positive integer, got {draws!r}.")
-    scorer = _scorer(target)
-    walker = _walker(scorer, lead)
+    scorer = as_scorer(target)
+    walker = lead_walker(scorer, lead)
     values: list[float] = []
     for caption in references:
         x = scorer.noise(scorer.seeds_for(caption, draws))
@@ -188,7 +188,7 @@ def mitigate_resample(
     the calibrated one) is only reported, as for the prompt baselines: the record's sharpness before/after is
     the detector's first-step sharpness at the original and the accepted x_T.
     """
-    scorer = _scorer(target)
+    scorer = as_scorer(target)
     thr = resolve_threshold(scorer, threshold)
     if level is None:
         if references is None:
@@ -219,7 +219,7 @@ def mitigate_resample(
     chunk = batch_size if batch_size is not None else want
     if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:  # 0 would screen nothing, forever
         raise MitigationError(f"resample setting batch_size must be a positive integer, got {chunk!r}.")
-    walker = _walker(scorer, lead)
+    walker = lead_walker(scorer, lead)
     c_c, c_0 = scorer.embed([prompt]), scorer.null()
     stream = SeedStream(seeds, f"resample\0{scorer.settings.seed}\0{prompt}")
     started = time.perf_counter()
@@ -250,9 +250,9 @@ def mitigate_resample(
     before_imgs = after_imgs = None
     gen_seconds = None
     if images:
-        before_imgs, gen_seconds = _seed_images(scorer, prompt, originals, guidance_scale, num_inference_steps)
+        before_imgs, gen_seconds = seed_images(scorer, prompt, originals, guidance_scale, num_inference_steps)
         if latents is not None:
-            after_imgs = _seed_images(scorer, prompt, latents, guidance_scale, num_inference_steps)[0]
+            after_imgs = seed_images(scorer, prompt, latents, guidance_scale, num_inference_steps)[0]
     details: dict[str, Any] = {
         "lead": lead,
         "level": float(level),

@@ -23,7 +23,7 @@ from memtest.detection.noise import gaussian_noise as gaussian_noise
 from memtest.detection.scoring import detector_sharpness as detector_sharpness
 from memtest.errors import MitigationError
 from memtest.mitigation.outcome import Mitigation
-from memtest.mitigation.target import _first_step, _scorer, _seed_images, resolve_threshold
+from memtest.mitigation.target import as_scorer, first_step, resolve_threshold, seed_images
 
 if TYPE_CHECKING:
     from memtest.detection.scoring import Scorer
@@ -108,7 +108,7 @@ class SailStep:
     accepted: tuple[int, ...]  # slots accepted at this check
 
 
-class _BatchAdam:
+class BatchAdam:
     """torch.optim.Adam applied row by row, with a step count per row so one row can restart alone."""
 
     def __init__(self, x: torch.Tensor, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
@@ -275,7 +275,7 @@ def sail(
     dim = x[0].numel()
     h_abs = fd_step(x, h)
     radius = math.sqrt(dim) * init_noise_sigma
-    adam = _BatchAdam(x, lr)
+    adam = BatchAdam(x, lr)
     own = [0] * slots
     before: list[float | None] = [None] * slots
     history: list[tuple[float, ...]] = []
@@ -468,11 +468,11 @@ def mitigate_sail(
     `n` defaults to the scorer's n, and the first candidates start from the detector's seeds for the
     prompt, so `sharpness_before` are exactly the values the gate compared with the threshold.
     """
-    scorer = _scorer(target)
+    scorer = as_scorer(target)
     thr = resolve_threshold(scorer, threshold)
     want = _check_positive_int("n", n if n is not None else scorer.settings.n)
     seeds = scorer.seeds_for(prompt, want)
-    t, e_c, e_0 = _first_step(scorer, prompt)
+    t, e_c, e_0 = first_step(scorer, prompt)
     s_fn = scorer.s_delta_fn(t, e_c, e_0)
     sigma0 = scorer.process.init_noise_sigma
     # flow matching: x_1 is optimised through the lead Euler steps to the measured noise level
@@ -506,9 +506,9 @@ def mitigate_sail(
     before_imgs = after_imgs = None
     gen_seconds = None
     if images:
-        before_imgs, gen_seconds = _seed_images(scorer, prompt, originals, guidance_scale, num_inference_steps)
+        before_imgs, gen_seconds = seed_images(scorer, prompt, originals, guidance_scale, num_inference_steps)
         if result.accepted:
-            after_imgs = _seed_images(scorer, prompt, result.latents, guidance_scale, num_inference_steps)[0]
+            after_imgs = seed_images(scorer, prompt, result.latents, guidance_scale, num_inference_steps)[0]
     return Mitigation(
         method="sail",
         prompt=prompt,

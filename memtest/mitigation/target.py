@@ -21,7 +21,8 @@ if TYPE_CHECKING:
     from memtest.models.checkpoint import Checkpoint
 
 
-def _scorer(target: Scorer | Checkpoint | str | Path) -> Scorer:
+def as_scorer(target: Scorer | Checkpoint | str | Path) -> Scorer:
+    """`target` as a `Scorer`: itself, or a default-settings scorer of the checkpoint (loaded from a path)."""
     from memtest.detection.scoring import Scorer
     from memtest.models.checkpoint import Checkpoint, load_checkpoint
 
@@ -84,14 +85,17 @@ def _check_sharpness_settings(scorer: Scorer) -> None:
         )
 
 
-def _first_step(scorer: Scorer, prompt: str) -> tuple[int, Cond, Cond]:
+def first_step(scorer: Scorer, prompt: str) -> tuple[int, Cond, Cond]:
+    """The detector's first timestep, the prompt's conditioning and the unconditional one (one row each)."""
     t = scorer.timesteps[0]
     return t, scorer.embed([prompt]), scorer.null()
 
 
-def _seed_images(
+def seed_images(
     scorer: Scorer, prompt: str, latents: torch.Tensor, guidance_scale: float, steps: int | None
 ) -> tuple[np.ndarray, float]:
+    """The checkpoint's own generations of `prompt` from `latents` (default: the scorer's inference steps), and
+    the seconds they took."""
     started = time.perf_counter()
     images = generate_images(
         scorer.ckpt,
