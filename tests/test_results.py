@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from memtest.audit.results import (
-    SCHEMA,
+    RESULTS_SCHEMA,
     load_results,
     merge_results,
     summarize,
@@ -97,7 +97,7 @@ def make_results(
                 case["message"] = f"score {score:.4g} vs threshold {THRESHOLD}"
         cases.append(case)
     doc: dict[str, Any] = {
-        "schema": SCHEMA,
+        "schema": RESULTS_SCHEMA,
         "memtest_version": "0.1.0",
         "created": "2026-11-29T05:00:00+00:00",
         "command": "pytest --memtest --memtest-checkpoint zoo:finetuned",

@@ -21,7 +21,7 @@ import numpy as np
 from memtest._io import atomic_write_text
 from memtest.errors import CalibrationError, option
 
-SCHEMA = "memtest.calibration/1"
+CALIBRATION_SCHEMA = "memtest.calibration/1"
 CALIBRATION_FILENAME = "memtest-calibration.json"
 # Settings that may differ between calibration and gate without changing a score.
 _IGNORED_KEYS = frozenset({"fingerprint", "seeds"})
@@ -62,7 +62,7 @@ class Calibration:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("path")
-        d["schema"] = SCHEMA
+        d["schema"] = CALIBRATION_SCHEMA
         d["ci"] = list(self.ci)
         d["reference_scores"] = list(self.reference_scores)
         d["n_reference"] = self.n_reference
@@ -152,8 +152,8 @@ def load_calibration(path: str | Path) -> Calibration:
         raise CalibrationError(f"Calibration file '{p}' does not exist. {fix}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CalibrationError(f"Calibration file '{p}' is not readable JSON ({exc}). {fix}") from exc
-    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-        raise CalibrationError(f"'{p}' is not a memtest calibration (expected schema {SCHEMA!r}). {fix}")
+    if not isinstance(data, dict) or data.get("schema") != CALIBRATION_SCHEMA:
+        raise CalibrationError(f"'{p}' is not a memtest calibration (expected schema {CALIBRATION_SCHEMA!r}). {fix}")
     missing = [k for k in _REQUIRED if k not in data]
     if missing:
         raise CalibrationError(f"Calibration '{p}' lacks {', '.join(missing)}. {fix}")

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from memtest._io import atomic_write_text
+from memtest.audit.suites import EXPECTATIONS  # a case's expectation is its suite item's: one vocabulary
 from memtest.errors import ResultsError, option
 
-SCHEMA = "memtest.results/1"
+RESULTS_SCHEMA = "memtest.results/1"
 
 #: Top-level keys every results document has (`mitigation` and `spectra` are optional lists).
 REQUIRED_KEYS: tuple[str, ...] = (
@@ -71,7 +72,6 @@ MITIGATION_REQUIRED_KEYS: tuple[str, ...] = (
 SPECTRUM_REQUIRED_KEYS: tuple[str, ...] = ("id", "prompt", "eigenvalues")
 
 OUTCOMES: tuple[str, ...] = ("passed", "failed", "error")
-EXPECTATIONS: tuple[str, ...] = ("clean", "memorized", "reference")
 KINDS: tuple[str, ...] = ("detect", "mitigate")
 SUMMARY_KEYS: tuple[str, ...] = ("passed", "failed", "errors", "flagged", "total")
 
@@ -220,9 +220,9 @@ def validate_results(doc: object, source: str = "<results document>") -> None:
     if not isinstance(doc, Mapping):
         raise _fail(source, "the document", f"must be a JSON object, got {type(doc).__name__}")
     schema = doc.get("schema")
-    if schema != SCHEMA:
+    if schema != RESULTS_SCHEMA:
         raise ResultsError(
-            f"Invalid results file {source}: schema is {schema!r}, expected {SCHEMA!r}. "
+            f"Invalid results file {source}: schema is {schema!r}, expected {RESULTS_SCHEMA!r}. "
             f"Is this a memtest results file? Write one with an audit ({option('json', 'PATH')}); "
             "a file from another memtest version needs that version to read it."
         )

@@ -9,7 +9,10 @@ from typing import Any
 from memtest.errors import ScoringError
 
 METRICS: tuple[str, ...] = ("sharpness", "score_norm")
-METHODS: tuple[str, ...] = ("jvp", "fd", "fd-forward")
+#: How the Hessian-vector product is taken (ScoreSettings.method). Not memtest.mitigation's methods.
+HVP_METHODS: tuple[str, ...] = ("jvp", "fd", "fd-forward")
+#: The old name, kept until memtest/detection/metrics.py imports HVP_METHODS; do not use.
+METHODS = HVP_METHODS
 
 #: Flow-matching checkpoints (SD3, Flux): guided Euler steps taken from x_1 (s = 1) before the metric is
 #: measured. At s = 1 the ideal model's sharpness is zero for every prompt (docs/method.md, flow matching), so
@@ -38,8 +41,8 @@ class ScoreSettings:
     def validate(self) -> ScoreSettings:
         if self.metric not in METRICS:
             raise ScoringError(f"Unknown metric {self.metric!r}. Choose one of: {', '.join(METRICS)}.")
-        if self.method not in METHODS:
-            raise ScoringError(f"Unknown method {self.method!r}. Choose one of: {', '.join(METHODS)}.")
+        if self.method not in HVP_METHODS:
+            raise ScoringError(f"Unknown method {self.method!r}. Choose one of: {', '.join(HVP_METHODS)}.")
         for name in ("n", "steps", "num_inference_steps", "batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
