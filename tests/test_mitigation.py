@@ -753,3 +753,29 @@ def test_alignment_ceiling_script_smoke(load_script: Callable[[str], Any], tmp_p
     )
     text = load_script("alignment_ceiling").markdown(result)
     assert "| iris poster of 4 | no | 2 |" in text and "| training images of 4 (through the VAE) |" in text
+
+
+def test_reference_threshold_is_a_quantile_of_the_calibration_reference_scores(tiny_eps: Any) -> None:
+    """memtest.mitigation.reference_threshold, the stricter acceptance (scripts/mitigation_proof.py's `median`):
+    a quantile of the checkpoint's shipped calibration reference scores, checked against the scorer's settings."""
+    import numpy as np
+
+    from memtest.audit.calibration import CALIBRATION_FILENAME, load_calibration
+    from memtest.detection.scoring import Scorer, ScoreSettings
+    from memtest.errors import CalibrationError
+    from memtest.mitigation import reference_threshold
+    from memtest.models.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint("zoo:finetuned", device="cpu")
+    cal = load_calibration(Path(ckpt.path) / CALIBRATION_FILENAME)
+    scorer = Scorer(ckpt, ScoreSettings())
+    median = reference_threshold(scorer)
+    assert median == pytest.approx(float(np.median(cal.reference_scores)), rel=1e-12)
+    assert median < cal.threshold  # stricter than the detection threshold (the 1 - fpr quantile)
+    assert reference_threshold(scorer, 1.0) == max(cal.reference_scores)
+    with pytest.raises(MitigationError, match="quantile must be in"):
+        reference_threshold(scorer, 1.5)
+    with pytest.raises(CalibrationError, match="other scoring settings"):
+        reference_threshold(Scorer(ckpt, ScoreSettings(n=8)))
+    with pytest.raises(MitigationError, match=f"no {CALIBRATION_FILENAME}"):
+        reference_threshold(Scorer(tiny_eps, ScoreSettings(n=2)))
