@@ -4,12 +4,15 @@
 from __future__ import annotations
 
 import shlex
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from memtest.audit import OPTIONS, AuditCase, AuditConfig, Option, config_from_values
+from memtest.audit import OPTIONS, AuditConfig, Option, config_from_values  # light: no numpy, yaml or torch
 from memtest.errors import MemtestError
+
+if TYPE_CHECKING:
+    from memtest.audit import AuditCase
 
 PREFIX = "memtest"
 _OPTION_NAMES = {o.name for o in OPTIONS}
