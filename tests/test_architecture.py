@@ -219,3 +219,42 @@ def test_the_default_audit_scores_equal_the_record_taken_before_the_move(tmp_pat
         score, values = record["scores"][case["prompt"]]
         assert float(case["score"]).hex() == score, case["id"]
         assert [float(v).hex() for v in case["values"]] == values, case["id"]
+
+
+def test_the_flat_import_paths_still_work_for_one_release() -> None:
+    """Each path README and docs named before the layout (memtest.metrics, memtest.results, ...) imports the
+    module at its new place, the same object, with a DeprecationWarning that names the new path; the
+    torch-free ones stay torch-free."""
+    code = """
+import importlib, json, sys, warnings
+import memtest
+out = {}
+light = ["memtest.results", "memtest.suites", "memtest.calibration", "memtest.locate"]
+for old in light:  # first, so that no torch-using module was imported before
+    importlib.import_module(old)
+out["torch after the light ones"] = "torch" in sys.modules
+for old, new in sorted(memtest.MOVED.items()):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        module = importlib.import_module(old)
+    if old in light:  # imported above: warn again on a fresh import
+        del sys.modules[old]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            module = importlib.import_module(old)
+    out[old] = [module is importlib.import_module(new), module.__spec__.name, [str(w.message) for w in caught]]
+from memtest.metrics import sharpness
+out["from"] = sharpness.__module__
+print(json.dumps(out))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = json.loads(proc.stdout)
+    from memtest import MOVED
+
+    assert len(MOVED) >= 10
+    for old, new in MOVED.items():
+        same, spec_name, warned = out[old]
+        assert same and spec_name == new, old
+        assert any(f"{old} moved to {new}" in w for w in warned), (old, warned)
+    assert out["torch after the light ones"] is False
+    assert out["from"] == "memtest.detection.metrics"
