@@ -494,9 +494,12 @@ def test_judge_mitigation_with_mitigate_copy_on_constructed_records() -> None:
     the copies (it reports them)."""
     from memtest.audit import AuditCase
     from memtest.audit.results import summarize, validate_results
-    from memtest.mitigation import Mitigation, judge_mitigation
+    from memtest.mitigation import AcceptedLatent, Mitigation, SailResult, judge_mitigation
 
     images = torch.rand(4, 16, 16, 3).numpy()
+    # SAIL's own result: the judge asks it (not the method's name) whether to judge on the threshold
+    accepted = tuple(AcceptedLatent(s, torch.ones(4, 16, 16), 0.02, 0.001, 2) for s in (0, 1, 2, 3))
+    sail_result = SailResult(accepted, 4, 2, (0, 1, 2, 3), True, "", 0.002, {}, ())
 
     def mitigation(before: tuple[int | None, int], after: tuple[int | None, int], **kw: Any) -> Mitigation:
         fields: dict[str, Any] = {
@@ -505,6 +508,7 @@ def test_judge_mitigation_with_mitigate_copy_on_constructed_records() -> None:
             "sharpness_after": (0.001, 0.0015, 0.0012, 0.0009), "latents_before": torch.zeros(4, 4, 16, 16),
             "latents_after": torch.ones(4, 4, 16, 16), "steps": 2, "images_before": images, "images_after": images,
             "copy_before": _copy_stats(*before, distance=0.07), "copy_after": _copy_stats(*after, distance=0.44),
+            "result": sail_result,
         }  # fmt: skip
         fields.update(kw)
         return Mitigation(**fields)
@@ -564,6 +568,45 @@ def test_judge_mitigation_with_mitigate_copy_on_constructed_records() -> None:
     html = render_report(json.loads(json.dumps(doc)))  # the report shows the copy counts and the verdict
     assert "<b>4/4 → 4/4</b> <span>copies before → after</span>" in html
     assert "<b>failed</b> <span>copy required to leave</span>" in html
+
+
+def test_the_judge_asks_the_methods_result_not_its_name() -> None:
+    """`judge_mitigation` takes the threshold rule, the label, the fallback score and the seeds from the method's
+    own result (`MethodResult`), whatever the method is called; without a result the sharpness is reported only."""
+    from dataclasses import dataclass
+
+    from memtest.audit import AuditCase
+    from memtest.mitigation import Mitigation, judge_mitigation
+
+    @dataclass(frozen=True)
+    class Mine:
+        accepts_on_threshold: bool
+        label: str = "Mine"
+        final_sharpness: tuple[float, ...] = (0.5, 0.3, float("nan"))
+        accepted_seeds: tuple[int, ...] = ()
+        seeds_tried: tuple[int, ...] = (7, 8)
+
+    def judged(result: Any, **kw: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        fields: dict[str, Any] = {
+            "method": "mine", "prompt": "p", "threshold": 0.2, "succeeded": False, "reason": "out of budget",
+            "seeds": (1, 2), "sharpness_before": (0.9, 0.8), "sharpness_after": (), "latents_before": torch.zeros(2, 4),
+            "latents_after": None, "result": result,
+        }  # fmt: skip
+        fields.update(kw)
+        return judge_mitigation(AuditCase("s", "1", "c", "p", "memorized", mitigate=True), Mitigation(**fields), 1.0)
+
+    record, entry = judged(Mine(True))
+    assert record["message"].startswith("s::c: mitigation (mine) failed: Mine did not finish: out of budget")
+    assert record["score"] == 0.3 and record["margin"] == pytest.approx(0.3 - 0.2) and record["seeds"] == []
+    assert entry["seeds_tried"] == [7, 8] and entry["seeds"] == [1, 2]
+    record, _ = judged(Mine(True, accepted_seeds=(9,)), succeeded=True, sharpness_after=(0.25,))
+    assert "1 accepted x_T at or above the threshold" in record["message"] and record["seeds"] == [9]
+    record, _ = judged(Mine(False), succeeded=True, sharpness_after=(0.25,))
+    assert record["outcome"] == "passed" and record["margin"] is None and "reported only" in record["message"]
+    # a result-less record named "sail" is not judged as SAIL: the name decides nothing
+    record, entry = judged(None, method="sail", succeeded=True, sharpness_after=(0.25, 0.3))
+    assert record["outcome"] == "passed" and record["margin"] is None and record["seeds"] == [1, 2]
+    assert entry["seeds_tried"] == []
 
 
 # -- the shipped canary: does the copy go away? ------------------------------------------------------------

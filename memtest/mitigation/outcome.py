@@ -1,30 +1,174 @@
-"""What a mitigation did (`Mitigation`, whatever the method) and how a suite case judges it: the
-`[mitigate]` item's record, `mitigate: copy`'s rule, the copy statistics on a canary."""
+"""What a mitigation did (`Mitigation`, whatever the method; the methods' own results beside it) and how a suite
+case judges it: the `[mitigate]` item's record, `mitigate: copy`'s rule, the copy statistics on a canary.
+
+The judge asks a method's result (`MethodResult`) how to judge it, never the method's name: whether it accepts on
+the detector's threshold, what it accepted and tried. A `Mitigation` without one (the prompt baselines) is
+judged on its sharpness alone, reported and not judged."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict, cast
 
 import numpy as np
 import torch
+from typing_extensions import NotRequired
 
+from memtest.errors import MitigationError
 from memtest.mitigation.images import COPY_FILENAME, THUMBNAIL_SIZE, copy_reference, png_thumbnails
 
 if TYPE_CHECKING:
-    from memtest.mitigation.sail import (
-        SailResult,  # sail.py builds Mitigation records: a runtime import would be circular
-    )
     from memtest.models.checkpoint import Checkpoint
+
+
+class MethodResult(Protocol):
+    """What `judge_mitigation` and `Mitigation.record` ask of a method's own result (`Mitigation.result`)."""
+
+    @property
+    def label(self) -> str:
+        """How messages name the method ("SAIL")."""
+        ...
+
+    @property
+    def accepts_on_threshold(self) -> bool:
+        """Whether the method accepts an x_T on the detector's threshold: then every accepted x_T must be below
+        it and their mean below the unmitigated score, and the case record has a margin. Otherwise the sharpness
+        after is reported, not judged."""
+        ...
+
+    @property
+    def final_sharpness(self) -> tuple[float, ...]:
+        """The sharpness each candidate reached at the end (the score when nothing was accepted), or ()."""
+        ...
+
+    @property
+    def accepted_seeds(self) -> tuple[int, ...]:
+        """The seeds of the accepted x_T, in order."""
+        ...
+
+    @property
+    def seeds_tried(self) -> tuple[int, ...]:
+        """Every seed the method drew an x_T from, in order."""
+        ...
+
+
+@dataclass(frozen=True)
+class AcceptedLatent:
+    """One accepted initial noise: an independent tensor, its seed, and its sharpness before and after."""
+
+    seed: int
+    latent: torch.Tensor
+    sharpness_before: float  # at the seed's own x_T, before any step
+    sharpness_after: float  # at `latent`, where the candidate was accepted
+    steps: int  # this candidate's own optimisation steps
+
+
+@dataclass(frozen=True)
+class SailResult:
+    """What `sail` found. `succeeded` is False (with `reason`) when the step budget ran out first."""
+
+    accepted: tuple[AcceptedLatent, ...]
+    wanted: int
+    steps: int  # optimisation steps of the batch
+    seeds_tried: tuple[int, ...]  # every seed a candidate started from, in order; no repeats
+    succeeded: bool
+    reason: str
+    threshold: float
+    initial_sharpness: dict[int, float]  # sharpness of every tried seed's x_T that was measured
+    history: tuple[tuple[float, ...], ...]  # per step: each slot's loss L(x) before the step (nan: no step)
+    final_sharpness: tuple[float, ...] = ()  # every slot's sharpness at the last check
+    settings: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+    evaluations: int = 0  # calls of s_delta
+    rows_evaluated: int = 0  # rows through s_delta (forward), the cost in units of one x
+    checks: int = 0  # exact sharpness measurements of single candidates
+
+    @property
+    def latents(self) -> torch.Tensor:
+        """The accepted latents stacked, (k, ...), k = len(accepted) (<= wanted)."""
+        if not self.accepted:
+            raise MitigationError(f"SAIL accepted no latent: {self.reason}")
+        return torch.stack([a.latent for a in self.accepted])
+
+    @property
+    def sharpness_before(self) -> list[float]:
+        return [a.sharpness_before for a in self.accepted]
+
+    @property
+    def sharpness_after(self) -> list[float]:
+        return [a.sharpness_after for a in self.accepted]
+
+    # As a MethodResult: SAIL accepts a candidate once the detector's own sharpness is below the threshold.
+    @property
+    def label(self) -> str:
+        return "SAIL"
+
+    @property
+    def accepts_on_threshold(self) -> bool:
+        return True
+
+    @property
+    def accepted_seeds(self) -> tuple[int, ...]:
+        return tuple(a.seed for a in self.accepted)
+
+
+@dataclass(frozen=True)
+class ResampleResult:
+    """What `mitigate_resample` screened: the draws it accepted and every draw, in order. It accepts on the
+    trajectory magnitude (its own level), not on the detector's threshold."""
+
+    accepted_seeds: tuple[int, ...]
+    seeds_tried: tuple[int, ...]
+
+    @property
+    def label(self) -> str:
+        return "resample"
+
+    @property
+    def accepts_on_threshold(self) -> bool:
+        return False
+
+    @property
+    def final_sharpness(self) -> tuple[float, ...]:
+        return ()
+
+
+class MitigationEntry(TypedDict):
+    """One entry of the results document's `mitigation` list (docs/results-format.md), built by
+    `Mitigation.record` only: plain JSON types, images as small base64 PNGs."""
+
+    id: str
+    prompt: str
+    method: str
+    threshold: float
+    succeeded: bool
+    reason: str
+    steps: int | None
+    seeds: list[int]
+    seeds_tried: list[int]
+    prompt_after: str | None
+    sharpness_before: list[float]
+    sharpness_after: list[float]
+    images_before: list[str]
+    images_after: list[str]
+    copy_distance_before: float | None
+    copy_distance_after: float | None
+    seconds: float
+    generation_seconds: float | None
+    copy_before: dict[str, Any] | None
+    copy_after: dict[str, Any] | None
+    #: `mitigate: copy` cases (judge_mitigation): the copy had to leave, and whether it did
+    copy_required: NotRequired[bool]
+    copy_verdict: NotRequired[str]
 
 
 @dataclass(frozen=True)
 class Mitigation:
     """One prompt's mitigation on a checkpoint, whatever the method.
 
-    `sharpness_before` are the detector's per-generation values at the original seeds' x_T;
+    `result` is the method's own result where it has one (`SailResult`, `ResampleResult`; the judge asks it how
+    to judge the method). `sharpness_before` are the detector's per-generation values at the original seeds' x_T;
     `sharpness_after` are measured the same way on what the method changed: SAIL at the accepted x_T,
     the prompt baselines at the original x_T under the new prompt or embedding. Images are (n, H, W, 3)
     in [0, 1]: `images_before` from the original seeds and prompt (unmitigated), `images_after` the
@@ -48,7 +192,7 @@ class Mitigation:
     images_before: np.ndarray | None = None
     images_after: np.ndarray | None = None
     generation_seconds: float | None = None
-    sail: SailResult | None = None
+    result: MethodResult | None = None
     embedding_after: torch.Tensor | None = None
     details: dict[str, Any] = field(default_factory=dict)
     # On a canary that plants the prompt: `CopyReference.stats` of the images before and after
@@ -63,9 +207,25 @@ class Mitigation:
             return None
         return self.seconds / self.generation_seconds
 
-    def _seeds_tried(self) -> Sequence[int]:
-        """SAIL's candidates, or the draws another x_T method screened (`details["seeds_tried"]`), in order."""
-        return self.sail.seeds_tried if self.sail is not None else self.details.get("seeds_tried", ())
+    @property
+    def sail(self) -> SailResult | None:
+        """SAIL's own result (None for another method)."""
+        return self.result if isinstance(self.result, SailResult) else None
+
+    @property
+    def accepts_on_threshold(self) -> bool:
+        """Whether the method accepts on the detector's threshold (`MethodResult.accepts_on_threshold`)."""
+        return self.result is not None and self.result.accepts_on_threshold
+
+    @property
+    def accepted_seeds(self) -> tuple[int, ...]:
+        """The seeds of the accepted x_T (the original seeds for a method that keeps them)."""
+        return tuple(self.result.accepted_seeds) if self.result is not None else tuple(self.seeds)
+
+    @property
+    def seeds_tried(self) -> tuple[int, ...]:
+        """Every seed the method drew an x_T from, in order (none for a method that keeps the original x_T)."""
+        return tuple(self.result.seeds_tried) if self.result is not None else ()
 
     def record(
         self,
@@ -74,7 +234,7 @@ class Mitigation:
         copy_distance_before: float | None = None,
         copy_distance_after: float | None = None,
         thumbnail_size: int = THUMBNAIL_SIZE,
-    ) -> dict[str, Any]:
+    ) -> MitigationEntry:
         """The results document's `mitigation` entry (plain JSON types; images as small base64 PNGs)."""
         before, after = self.images_before, self.images_after
         return {
@@ -86,7 +246,7 @@ class Mitigation:
             "reason": self.reason,
             "steps": self.steps,
             "seeds": [int(s) for s in self.seeds],
-            "seeds_tried": [int(s) for s in self._seeds_tried()],
+            "seeds_tried": [int(s) for s in self.seeds_tried],
             "prompt_after": self.prompt_after,
             "sharpness_before": [float(v) for v in self.sharpness_before],
             "sharpness_after": [float(v) for v in self.sharpness_after],
@@ -106,9 +266,10 @@ def judge_mitigation(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """A `mitigate` case record and the results' `mitigation` entry for a suite case (an `AuditCase`).
 
-    The case passes when the method succeeded and, for SAIL, every accepted x_T is below the threshold and their
-    mean sharpness is below `unmitigated` (the detector's score of the prompt); `resample` accepts on its own
-    level, so for it the sharpness after is reported, not judged. On a canary `checkpoint` whose
+    The case passes when the method succeeded and, for a method that accepts on the detector's threshold (its
+    result says so: SAIL), every accepted x_T is below the threshold and their mean sharpness is below
+    `unmitigated` (the detector's score of the prompt); `resample` accepts on its own level and the prompt
+    baselines keep the x_T, so for them the sharpness after is reported, not judged. On a canary `checkpoint` whose
     manifest plants the prompt, the entry also carries the mean RMSE of the images before and after to the
     memorised training image as the checkpoint's VAE reproduces it (`vae_roundtrip`). A case with
     `mitigate: copy` must also pass `judge_copy` (the copy leaves); without a copy reference and boundary for
@@ -117,21 +278,23 @@ def judge_mitigation(
     """
     after = [float(v) for v in mitigation.sharpness_after]
     thr = float(mitigation.threshold)
+    method = mitigation.result
     # With nothing accepted, the score is the lowest sharpness any candidate reached at the end.
-    final = [v for v in (mitigation.sail.final_sharpness if mitigation.sail else ()) if math.isfinite(v)]
+    final = [v for v in (method.final_sharpness if method is not None else ()) if math.isfinite(v)]
     score = sum(after) / len(after) if after else min(final, default=float(unmitigated))
     problems = []
-    # SAIL accepts on the detector's sharpness, so it must land below the threshold and the unmitigated score;
-    # resample accepts on the trajectory magnitude (its own level), and the sharpness after is only reported.
-    sail_rule = mitigation.method == "sail"
+    # A method that accepts on the detector's sharpness (SAIL) must land below the threshold and the unmitigated
+    # score; one that accepts on its own level (resample) or keeps the x_T only reports the sharpness after.
+    on_threshold = mitigation.accepts_on_threshold
     if not mitigation.succeeded:
-        problems.append(f"{'SAIL' if sail_rule else mitigation.method} did not finish: {mitigation.reason}")
+        label = method.label if method is not None else mitigation.method
+        problems.append(f"{label} did not finish: {mitigation.reason}")
     above = [v for v in after if not v < thr]
-    if above and sail_rule:
+    if above and on_threshold:
         problems.append(f"{len(above)} accepted x_T at or above the threshold {thr:.6g}: {above}")
     if not after:
         problems.append("no latent was accepted")
-    elif not score < unmitigated and sail_rule:
+    elif not score < unmitigated and on_threshold:
         problems.append(f"mean sharpness after {score:.6g} is not below the unmitigated {unmitigated:.6g}")
     record: dict[str, Any] = {
         "id": f"{case.id}[mitigate]",
@@ -144,13 +307,9 @@ def judge_mitigation(
         "tags": list(case.tags),
         "score": score,
         "values": after,
-        "seeds": (
-            [a.seed for a in mitigation.sail.accepted]
-            if mitigation.sail is not None
-            else [int(s) for s in mitigation.details.get("accepted_seeds", mitigation.seeds)]
-        ),
+        "seeds": [int(s) for s in mitigation.accepted_seeds],
         "threshold": thr,
-        "margin": score - thr if sail_rule else None,  # resample does not accept on the threshold
+        "margin": score - thr if on_threshold else None,  # a method judged on another rule has no margin
         "flagged": None,
         "unmitigated": float(unmitigated),
         "outcome": "failed" if problems else "passed",
@@ -159,7 +318,7 @@ def judge_mitigation(
             if problems
             else f"{case.id}: {len(after)} flat x_T found in {mitigation.steps} step(s), mean sharpness "
             f"{unmitigated:.6g} -> {score:.6g} (threshold {thr:.6g})"
-            if sail_rule
+            if on_threshold
             else f"{case.id}: {mitigation.method}: {mitigation.reason}; mean sharpness {unmitigated:.6g} -> "
             f"{score:.6g} (threshold {thr:.6g}, reported only)"
         ),
@@ -186,7 +345,7 @@ def judge_mitigation(
             record["outcome"] = "failed"
         else:
             record["message"] += f"; the copy left ({COPY_RULE})"
-    return record, entry
+    return record, cast("dict[str, Any]", entry)  # a MitigationEntry; the signature predates it
 
 
 #: The rule of `mitigate: copy` (memtest.audit.suites), as the messages state it.

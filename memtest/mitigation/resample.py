@@ -35,7 +35,7 @@ import torch
 from memtest.detection.noise import SeedStream
 from memtest.detection.scoring import detector_sharpness
 from memtest.errors import MemtestError, MitigationError, option
-from memtest.mitigation.outcome import Mitigation
+from memtest.mitigation.outcome import Mitigation, ResampleResult
 from memtest.mitigation.target import as_scorer, resolve_threshold, seed_images
 from memtest.models.families.base import Cond
 
@@ -280,5 +280,6 @@ def mitigate_resample(
         images_before=before_imgs,
         images_after=after_imgs,
         generation_seconds=gen_seconds,
+        result=ResampleResult(accepted_seeds=tuple(accepted), seeds_tried=tuple(stream.used)),
         details=details,
     )

@@ -7,9 +7,9 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -22,7 +22,9 @@ from memtest.detection.noise import fresh_seed as fresh_seed
 from memtest.detection.noise import gaussian_noise as gaussian_noise
 from memtest.detection.scoring import detector_sharpness as detector_sharpness
 from memtest.errors import MitigationError
+from memtest.mitigation.outcome import AcceptedLatent as AcceptedLatent  # re-exported: their home was here
 from memtest.mitigation.outcome import Mitigation
+from memtest.mitigation.outcome import SailResult as SailResult
 from memtest.mitigation.target import as_scorer, first_step, resolve_threshold, seed_images
 
 if TYPE_CHECKING:
@@ -48,53 +50,6 @@ DEFAULT_SCREEN: float | None = 2.0
 
 # --------------------------------------------------------------------------------------------------
 # SAIL, model-agnostic
-
-
-@dataclass(frozen=True)
-class AcceptedLatent:
-    """One accepted initial noise: an independent tensor, its seed, and its sharpness before and after."""
-
-    seed: int
-    latent: torch.Tensor
-    sharpness_before: float  # at the seed's own x_T, before any step
-    sharpness_after: float  # at `latent`, where the candidate was accepted
-    steps: int  # this candidate's own optimisation steps
-
-
-@dataclass(frozen=True)
-class SailResult:
-    """What `sail` found. `succeeded` is False (with `reason`) when the step budget ran out first."""
-
-    accepted: tuple[AcceptedLatent, ...]
-    wanted: int
-    steps: int  # optimisation steps of the batch
-    seeds_tried: tuple[int, ...]  # every seed a candidate started from, in order; no repeats
-    succeeded: bool
-    reason: str
-    threshold: float
-    initial_sharpness: dict[int, float]  # sharpness of every tried seed's x_T that was measured
-    history: tuple[tuple[float, ...], ...]  # per step: each slot's loss L(x) before the step (nan: no step)
-    final_sharpness: tuple[float, ...] = ()  # every slot's sharpness at the last check
-    settings: dict[str, Any] = field(default_factory=dict)
-    seconds: float = 0.0
-    evaluations: int = 0  # calls of s_delta
-    rows_evaluated: int = 0  # rows through s_delta (forward), the cost in units of one x
-    checks: int = 0  # exact sharpness measurements of single candidates
-
-    @property
-    def latents(self) -> torch.Tensor:
-        """The accepted latents stacked, (k, ...), k = len(accepted) (<= wanted)."""
-        if not self.accepted:
-            raise MitigationError(f"SAIL accepted no latent: {self.reason}")
-        return torch.stack([a.latent for a in self.accepted])
-
-    @property
-    def sharpness_before(self) -> list[float]:
-        return [a.sharpness_before for a in self.accepted]
-
-    @property
-    def sharpness_after(self) -> list[float]:
-        return [a.sharpness_after for a in self.accepted]
 
 
 @dataclass(frozen=True)
@@ -525,6 +480,6 @@ def mitigate_sail(
         images_before=before_imgs,
         images_after=after_imgs,
         generation_seconds=gen_seconds,
-        sail=result,
+        result=result,
         details=dict(result.settings),
     )
