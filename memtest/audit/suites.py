@@ -10,7 +10,7 @@ A suite file looks like this (the format is versioned by ``memtest_suite``)::
       provenance: owner/repo @ commit, path
       licence: MIT (full text or a pointer)
       caveats: [Labels are specific to SD v1.x.]
-    defaults: {metric: sharpness, n: 4}     # optional, scoring settings the suite recommends
+    defaults: {metric: sharpness, n: 4}     # optional, informational: not applied (see below)
     cases:
       - id: sd1-mem-0001
         prompt: "The No Limits Business Woman Podcast"
@@ -24,6 +24,12 @@ leaves: the checkpoint must plant the prompt (a canary whose manifest names its 
 copy boundary (``memtest-copy.json``), at least one of the unmitigated generations must be a copy, and the
 copy rate among the generations from the accepted x_T must be at most half the rate before
 (``memtest.mitigation.judge_copy``); anything else fails the item, never skips it.
+
+``defaults`` is informational: the scoring settings the suite's labels were made with (metric, method, n,
+seed, fpr). It is validated, kept on :attr:`Suite.defaults` and written back by :func:`dump_suite`, but it
+never changes how a run scores: the run's options (or memtest's own defaults) decide. A suite cannot set
+them, because one run audits several suites against one calibration, and the calibration's identity fixes
+the settings for all of them.
 
 Every problem is reported as a :class:`memtest.errors.SuiteError` whose message names the file, the
 line and the fix. In YAML files, unquoted numbers and booleans in text fields are taken as written
@@ -128,6 +134,7 @@ class Suite:
     name: str
     version: str
     card: SuiteCard
+    #: Informational scoring settings (see the module docstring): validated and kept, never applied to a run.
     defaults: dict[str, str | int | float] = field(hash=False)
     cases: tuple[SuiteCase, ...]
     path: Path | None = field(default=None, compare=False)
