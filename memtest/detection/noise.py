@@ -1,8 +1,9 @@
 """Seeds and initial noise, in one place: the detector's seeds for a prompt (`derive_seeds`), the fresh seeds a
-mitigation draws after them (`fresh_seed`, `SeedStream`), and the initial noise x_T of a seed (`initial_noise`).
+mitigation draws after them (`fresh_seed`, `SeedStream`), the initial noise x_T of a seed (`initial_noise`), and
+the random generator of a prompt baseline's edits (`edit_rng`).
 
 Every number here is pinned: shipped calibrations store scores measured at these seeds' noises, and the
-salt strings ("{base}\\0{prompt}", "memtest-sail\\0{salt}\\0{k}") must not change.
+salt strings ("{base}\\0{prompt}", "memtest-sail\\0{salt}\\0{k}", "{method}\\0{seed}\\0{prompt}") must not change.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 
 NoiseFn = Callable[[Sequence[int]], torch.Tensor]
@@ -56,6 +58,13 @@ class SeedStream:
                 return seed
 
 
+def edit_rng(method: str, seed: int, prompt: str) -> np.random.Generator:
+    """The random generator of a prompt baseline's edits (RTA, RNA) of `prompt`: 64 bits of
+    sha256(method, seed, prompt), stable across runs and machines."""
+    digest = hashlib.sha256(f"{method}\0{seed}\0{prompt}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "big"))
+
+
 def initial_noise(
     seeds: Sequence[int], shape: Sequence[int], sigma: float = 1.0, device: str | torch.device = "cpu"
 ) -> torch.Tensor:
@@ -79,4 +88,4 @@ def gaussian_noise(shape: Sequence[int], sigma: float = 1.0, device: str | torch
     return noise
 
 
-__all__ = ["NoiseFn", "SeedStream", "derive_seeds", "fresh_seed", "gaussian_noise", "initial_noise"]
+__all__ = ["NoiseFn", "SeedStream", "derive_seeds", "edit_rng", "fresh_seed", "gaussian_noise", "initial_noise"]

@@ -4,7 +4,6 @@ of the first-step score-difference norm (`embedding`, Wen et al., ICLR 2024)."""
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -14,6 +13,7 @@ import numpy as np
 import torch
 
 from memtest.detection.metrics import measure_sharpness
+from memtest.detection.noise import edit_rng
 from memtest.detection.scoring import detector_sharpness, start_point
 from memtest.errors import MitigationError
 from memtest.mitigation.images import generate_images
@@ -50,11 +50,6 @@ def insert_words(prompt: str, words: Sequence[str], rng: np.random.Generator) ->
     return " ".join(parts)
 
 
-def _rng(prompt: str, method: str, seed: int) -> np.random.Generator:
-    digest = hashlib.sha256(f"{method}\0{seed}\0{prompt}".encode()).digest()
-    return np.random.default_rng(int.from_bytes(digest[:8], "big"))
-
-
 def _prompt_baseline(
     method: str,
     scorer: Scorer,
@@ -72,7 +67,7 @@ def _prompt_baseline(
     _, e_c, e_0 = first_step(scorer, prompt)
     before = detector_sharpness(scorer, e_c, e_0, x)
     started = time.perf_counter()
-    new_prompt = new_prompt_fn(_rng(prompt, method, seed))
+    new_prompt = new_prompt_fn(edit_rng(method, seed, prompt))
     seconds = time.perf_counter() - started
     after = detector_sharpness(scorer, scorer.embed([new_prompt]), e_0, x)
     before_imgs = after_imgs = None
