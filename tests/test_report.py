@@ -27,6 +27,7 @@ from sklearn.metrics import roc_auc_score
 from test_results import THRESHOLD, make_results, split_shards
 
 from memtest.audit.results import summarize, write_results
+from memtest.cli import spell as cli_spell
 from memtest.errors import ResultsError
 from memtest.report import PAGE_ROWS, look_at, render_report, report_main, tpr_at_fpr, write_report
 
@@ -455,7 +456,9 @@ def test_cli_errors_return_nonzero_with_message(tmp_path: Path, capsys: pytest.C
     missing = tmp_path / "missing.json"
     assert report_main([str(missing), "-o", str(tmp_path / "r.html")]) == 2
     err = capsys.readouterr().err
-    assert str(missing) in err and "--memtest-json" in err
+    assert str(missing) in err and f"`json={missing}`" in err  # no front end given: the library's spelling
+    assert report_main([str(missing), "-o", str(tmp_path / "r.html")], spell=cli_spell) == 2
+    assert f"--json={missing}" in capsys.readouterr().err  # `memtest report` passes memtest's spelling
     assert not (tmp_path / "r.html").exists()
 
     a, b = split_shards(make_results(6), 2)

@@ -294,7 +294,7 @@ def test_load_missing_file_names_file_and_fix(tmp_path: Path) -> None:
         load_results(path)
     message = str(info.value)
     assert str(path) in message
-    assert "--memtest-json" in message
+    assert f"`json={path}`" in message  # the option, for the front end to spell (--memtest-json, --json)
     assert isinstance(info.value, MemtestError)
 
 

@@ -31,7 +31,7 @@ from memtest.audit.results import (
     summarize,
     validate_results,
 )
-from memtest.errors import MemtestError, ResultsError
+from memtest.errors import MemtestError, ResultsError, neutral_spelling
 from memtest.report.stats import roc_stats
 from memtest.report.svg import (
     C_CLEAN,
@@ -402,8 +402,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def report_main(argv: Sequence[str] | None = None, *, out: Callable[[str], None] | None = None) -> int:
-    """`memtest report`: returns 0 when the page was written, 2 on bad arguments or input."""
+def report_main(
+    argv: Sequence[str] | None = None,
+    *,
+    out: Callable[[str], None] | None = None,
+    spell: Callable[[str, str | None], str] = neutral_spelling,
+) -> int:
+    """`memtest report`: returns 0 when the page was written, 2 on bad arguments or input. An error names
+    options as `spell` (the calling front end's spelling, memtest.errors.render_options) writes them."""
     say = out or (lambda line: print(line))
     try:
         args = _parser().parse_args(list(argv) if argv is not None else None)
@@ -414,7 +420,7 @@ def report_main(argv: Sequence[str] | None = None, *, out: Callable[[str], None]
         doc = docs[0] if len(docs) == 1 else merge_results(docs, sources=list(args.results))
         path = write_report(doc, args.output)
     except MemtestError as exc:
-        print(f"memtest report: error: {exc}", file=sys.stderr)
+        print(f"memtest report: error: {exc.render(spell)}", file=sys.stderr)
         return 2
     except OSError as exc:
         print(f"memtest report: error: cannot write {args.output}: {exc}", file=sys.stderr)
