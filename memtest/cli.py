@@ -184,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args and args[0] == "report":
         from memtest.report import report_main
 
-        return report_main(args[1:])
+        return report_main(args[1:], spell=spell)
     if args and args[0] == "zoo":
         from memtest.zoo import zoo_main
 

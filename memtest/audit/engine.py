@@ -9,7 +9,7 @@ import json
 import math
 import platform
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,13 +19,12 @@ from memtest.audit.calibration import CALIBRATION_FILENAME, Calibration, check_c
 from memtest.audit.options import AuditConfig
 from memtest.audit.records import CaseRecord, ScoreRecord
 from memtest.errors import CalibrationError, ScoringError, option
+from memtest.progress import ProgressFn
 
 if TYPE_CHECKING:
     from memtest.detection.scoring import Scorer
     from memtest.models.checkpoint import Checkpoint
 
-#: progress callback: (done, total) prompts
-ProgressFn = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
