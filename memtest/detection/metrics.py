@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import torch
 
-from memtest.detection.settings import METHODS
+from memtest.detection.settings import HVP_METHODS
 
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]
 Method = Literal["jvp", "fd", "fd-forward"]
@@ -41,8 +41,8 @@ def fd_step(x: torch.Tensor, h: float | None) -> float:
 
 
 def check_method(method: str) -> None:
-    if method not in METHODS:
-        raise ValueError(f"Unknown method {method!r}. Choose one of: {', '.join(METHODS)}.")
+    if method not in HVP_METHODS:
+        raise ValueError(f"Unknown method {method!r}. Choose one of: {', '.join(HVP_METHODS)}.")
 
 
 def hessian_vector_product(
