@@ -458,14 +458,15 @@ def test_reproduce_command_names_loras_and_every_setting_that_changes_the_case(p
     (less those that never change a case: batch size, cache, shard)."""
     import dataclasses
 
-    from pytest_memtest.options import read_config
+    from pytest_memtest.options import read_config, reproduce_command
 
-    from memtest.audit import AuditCase, AuditConfig, reproduce_command
+    from memtest.audit import AuditCase, AuditConfig
+    from memtest.detection.settings import ScoreSettings
 
     case = AuditCase("canary-lora", "1", "planted-01", "basalt poster of 1", "memorized", source="/s/my suite.yaml")
     config = AuditConfig(
-        checkpoint="./base model", suites=("canary-lora", "other"), n=2, seed=3, steps=2, flow_steps=1,
-        batch_size=16, dtype="float16", device="cpu", calibration="base cal.json", fpr=0.05,
+        checkpoint="./base model", suites=("canary-lora", "other"),
+        score=ScoreSettings(n=2, seed=3, steps=2, flow_steps=1, batch_size=16), dtype="float16", device="cpu", calibration="base cal.json", fpr=0.05,
         accept_base_calibration=True, allow_pickle=True, cache_dir="elsewhere", shard=(2, 4),
         mitigation_steps=7, mitigation_method="resample", loras=("zoo:lora", "./adapters/b.safetensors:0.5"),
         threads=1,
@@ -482,7 +483,11 @@ def test_reproduce_command_names_loras_and_every_setting_that_changes_the_case(p
     parsed = pytester.parseconfig(*argv[1:])
     assert parsed.getoption("keyword") == "planted-01"
     assert read_config(parsed) == dataclasses.replace(
-        config, suites=("/s/my suite.yaml",), batch_size=8, cache_dir=AuditConfig().cache_dir, shard=None
+        config,
+        suites=("/s/my suite.yaml",),
+        score=dataclasses.replace(config.score, batch_size=8),
+        cache_dir=AuditConfig().cache_dir,
+        shard=None,
     )
     # A default run gives the short command: no flag for a setting left at its default.
     default = reproduce_command(AuditConfig(), dataclasses.replace(case, source=None))
