@@ -466,7 +466,8 @@ def test_reproduce_command_names_loras_and_every_setting_that_changes_the_case(p
     case = AuditCase("canary-lora", "1", "planted-01", "basalt poster of 1", "memorized", source="/s/my suite.yaml")
     config = AuditConfig(
         checkpoint="./base model", suites=("canary-lora", "other"),
-        score=ScoreSettings(n=2, seed=3, steps=2, flow_steps=1, batch_size=16), dtype="float16", device="cpu", calibration="base cal.json", fpr=0.05,
+        score=ScoreSettings(n=2, seed=3, steps=2, flow_steps=1, batch_size=16),
+        dtype="float16", device="cpu", calibration="base cal.json", fpr=0.05,
         accept_base_calibration=True, allow_pickle=True, cache_dir="elsewhere", shard=(2, 4),
         mitigation_steps=7, mitigation_method="resample", loras=("zoo:lora", "./adapters/b.safetensors:0.5"),
         threads=1,
