@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import pytest
 
 if TYPE_CHECKING:
-    from memtest.audit import AuditCase, AuditConfig, CaseRecord, Suite
+    from memtest.audit import AuditCase, AuditConfig, CaseRecord, MitigationEntry, Suite
 
 
 class MemtestSession(Protocol):
@@ -60,7 +60,7 @@ class MemtestItem(pytest.Item):
         self.case = case
         self.memtest = memtest
         self.memtest_record: CaseRecord | None = None
-        self.memtest_mitigation: dict[str, Any] | None = None
+        self.memtest_mitigation: MitigationEntry | None = None
         self.add_marker(pytest.mark.memtest)  # `-m memtest` / `-m "not memtest"` select the audit
 
     def runtest(self) -> None:

@@ -45,7 +45,7 @@ class MemtestSession:
         self._engine: audit.Engine | None = None
         self._seen_suites: set[str] = set()
         self.records: list[audit.CaseRecord] = []
-        self.mitigation: list[dict[str, Any]] = []
+        self.mitigation: list[audit.MitigationEntry] = []
         self.workers: dict[str, dict[str, Any]] = {}
         self.written: list[tuple[str, str]] = []
         self.finish_error: str | None = None

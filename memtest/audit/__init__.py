@@ -44,7 +44,7 @@ if TYPE_CHECKING:
         write_outputs,
     )
     from memtest.audit.options import OPTION_NAMES, OPTIONS, AuditConfig, Option, config_from_values, parse_shard
-    from memtest.audit.records import CaseRecord, ScoreRecord
+    from memtest.audit.records import CaseRecord, MitigationEntry, ScoreRecord
     from memtest.audit.suites import Suite, is_suite_file, load_suite, resolve_suite
     from memtest.defaults import DEFAULT_CHECKPOINT
     from memtest.threads import describe_threads, describe_waits, passive_waits
@@ -58,6 +58,7 @@ _LAZY: dict[str, str] = {
     "CaseRecord": "memtest.audit.records",
     "DEFAULT_CHECKPOINT": "memtest.defaults",
     "Engine": "memtest.audit.engine",
+    "MitigationEntry": "memtest.audit.records",
     "OPTIONS": "memtest.audit.options",
     "OPTION_NAMES": "memtest.audit.options",
     "Option": "memtest.audit.options",
@@ -119,6 +120,7 @@ __all__ = [
     "Calibration",
     "CaseRecord",
     "Engine",
+    "MitigationEntry",
     "Option",
     "ProgressFn",
     "ResultsCache",

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from memtest._io import atomic_write_text
-from memtest.errors import CalibrationError, option
+from memtest.errors import CalibrationError, MemtestError, option
 
 CALIBRATION_SCHEMA = "memtest.calibration/1"
 CALIBRATION_FILENAME = "memtest-calibration.json"
@@ -213,3 +213,30 @@ def check_compatible(cal: Calibration, identity: Mapping[str, Any], accept_base:
             f"{option('accept_base_calibration')} (recorded in the results)."
         )
     return False
+
+
+def find_calibration(folder: str | Path, path: str | Path | None = None) -> Path | None:
+    """The calibration file an audit of the checkpoint in `folder` uses: `path` when given, else the one the
+    checkpoint ships (`memtest-calibration.json` beside its model_index.json), else None."""
+    if path:
+        return Path(path)
+    own = Path(folder) / CALIBRATION_FILENAME
+    return own if own.is_file() else None
+
+
+def checkpoint_calibration(
+    identity: Mapping[str, Any],
+    folder: str | Path,
+    *,
+    path: str | Path | None = None,
+    accept_base: bool = False,
+    missing: str,
+    error: type[MemtestError] = CalibrationError,
+) -> tuple[Calibration, bool]:
+    """The one threshold resolver: the calibration for `identity` (see `find_calibration`), checked to match,
+    and whether a base model's was accepted. None found raises `error(missing)`: the gate fails closed."""
+    found = find_calibration(folder, path)
+    if found is None:
+        raise error(missing)
+    cal = load_calibration(found)
+    return cal, check_compatible(cal, identity, accept_base=accept_base)

@@ -15,16 +15,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from memtest.audit.calibration import CALIBRATION_FILENAME, Calibration, check_compatible, load_calibration
+from memtest.audit.calibration import Calibration, checkpoint_calibration
 from memtest.audit.options import AuditConfig
-from memtest.audit.records import CaseRecord, ScoreRecord
-from memtest.errors import CalibrationError, ScoringError, option
+from memtest.audit.records import CaseRecord, MitigationEntry, ScoreRecord
+from memtest.errors import ScoringError, option
 from memtest.progress import ProgressFn
 
 if TYPE_CHECKING:
     from memtest.detection.scoring import Scorer
     from memtest.models.checkpoint import Checkpoint
-
 
 
 @dataclass(frozen=True)
@@ -129,7 +128,7 @@ class Engine:
         self._checkpoint: Checkpoint | None = None
         self._scorer: Scorer | None = None
         self._cache: ResultsCache | None = None
-        self._calibration: tuple[Calibration | None, bool] | None = None
+        self._calibration: tuple[Calibration, bool] | None = None
 
     def loaded(self) -> bool:
         """Whether this process has loaded the checkpoint (it has scored something)."""
@@ -205,32 +204,25 @@ class Engine:
             out[p] = rec
         return out
 
-    def calibration_path(self) -> Path | None:
-        if self.config.calibration:
-            return Path(self.config.calibration)
-        from memtest.models.locate import resolve_checkpoint
-
-        _, folder = resolve_checkpoint(self.config.checkpoint)
-        own = folder / CALIBRATION_FILENAME
-        return own if own.is_file() else None
-
     def calibration(self) -> tuple[Calibration, bool]:
         """The calibration the gate uses and whether a base model's was accepted; fails closed."""
         if self._calibration is None:
-            path = self.calibration_path()
-            if path is None:
-                raise CalibrationError(
+            from memtest.models.locate import resolve_checkpoint
+
+            _, folder = resolve_checkpoint(self.config.checkpoint)
+            self._calibration = checkpoint_calibration(
+                self.identity(),
+                folder,
+                path=self.config.calibration,
+                accept_base=self.config.accept_base_calibration,
+                missing=(
                     f"No calibration for checkpoint {self.config.checkpoint}: the gate needs a threshold. "
                     f"Calibrate once on reference prompts ({option('calibrate')}, writing "
                     f"{option('calibration', 'memtest-calibration.json')}), then pass "
                     f"{option('calibration', 'memtest-calibration.json')}."
-                )
-            cal = load_calibration(path)
-            accepted = check_compatible(cal, self.identity(), accept_base=self.config.accept_base_calibration)
-            self._calibration = (cal, accepted)
-        found, accepted = self._calibration
-        assert found is not None
-        return found, accepted
+                ),
+            )
+        return self._calibration
 
     def context(self) -> dict[str, Any]:
         """Plain-JSON description of this process's checkpoint, settings and calibration."""
@@ -293,7 +285,7 @@ def results_document(
     command: str,
     calibration: dict[str, Any] | None,
     shard: tuple[int, int] | None = None,
-    mitigation: Sequence[dict[str, Any]] = (),
+    mitigation: Sequence[MitigationEntry] = (),
     spectra: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
     """A `memtest.results/1` document from an engine context (see `Engine.context`) and case records."""

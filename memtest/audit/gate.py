@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from memtest.audit.calibration import Calibration, calibrate
-from memtest.audit.records import CaseRecord
+from memtest.audit.records import CaseRecord, MitigationEntry
 from memtest.audit.suites import Mitigate, Suite, builtin_suites, resolve_suite
 from memtest.errors import CalibrationError, MemtestError, ScoringError, SuiteError, option
 
 if TYPE_CHECKING:
-    from memtest.audit.engine import Engine, ProgressFn
+    from memtest.audit.engine import Engine
+    from memtest.progress import ProgressFn
 
 SUITE_FILENAME = "memtest-suite.yaml"
 
@@ -196,7 +197,7 @@ def run_cases(engine: Engine, cases: Sequence[AuditCase], progress: ProgressFn |
     return [run_case(engine, c) for c in cases]
 
 
-def run_mitigation(engine: Engine, case: AuditCase, suites: Sequence[Suite]) -> tuple[CaseRecord, dict[str, Any]]:
+def run_mitigation(engine: Engine, case: AuditCase, suites: Sequence[Suite]) -> tuple[CaseRecord, MitigationEntry]:
     """A `mitigate` case: the configured method (SAIL or resample) on its prompt at the calibrated threshold,
     judged by `memtest.mitigation.judge_mitigation`. Returns the case record and the results' mitigation entry."""
     from memtest.mitigation import judge_mitigation, mitigate_resample, mitigate_sail, reference_captions
@@ -210,8 +211,7 @@ def run_mitigation(engine: Engine, case: AuditCase, suites: Sequence[Suite]) -> 
         result = mitigate_sail(
             engine.scorer, case.prompt, threshold=cal.threshold, max_steps=engine.config.mitigation_steps
         )
-    record, entry = judge_mitigation(case, result, unmitigated, checkpoint=engine.checkpoint)
-    return record, entry  # type: ignore[return-value]
+    return judge_mitigation(case, result, unmitigated, checkpoint=engine.checkpoint)
 
 
 def mitigate_prompt(engine: Engine, prompt: str, method: str = "sail", **options: Any) -> Any:

@@ -1,5 +1,6 @@
 """The typed records that cross the audit's seams: a prompt's scores (the engine and its cache), a case's
-outcome (the gate, the plugin's test reports, the results file). Plain JSON types only, so an xdist worker can
+outcome (the gate, the plugin's test reports, the results file), a mitigation's entry (memtest.mitigation builds
+it, the results file and the report read it). Plain JSON types only, so an xdist worker can
 send them to the controller as they are. No torch here."""
 
 from __future__ import annotations
@@ -49,4 +50,33 @@ class CaseRecord(TypedDict):
     copy_verdict: NotRequired[str]
 
 
-__all__ = ["CaseRecord", "Outcome", "ScoreRecord"]
+class MitigationEntry(TypedDict):
+    """One entry of the results document's `mitigation` list (docs/results-format.md), built by
+    `Mitigation.record` only: plain JSON types, images as small base64 PNGs."""
+
+    id: str
+    prompt: str
+    method: str
+    threshold: float
+    succeeded: bool
+    reason: str
+    steps: int | None
+    seeds: list[int]
+    seeds_tried: list[int]
+    prompt_after: str | None
+    sharpness_before: list[float]
+    sharpness_after: list[float]
+    images_before: list[str]
+    images_after: list[str]
+    copy_distance_before: float | None
+    copy_distance_after: float | None
+    seconds: float
+    generation_seconds: float | None
+    copy_before: dict[str, Any] | None
+    copy_after: dict[str, Any] | None
+    #: `mitigate: copy` cases (judge_mitigation): the copy had to leave, and whether it did
+    copy_required: NotRequired[bool]
+    copy_verdict: NotRequired[str]
+
+
+__all__ = ["CaseRecord", "MitigationEntry", "Outcome", "ScoreRecord"]

@@ -27,7 +27,6 @@ from memtest.models.families.base import (
     cond_repeat_interleave,
     cond_rows,
     cond_tile,
-    eps_from_output,
 )
 
 Progress = Callable[[int, int], None]
@@ -51,9 +50,6 @@ class PromptScore:
             "seeds": list(self.seeds),
             "settings": dict(self.settings),
         }
-
-
-_eps_from_output = eps_from_output  # the name older callers import
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:

@@ -11,8 +11,6 @@ from memtest.errors import ScoringError
 METRICS: tuple[str, ...] = ("sharpness", "score_norm")
 #: How the Hessian-vector product is taken (ScoreSettings.method). Not memtest.mitigation's methods.
 HVP_METHODS: tuple[str, ...] = ("jvp", "fd", "fd-forward")
-#: The old name, kept until memtest/detection/metrics.py imports HVP_METHODS; do not use.
-METHODS = HVP_METHODS
 
 #: Flow-matching checkpoints (SD3, Flux): guided Euler steps taken from x_1 (s = 1) before the metric is
 #: measured. At s = 1 the ideal model's sharpness is zero for every prompt (docs/method.md, flow matching), so

@@ -48,6 +48,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from memtest.audit.records import MitigationEntry
 from memtest.detection.metrics import measure_sharpness
 from memtest.detection.noise import SeedStream, fresh_seed, gaussian_noise
 from memtest.errors import MitigationError
@@ -77,7 +78,6 @@ from memtest.mitigation.outcome import (
     AcceptedLatent,
     MethodResult,
     Mitigation,
-    MitigationEntry,
     ResampleResult,
     SailResult,
     copy_required,

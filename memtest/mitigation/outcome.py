@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, TypedDict, cast
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
-from typing_extensions import NotRequired
 
+from memtest.audit.records import CaseRecord, MitigationEntry
 from memtest.errors import MitigationError
 from memtest.mitigation.images import COPY_FILENAME, THUMBNAIL_SIZE, copy_reference, png_thumbnails
 
@@ -134,35 +134,6 @@ class ResampleResult:
         return ()
 
 
-class MitigationEntry(TypedDict):
-    """One entry of the results document's `mitigation` list (docs/results-format.md), built by
-    `Mitigation.record` only: plain JSON types, images as small base64 PNGs."""
-
-    id: str
-    prompt: str
-    method: str
-    threshold: float
-    succeeded: bool
-    reason: str
-    steps: int | None
-    seeds: list[int]
-    seeds_tried: list[int]
-    prompt_after: str | None
-    sharpness_before: list[float]
-    sharpness_after: list[float]
-    images_before: list[str]
-    images_after: list[str]
-    copy_distance_before: float | None
-    copy_distance_after: float | None
-    seconds: float
-    generation_seconds: float | None
-    copy_before: dict[str, Any] | None
-    copy_after: dict[str, Any] | None
-    #: `mitigate: copy` cases (judge_mitigation): the copy had to leave, and whether it did
-    copy_required: NotRequired[bool]
-    copy_verdict: NotRequired[str]
-
-
 @dataclass(frozen=True)
 class Mitigation:
     """One prompt's mitigation on a checkpoint, whatever the method.
@@ -263,7 +234,7 @@ class Mitigation:
 
 def judge_mitigation(
     case: Any, mitigation: Mitigation, unmitigated: float, *, checkpoint: Checkpoint | None = None
-) -> tuple[dict[str, Any], dict[str, Any]]:
+) -> tuple[CaseRecord, MitigationEntry]:
     """A `mitigate` case record and the results' `mitigation` entry for a suite case (an `AuditCase`).
 
     The case passes when the method succeeded and, for a method that accepts on the detector's threshold (its
@@ -296,7 +267,7 @@ def judge_mitigation(
         problems.append("no latent was accepted")
     elif not score < unmitigated and on_threshold:
         problems.append(f"mean sharpness after {score:.6g} is not below the unmitigated {unmitigated:.6g}")
-    record: dict[str, Any] = {
+    record: CaseRecord = {
         "id": f"{case.id}[mitigate]",
         "suite": case.suite,
         "suite_version": case.suite_version,
@@ -345,7 +316,7 @@ def judge_mitigation(
             record["outcome"] = "failed"
         else:
             record["message"] += f"; the copy left ({COPY_RULE})"
-    return record, cast("dict[str, Any]", entry)  # a MitigationEntry; the signature predates it
+    return record, entry
 
 
 #: The rule of `mitigate: copy` (memtest.audit.suites), as the messages state it.

@@ -152,10 +152,10 @@ def reference_captions(cal: Calibration, suites: Sequence[Suite] = ()) -> list[s
 
 def calibration_references(scorer: Scorer) -> list[str]:
     """`reference_captions` of the checkpoint's own calibration file."""
-    from memtest.audit.calibration import CALIBRATION_FILENAME, load_calibration
+    from memtest.audit.calibration import CALIBRATION_FILENAME, find_calibration, load_calibration
 
-    path = Path(scorer.ckpt.path) / CALIBRATION_FILENAME
-    if not path.is_file():
+    path = find_calibration(scorer.ckpt.path)
+    if path is None:
         raise MitigationError(
             f"Checkpoint {scorer.ckpt.name} has no {CALIBRATION_FILENAME} to take references from: pass level= "
             "or references= (non-memorized captions) to mitigate_resample."

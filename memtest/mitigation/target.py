@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from memtest.errors import MitigationError
+from memtest.errors import MitigationError, option
 from memtest.mitigation.images import generate_images
 from memtest.models.families.base import Cond
 
@@ -38,17 +38,16 @@ def resolve_threshold(scorer: Scorer, threshold: float | None) -> float:
         if not math.isfinite(threshold):
             raise MitigationError(f"The acceptance threshold must be a finite number, got {threshold!r}.")
         return float(threshold)
-    from memtest.audit.calibration import CALIBRATION_FILENAME, check_compatible, load_calibration
+    from memtest.audit.calibration import CALIBRATION_FILENAME, checkpoint_calibration
 
     ckpt = scorer.ckpt
-    path = Path(ckpt.path) / CALIBRATION_FILENAME
-    if not path.is_file():
-        raise MitigationError(
-            f"Checkpoint {ckpt.name} has no {CALIBRATION_FILENAME}, so SAIL has no acceptance threshold. Pass "
-            "threshold= (for example a calibration's threshold), or calibrate first (`memtest calibrate`)."
-        )
-    cal = load_calibration(path)
-    check_compatible(cal, scorer.identity())
+    cal, _ = checkpoint_calibration(
+        scorer.identity(),
+        ckpt.path,
+        missing=f"Checkpoint {ckpt.name} has no {CALIBRATION_FILENAME}, so SAIL has no acceptance threshold. Pass "
+        f"threshold= (for example a calibration's threshold), or calibrate first ({option('calibrate')}).",
+        error=MitigationError,
+    )
     _check_sharpness_settings(scorer)
     return float(cal.threshold)
 
@@ -60,17 +59,16 @@ def reference_threshold(scorer: Scorer, quantile: float = 0.5) -> float:
     the median asks SAIL for a landscape as flat as a typical non-memorized prompt's. On a canary whose
     planted captions reproduce their image from every x_T, only the stricter one moves the image away.
     """
-    from memtest.audit.calibration import CALIBRATION_FILENAME, check_compatible, load_calibration
+    from memtest.audit.calibration import CALIBRATION_FILENAME, checkpoint_calibration
 
     if not 0.0 <= quantile <= 1.0:
         raise MitigationError(f"quantile must be in [0, 1], got {quantile!r}.")
-    path = Path(scorer.ckpt.path) / CALIBRATION_FILENAME
-    if not path.is_file():
-        raise MitigationError(
-            f"Checkpoint {scorer.ckpt.name} has no {CALIBRATION_FILENAME} to take reference scores from."
-        )
-    cal = load_calibration(path)
-    check_compatible(cal, scorer.identity())
+    cal, _ = checkpoint_calibration(
+        scorer.identity(),
+        scorer.ckpt.path,
+        missing=f"Checkpoint {scorer.ckpt.name} has no {CALIBRATION_FILENAME} to take reference scores from.",
+        error=MitigationError,
+    )
     _check_sharpness_settings(scorer)
     return float(np.quantile(np.asarray(cal.reference_scores, dtype=np.float64), quantile))
 
