@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import shlex
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import pytest
 
@@ -72,8 +72,10 @@ def add_options(parser: pytest.Parser) -> None:
                 flag(opt.name), action="store", dest=dest(opt.name), default=None, type=opt.type, help=opt.help
             )
         if opt.ini:
-            ini_type = {"flag": "bool", "list": "linelist"}.get(opt.kind, "string")
-            parser.addini(dest(opt.name), opt.help, type=ini_type, default=None)  # type: ignore[arg-type]
+            ini_type: Literal["bool", "linelist", "string"] = (
+                "bool" if opt.kind == "flag" else "linelist" if opt.kind == "list" else "string"
+            )
+            parser.addini(dest(opt.name), opt.help, type=ini_type, default=None)
 
 
 def value(config: pytest.Config, opt: Option) -> Any:
