@@ -814,3 +814,57 @@ def test_fuzz_round_trip(
     again = load_suite(write(tmp_path, text))
     assert again == suite
     assert dump_suite(again) == text
+
+
+IMAGES_SUITE = """memtest_suite: 1
+name: with-images
+version: "1"
+card: {description: cases that carry their training images}
+cases:
+  - id: c1
+    prompt: "a cat"
+    expectation: clean
+    images: [train/a.png, IMAGE_B]
+  - id: c2
+    prompt: "a dog"
+    expectation: memorized
+"""
+
+
+def test_case_images_resolve_against_the_suite_file_and_round_trip(tmp_path: Path) -> None:
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "a.png").write_bytes(b"png")
+    absolute = tmp_path / "elsewhere.png"
+    absolute.write_bytes(b"png")
+    path = write(tmp_path, IMAGES_SUITE.replace("IMAGE_B", str(absolute)))
+    suite = load_suite(path)
+    c1, c2 = suite.cases
+    assert c1.images == ("train/a.png", str(absolute)) and c2.images == ()
+    assert c1.image_paths(suite.path) == (tmp_path / "train" / "a.png", absolute)
+    again = write(tmp_path, dump_suite(suite), name="again.yaml")
+    assert load_suite(again).cases == suite.cases
+
+    from memtest.audit import suite_cases
+
+    (case,) = [c for c in suite_cases(suite, calibrate=False) if c.case_id == "c1"]
+    assert case.images == (str(tmp_path / "train" / "a.png"), str(absolute))
+
+
+def test_a_missing_case_image_names_the_case_and_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, IMAGES_SUITE.replace("IMAGE_B", "train/missing.png"))
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "a.png").write_bytes(b"png")
+    with pytest.raises(SuiteError) as info:
+        load_suite(path)
+    message = str(info.value)
+    assert "case 'c1'" in message and "train/missing.png" in message and str(path) in message
+    assert "relative to the suite file" in message
+
+
+def test_case_images_must_be_a_list_of_paths_and_relative_ones_need_a_file(tmp_path: Path) -> None:
+    path = write(tmp_path, IMAGES_SUITE.replace("images: [train/a.png, IMAGE_B]", "images: train/a.png"))
+    with pytest.raises(SuiteError, match="Images in case .c1. must be a list of strings"):
+        load_suite(path)
+    data = yaml.safe_load(IMAGES_SUITE.replace("IMAGE_B", "b.png"))
+    with pytest.raises(SuiteError, match="relative path, but this suite has no file"):
+        suite_from_dict(data)

@@ -37,6 +37,8 @@ class AuditCase:
     mitigate: Mitigate = False  # the suite's value: True, False or "copy" (the copy must leave)
     source: str | None = None
     line: int | None = None
+    #: the caption's training images (absolute paths), from the suite case's `images:`
+    images: tuple[str, ...] = ()
 
     @property
     def id(self) -> str:
@@ -58,6 +60,7 @@ def suite_cases(suite: Suite, calibrate: bool) -> list[AuditCase]:
             mitigate=c.mitigate,
             source=str(suite.path) if suite.path else None,
             line=c.line,
+            images=tuple(str(p) for p in c.image_paths(suite.path)),
         )
         for c in suite.cases
         if c.expectation in wanted

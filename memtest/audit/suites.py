@@ -17,6 +17,7 @@ A suite file looks like this (the format is versioned by ``memtest_suite``)::
         expectation: memorized             # clean | memorized | reference
         tags: [VM]                         # optional
         mitigate: false                    # optional: false | true | copy
+        images: [train/0001.png]           # optional: the caption's training images
 
 ``mitigate: true`` gives the case a ``<suite>::<case-id>[mitigate]`` item when gating: SAIL must find initial
 noise below the threshold (docs/mitigation.md). ``mitigate: copy`` asks for that and, in addition, that the copy
@@ -24,6 +25,10 @@ leaves: the checkpoint must plant the prompt (a canary whose manifest names its 
 copy boundary (``memtest-copy.json``), at least one of the unmitigated generations must be a copy, and the
 copy rate among the generations from the accepted x_T must be at most half the rate before
 (``memtest.mitigation.judge_copy``); anything else fails the item, never skips it.
+
+``images`` lists the training images of the caption (paths relative to the suite file, or absolute): a
+flagged case is confirmed by generating and comparing with them (memtest.evidence). A listed file that does
+not exist is an error naming the case and the file; a suite given as a dict (no file) takes absolute paths.
 
 ``defaults`` is informational: the scoring settings the suite's labels were made with (metric, method, n,
 seed, fpr). It is validated, kept on :attr:`Suite.defaults` and written back by :func:`dump_suite`, but it
@@ -81,7 +86,7 @@ _MITIGATE_WORDS: Final = ("true", "false", MITIGATE_COPY)
 _TOP_REQUIRED: Final = ("memtest_suite", "name", "version", "card", "cases")
 _TOP_KEYS: Final = ("memtest_suite", "name", "version", "card", "defaults", "cases")
 _CARD_KEYS: Final = ("description", "provenance", "licence", "caveats")
-_CASE_KEYS: Final = ("id", "prompt", "expectation", "tags", "mitigate")
+_CASE_KEYS: Final = ("id", "prompt", "expectation", "tags", "mitigate", "images")
 _DEFAULT_KEYS: Final = ("metric", "method", "n", "seed", "steps", "batch_size", "fpr")
 
 _NAME_RE: Final = re.compile(r"[a-z0-9][a-z0-9._-]*")
@@ -113,7 +118,14 @@ class SuiteCase:
     expectation: Expectation
     tags: tuple[str, ...] = ()
     mitigate: Mitigate = False
+    #: training images of the caption, as written in the suite (relative to its file, or absolute)
+    images: tuple[str, ...] = ()
     line: int = field(default=0, compare=False)
+
+    def image_paths(self, suite_path: Path | None) -> tuple[Path, ...]:
+        """The training images as paths: relative ones are taken from the suite file's folder."""
+        base = suite_path.parent if suite_path is not None else None
+        return tuple(Path(t) if Path(t).is_absolute() or base is None else base / t for t in self.images)
 
 
 @dataclass(frozen=True)
@@ -212,6 +224,9 @@ def dump_suite(suite: Suite) -> str:
             out.append(f"    mitigate: {MITIGATE_COPY}")
         elif case.mitigate:
             out.append("    mitigate: true")
+        if case.images:
+            out.append("    images:")
+            out.extend(f"      - {_dq(image)}" for image in case.images)
     return "\n".join(out) + "\n"
 
 
@@ -701,12 +716,30 @@ class _Validator:
                 _key_line(item, "mitigate") or line,
                 f"'mitigate' in {label} must be true, false or copy, got {_short(mitigate)}.{hint}",
             )
+        images = self.strings(item, "images", "images", f"in {label}", "images: [train/0001.png]")
+        for text in images:
+            path = Path(text)
+            if not path.is_absolute():
+                if self.path is None:
+                    self.fail(
+                        _key_line(item, "images") or line,
+                        f"image {text!r} of {label} is a relative path, but this suite has no file to be relative "
+                        "to. Give absolute paths, or load the suite from a file",
+                    )
+                path = self.path.parent / path
+            if not path.is_file():
+                self.fail(
+                    _key_line(item, "images") or line,
+                    f"image {text!r} of {label} is not a file ({path}). Paths are relative to the suite file's "
+                    "folder, or absolute; fix the path or remove the entry",
+                )
         return SuiteCase(
             id=case_id,
             prompt=prompt,
             expectation=cast(Expectation, expectation),
             tags=tags,
             mitigate=cast(Mitigate, mitigate),
+            images=images,
             line=line or 0,
         )
 
