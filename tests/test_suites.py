@@ -425,7 +425,7 @@ def test_error_unknown_key_in_case_names_its_line(tmp_path: Path) -> None:
     message = error_of(tmp_path, text)
     line = line_of(text, "promt:")
     assert f"line {line}: Unknown key 'promt' in case 'b'. Did you mean 'prompt'?" in message
-    assert "Allowed: id, prompt, expectation, tags, mitigate." in message
+    assert "Allowed: id, prompt, expectation, tags, mitigate, images." in message
 
 
 def test_error_duplicate_case_ids(tmp_path: Path) -> None:
@@ -863,7 +863,7 @@ def test_a_missing_case_image_names_the_case_and_the_file(tmp_path: Path) -> Non
 
 def test_case_images_must_be_a_list_of_paths_and_relative_ones_need_a_file(tmp_path: Path) -> None:
     path = write(tmp_path, IMAGES_SUITE.replace("images: [train/a.png, IMAGE_B]", "images: train/a.png"))
-    with pytest.raises(SuiteError, match="Images in case .c1. must be a list of strings"):
+    with pytest.raises(SuiteError, match=r"Images in case 'c1' must be a list of strings"):
         load_suite(path)
     data = yaml.safe_load(IMAGES_SUITE.replace("IMAGE_B", "b.png"))
     with pytest.raises(SuiteError, match="relative path, but this suite has no file"):
