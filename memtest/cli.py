@@ -100,7 +100,8 @@ def cmd_audit(ns: argparse.Namespace) -> int:
     )
     audit.write_outputs(doc, json_path=Path(ns.json), report_path=Path(ns.report))
     s = doc["summary"]
-    verdict = "PASS" if s["failed"] == 0 and s["errors"] == 0 else "FAIL"
+    budget = audit.run_budget(records, ctx["calibration"])
+    verdict = "PASS" if s["failed"] == 0 and s["errors"] == 0 and not (budget and budget.exceeded) else "FAIL"
     print(
         f"memtest audit {verdict}: {s['passed']} passed, {s['failed']} failed, {s['errors']} errors, "
         f"{s['flagged']} flagged of {s['total']} cases on {subject.name} "
@@ -109,6 +110,8 @@ def cmd_audit(ns: argparse.Namespace) -> int:
     for rec in records:
         if rec["outcome"] != "passed":
             print(f"  FAILED {rec['id']}: {rec['message']}")
+    if budget is not None:
+        print(f"  flag budget {'EXCEEDED' if budget.exceeded else 'kept'}: {budget.describe()}")
     print(f"results: {ns.json}\nreport:  {ns.report}")
     return 0 if verdict == "PASS" else 1
 

@@ -50,6 +50,7 @@ class MemtestSession:
         self.written: list[tuple[str, str]] = []
         self.finish_error: str | None = None
         self.calibration_summary: str | None = None
+        self.budget: audit.FlagBudget | None = None
         self._load_error: tuple[type[MemtestError], str] | None = None
         if config.getoption("memtest_cache_clear") and not self.is_worker and self.audit.cache_dir:
             shutil.rmtree(self._resolve(self.audit.cache_dir), ignore_errors=True)
@@ -223,6 +224,8 @@ class MemtestSession:
         item.memtest_record = record
         item.user_properties.append(("memtest_score", record["score"]))
         item.user_properties.append(("memtest_threshold", record["threshold"]))
+        if record.get("verdict"):
+            item.user_properties.append(("memtest_verdict", record.get("verdict")))
         if record["outcome"] == "failed":
             values = ", ".join(f"{v:.6g}" for v in record["values"])
             raise GateFailure(
@@ -311,6 +314,12 @@ class MemtestSession:
                 self.config.workeroutput["memtest"] = ctx  # type: ignore[attr-defined]
             return
         try:
+            ctx = self._shared_context()
+            if ctx is not None and not self.audit.calibrate:
+                self.budget = audit.run_budget(self.records, ctx.get("calibration"))
+            if self.budget is not None and self.budget.exceeded:
+                # Each flagged case passed alone (unconfirmed); together they are more than a clean model gives.
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
             self._write_outputs()
         except MemtestError as exc:
             self.finish_error = message(exc)
@@ -367,6 +376,7 @@ class MemtestSession:
             method=sc.method,
             n=sc.n,
             mitigation_method=self.audit.mitigation_method,
+            budget=self.budget,
         ):
             tr.write_line(line.text, red=line.error)
         contexts = [c for c in [self.context(), *self.workers.values()] if c]

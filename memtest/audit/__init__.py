@@ -11,6 +11,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from memtest.audit.budget import FlagBudget
     from memtest.audit.calibration import CALIBRATION_FILENAME, Calibration, load_calibration, save_calibration
     from memtest.audit.engine import (
         AdapterInfo,
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from memtest.audit.gate import (
         SUITE_FILENAME,
         AuditCase,
+        Baseline,
         SummaryLine,
         calibration_from_records,
         check_runnable,
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
         judge,
         mitigate_prompt,
         resolve_suites,
+        run_budget,
         run_case,
         run_cases,
         run_mitigation,
@@ -52,6 +55,8 @@ if TYPE_CHECKING:
 _LAZY: dict[str, str] = {
     "AdapterInfo": "memtest.audit.engine",
     "AuditCase": "memtest.audit.gate",
+    "Baseline": "memtest.audit.gate",
+    "FlagBudget": "memtest.audit.budget",
     "AuditConfig": "memtest.audit.options",
     "CALIBRATION_FILENAME": "memtest.audit.calibration",
     "Calibration": "memtest.audit.calibration",
@@ -89,6 +94,7 @@ _LAZY: dict[str, str] = {
     "resolve_suite": "memtest.audit.suites",
     "resolve_suites": "memtest.audit.gate",
     "results_document": "memtest.audit.engine",
+    "run_budget": "memtest.audit.gate",
     "run_case": "memtest.audit.gate",
     "run_cases": "memtest.audit.gate",
     "run_mitigation": "memtest.audit.gate",
@@ -117,9 +123,11 @@ __all__ = [
     "AdapterInfo",
     "AuditCase",
     "AuditConfig",
+    "Baseline",
     "Calibration",
     "CaseRecord",
     "Engine",
+    "FlagBudget",
     "MitigationEntry",
     "Option",
     "ProgressFn",
@@ -148,6 +156,7 @@ __all__ = [
     "resolve_suite",
     "resolve_suites",
     "results_document",
+    "run_budget",
     "run_case",
     "run_cases",
     "run_mitigation",

@@ -18,10 +18,12 @@ from typing import TYPE_CHECKING, Any, cast
 from memtest.audit.calibration import Calibration, checkpoint_calibration
 from memtest.audit.options import AuditConfig
 from memtest.audit.records import CaseRecord, MitigationEntry, ScoreRecord
+from memtest.audit.results import RESULTS_SCHEMA
 from memtest.errors import ScoringError, option
 from memtest.progress import ProgressFn
 
 if TYPE_CHECKING:
+    from memtest.audit.gate import Baseline
     from memtest.detection.scoring import Scorer
     from memtest.models.checkpoint import Checkpoint
 
@@ -129,6 +131,7 @@ class Engine:
         self._scorer: Scorer | None = None
         self._cache: ResultsCache | None = None
         self._calibration: tuple[Calibration, bool] | None = None
+        self._baseline: Baseline | None = None
 
     def loaded(self) -> bool:
         """Whether this process has loaded the checkpoint (it has scored something)."""
@@ -224,6 +227,16 @@ class Engine:
             )
         return self._calibration
 
+    def baseline(self) -> Baseline | None:
+        """The base model's results the run compares with (the baseline option), read and checked once."""
+        if self.config.baseline is None:
+            return None
+        if self._baseline is None:
+            from memtest.audit.gate import Baseline
+
+            self._baseline = Baseline.load(self.config.baseline, self.config.score.to_dict())
+        return self._baseline
+
     def context(self) -> dict[str, Any]:
         """Plain-JSON description of this process's checkpoint, settings and calibration."""
         calibration = None
@@ -288,13 +301,18 @@ def results_document(
     mitigation: Sequence[MitigationEntry] = (),
     spectra: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
-    """A `memtest.results/1` document from an engine context (see `Engine.context`) and case records."""
+    """A results document (`RESULTS_SCHEMA`) from an engine context (see `Engine.context`) and case records.
+    With a calibration and judged cases it carries the run's flag budget (memtest.audit.budget)."""
     from memtest._version import __version__
+    from memtest.audit.budget import flag_budget
     from memtest.audit.results import summarize
 
     ordered = sorted(cases, key=lambda c: (c["id"], c.get("kind", "detect")))
+    budget = None
+    if calibration is not None and any(c.get("verdict") for c in ordered):
+        budget = flag_budget(ordered, float(calibration["fpr"]), int(calibration["n_reference"])).to_dict()
     return {
-        "schema": "memtest.results/1",
+        "schema": RESULTS_SCHEMA,
         "memtest_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": command,
@@ -307,6 +325,7 @@ def results_document(
         "mitigation": list(mitigation),
         "spectra": list(spectra),
         "summary": summarize(ordered),
+        "budget": budget,
     }
 
 

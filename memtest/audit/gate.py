@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from memtest.audit.budget import FlagBudget, flag_budget
 from memtest.audit.calibration import Calibration, calibrate
 from memtest.audit.records import CaseRecord, MitigationEntry
 from memtest.audit.suites import Mitigate, Suite, builtin_suites, resolve_suite
@@ -149,8 +150,13 @@ def error_record(case: AuditCase, message: str, *, mitigate: bool = False) -> Ca
     return record
 
 
-def judge(case: AuditCase, score: float, values: Sequence[float], threshold: float | None) -> CaseRecord:
-    """The outcome of one case: a clean prompt must stay at or below the threshold, a memorized one above."""
+def judge(
+    case: AuditCase, score: float, values: Sequence[float], threshold: float | None, *, fail_on: str = "copy"
+) -> CaseRecord:
+    """The outcome of one case before confirmation. A memorized prompt must be flagged (above the threshold).
+    A clean prompt above it is `flagged`: with `fail_on="flag"` that fails the case (the strict per-case rule);
+    with `fail_on="copy"` it fails only once confirmed as a copy (`confirm`), and until then it counts against
+    the run's flag budget (`flag_budget`)."""
     if not math.isfinite(score):
         raise ScoringError(f"Case {case.id} has a non-finite score ({score}); the gate fails closed.")
     record = base_record(case)
@@ -159,17 +165,42 @@ def judge(case: AuditCase, score: float, values: Sequence[float], threshold: flo
         return record
     flagged = score > threshold
     record["threshold"], record["margin"], record["flagged"] = float(threshold), float(score - threshold), flagged
+    record["verdict"] = "flagged" if flagged else "clean"
     if case.expectation == "clean" and flagged:
-        record["outcome"] = "failed"
-        record["message"] = (
-            f"{case.id} scored {score:.6g}, above the threshold {threshold:.6g} (margin {score - threshold:+.3g}): "
-            "the checkpoint may reproduce a training image for this prompt."
-        )
+        above = f"{case.id} scored {score:.6g}, above the threshold {threshold:.6g} (margin {score - threshold:+.3g})"
+        if fail_on == "flag":
+            record["outcome"] = "failed"
+            record["message"] = f"{above}: the checkpoint may reproduce a training image for this prompt."
+        else:
+            record["message"] = f"{above}: flagged, not confirmed as a copy; it counts against the run's flag budget."
     elif case.expectation == "memorized" and not flagged:
         record["outcome"] = "failed"
         record["message"] = (
             f"{case.id} is a known memorized prompt but scored {score:.6g}, at or below the threshold "
             f"{threshold:.6g} (margin {score - threshold:+.3g}): the gate did not flag it."
+        )
+    return record
+
+
+def confirm(record: CaseRecord, case: AuditCase, evidence: dict[str, Any], copied: bool | None) -> CaseRecord:
+    """Apply what confirmation found: `copied` True (a generation matches a training image, or the generations
+    agree where the case has none), False (compared, no copy) or None (nothing to compare with). A clean case
+    that copies fails whatever `fail_on` says; a memorized case with training images must be confirmed."""
+    record["evidence"] = evidence
+    if record.get("verdict") is None or copied is None:
+        return record
+    if copied:
+        record["verdict"] = "copy"
+        if case.expectation == "clean":
+            record["outcome"] = "failed"
+            record["message"] = (
+                f"{case.id} is a confirmed copy: {evidence.get('summary', 'its generations match a training image')}."
+            )
+    elif case.expectation == "memorized" and record["outcome"] == "passed" and case.images:
+        record["outcome"] = "failed"
+        record["message"] = (
+            f"{case.id} is flagged but not confirmed: none of its generations matches its training images "
+            f"({evidence.get('summary', 'no copy')})."
         )
     return record
 
@@ -187,8 +218,11 @@ def run_case(
         engine.scores([case.prompt, *batch], progress=progress)
     scored = engine.scores([case.prompt])[case.prompt]
     threshold = None if engine.config.calibrate else engine.calibration()[0].threshold
-    record = judge(case, scored["score"], scored["values"], threshold)
+    record = judge(case, scored["score"], scored["values"], threshold, fail_on=engine.config.fail_on)
     record["seeds"] = list(scored["seeds"])
+    baseline = engine.baseline() if threshold is not None else None
+    if baseline is not None:
+        baseline.apply(case, record)
     return record
 
 
@@ -227,6 +261,78 @@ def mitigate_prompt(engine: Engine, prompt: str, method: str = "sail", **options
     if method == "sail":
         options.setdefault("max_steps", engine.config.mitigation_steps)
     return mitigate(engine.scorer, prompt, method, **options)
+
+
+# -- a fine-tune against its base ------------------------------------------------------------------------
+#: Settings a baseline's results must share with the run (every one changes a score).
+BASELINE_SETTINGS: tuple[str, ...] = (
+    "metric",
+    "method",
+    "n",
+    "seed",
+    "steps",
+    "flow_steps",
+    "per_prompt_seeds",
+    "num_inference_steps",
+    "guidance_scale",
+)
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """The base model's results: which of its cases were flagged, which confirmed as copies (by case id)."""
+
+    path: str
+    flagged: frozenset[str]
+    copied: frozenset[str]
+    suites: frozenset[tuple[str, str]]
+
+    @classmethod
+    def load(cls, path: str | Path, settings: Mapping[str, Any]) -> Baseline:
+        """Read a results file of the base model and check it was scored with the run's settings (`settings`:
+        `ScoreSettings.to_dict()`); other settings are refused, naming the difference."""
+        from memtest.audit.results import load_results
+
+        doc = load_results(path)
+        theirs = doc["settings"]
+        diffs = [
+            f"{key}: {theirs.get(key)!r} there, {settings.get(key)!r} here"
+            for key in BASELINE_SETTINGS
+            if key in settings and theirs.get(key) != settings.get(key)
+        ]
+        if diffs:
+            raise CalibrationError(
+                f"Baseline {path} was scored with other settings, so its flags do not compare: {'; '.join(diffs)}. "
+                f"Score the base model with this run's settings and pass that file as {option('baseline')}."
+            )
+        detect = [c for c in doc["cases"] if c.get("kind", "detect") == "detect"]
+        return cls(
+            path=str(path),
+            flagged=frozenset(str(c["id"]) for c in detect if c.get("flagged") or c.get("verdict") == "copy"),
+            copied=frozenset(str(c["id"]) for c in detect if c.get("verdict") == "copy"),
+            suites=frozenset((str(c["suite"]), str(c.get("suite_version", ""))) for c in doc["cases"]),
+        )
+
+    def apply(self, case: AuditCase, record: CaseRecord) -> CaseRecord:
+        """Mark a case the base model flags too as inherited (a copy only when the base copies it too): it is
+        reported apart, does not fail on that flag, and does not count against the flag budget. A case of a
+        suite the baseline did not run is refused, naming the suite."""
+        if (case.suite, case.suite_version) not in self.suites:
+            raise CalibrationError(
+                f"Baseline {self.path} has no cases of suite {case.suite} v{case.suite_version}: run the base "
+                f"model on the same suites (and suite versions) and pass that file as {option('baseline')}."
+            )
+        verdict = record.get("verdict")
+        inherited = (verdict == "flagged" and record["id"] in self.flagged) or (
+            verdict == "copy" and record["id"] in self.copied
+        )
+        if not inherited:
+            return record
+        record["inherited"] = True
+        if record["expectation"] == "clean" and record["outcome"] == "failed":
+            record["outcome"] = "passed"
+            record["message"] = f"{record['message']} Inherited: the base model ({self.path}) has it too."
+        return record
 
 
 # -- calibrating -------------------------------------------------------------------------------------------
@@ -286,8 +392,23 @@ class SummaryLine:
     error: bool = False
 
 
+def run_budget(records: Sequence[CaseRecord], calibration: Mapping[str, Any] | None) -> FlagBudget | None:
+    """The run's flag budget (memtest.audit.budget) from its records and its calibration's record; None when
+    nothing was judged against a threshold (a calibrating run, or no calibration)."""
+    if calibration is None or not any(r.get("verdict") for r in records):
+        return None
+    return flag_budget(records, float(calibration["fpr"]), int(calibration["n_reference"]))
+
+
 def summary_lines(
-    records: Sequence[CaseRecord], *, checkpoint: str, metric: str, method: str, n: int, mitigation_method: str
+    records: Sequence[CaseRecord],
+    *,
+    checkpoint: str,
+    metric: str,
+    method: str,
+    n: int,
+    mitigation_method: str,
+    budget: FlagBudget | None = None,
 ) -> list[SummaryLine]:
     """What a run adds up to, line by line, for a terminal: counts, the clean cases closest to the
     threshold, each distinct error cause once, the weakest memorized case, the mitigation items."""
@@ -299,6 +420,18 @@ def summary_lines(
             f"{counts['failed']} failed, {counts['error']} errors; {flagged} flagged"
         )
     ]
+    verdicts = {v: sum(1 for r in records if r.get("verdict") == v) for v in ("copy", "flagged", "clean")}
+    if any(verdicts.values()):
+        inherited = sum(1 for r in records if r.get("inherited"))
+        lines.append(
+            SummaryLine(
+                f"verdicts: {verdicts['copy']} copy, {verdicts['flagged']} flagged (not confirmed), "
+                f"{verdicts['clean']} clean" + (f"; {inherited} inherited from the baseline" if inherited else "")
+            )
+        )
+    if budget is not None:
+        word = "EXCEEDED" if budget.exceeded else "within budget"
+        lines.append(SummaryLine(f"flag budget {word}: {budget.describe()}", error=budget.exceeded))
     detect = [r for r in records if r.get("kind", "detect") == "detect"]
     judged = [r for r in detect if r["margin"] is not None and r["expectation"] == "clean"]
     if judged:
@@ -355,17 +488,20 @@ def write_outputs(doc: dict[str, Any], *, json_path: Path | None, report_path: P
 __all__ = [
     "SUITE_FILENAME",
     "AuditCase",
+    "Baseline",
     "SummaryLine",
     "base_record",
     "calibration_from_records",
     "check_runnable",
     "checkpoint_suite",
+    "confirm",
     "describe_calibration",
     "describe_calibration_file",
     "error_record",
     "judge",
     "mitigate_prompt",
     "resolve_suites",
+    "run_budget",
     "run_case",
     "run_cases",
     "run_mitigation",

@@ -88,11 +88,36 @@ OPTIONS: tuple[Option, ...] = (
         "torch threads per process (default: usable cores / parallel workers, or OMP_NUM_THREADS if set)",
         int,
     ),
+    Option(
+        "confirm",
+        "confirm flags by generating the images and comparing them with the case's training images: off, flagged "
+        "(default) or all",
+    ),
+    Option("copy_descriptor", "how generations are compared with training images: auto (default), pixel or sscd"),
+    Option(
+        "fail_on",
+        "what fails a clean case: copy (default: a confirmed copy; unconfirmed flags count against the run's flag "
+        "budget) or flag (every flag fails, the strict per-case rule)",
+    ),
+    Option(
+        "baseline",
+        "results JSON of the base model on the same suites and settings: cases it flags too are inherited and "
+        "reported apart",
+    ),
+    Option("report_images", "images in the report: generated (default), all (with training images) or none"),
     Option("cache_dir", f"results cache folder (default {DEFAULT_CACHE_DIR}; 'none' disables)"),
     Option("cache_clear", "drop the results cache before the run", kind="flag", ini=False, cli=False),
 )
 
 OPTION_NAMES: frozenset[str] = frozenset(o.name for o in OPTIONS)
+
+#: The options whose values are one of a few words (the first is the default).
+CHOICES: dict[str, tuple[str, ...]] = {
+    "confirm": ("flagged", "off", "all"),
+    "copy_descriptor": ("auto", "pixel", "sscd"),
+    "fail_on": ("copy", "flag"),
+    "report_images": ("generated", "all", "none"),
+}
 
 
 @dataclass(frozen=True)
@@ -118,6 +143,17 @@ class AuditConfig:
     loras: tuple[str, ...] = ()
     #: torch threads of this process; None = memtest's default (see memtest.threads).
     threads: int | None = None
+    #: which cases are confirmed by generating and comparing: "off", "flagged" or "all"
+    confirm: str = "flagged"
+    #: the copy descriptor of confirmation: "auto", "pixel" or "sscd" (memtest.evidence)
+    copy_descriptor: str = "auto"
+    #: "copy": a clean case fails on a confirmed copy, unconfirmed flags count against the run's budget;
+    #: "flag": every flag fails its case
+    fail_on: str = "copy"
+    #: a results file of the base model: what it flags too is inherited
+    baseline: str | None = None
+    #: which images the report shows: "generated", "all" (training images too) or "none"
+    report_images: str = "generated"
     #: this process's index among parallel workers (pytest-xdist's gw<i>), which picks its GPU; None alone.
     worker_index: int | None = None
 
@@ -134,6 +170,13 @@ class AuditConfig:
                 f"{did_you_mean(self.mitigation_method, MITIGATION_ITEM_METHODS)} "
                 f"Choose one of: {', '.join(MITIGATION_ITEM_METHODS)}."
             )
+        for name, choices in CHOICES.items():
+            value = getattr(self, name)
+            if value not in choices:
+                raise MemtestError(
+                    f"Unknown {option(name)} {value!r}.{did_you_mean(str(value), choices)} "
+                    f"Choose one of: {', '.join(choices)}."
+                )
         if self.threads is not None and (isinstance(self.threads, bool) or self.threads < 1):
             raise MemtestError(f"{option('threads')} must be at least 1, got {self.threads}.")
         return self
@@ -192,8 +235,13 @@ def config_from_values(values: Mapping[str, Any], **extra: Any) -> AuditConfig:
         mitigation_method=v["mitigation_method"] or d.mitigation_method,
         loras=tuple(v["lora"] or ()),
         threads=v["threads"],
+        confirm=v["confirm"] or d.confirm,
+        copy_descriptor=v["copy_descriptor"] or d.copy_descriptor,
+        fail_on=v["fail_on"] or d.fail_on,
+        baseline=v["baseline"],
+        report_images=v["report_images"] or d.report_images,
     )
     return replace(config, **extra).validate() if extra else config.validate()
 
 
-__all__ = ["OPTIONS", "OPTION_NAMES", "AuditConfig", "Option", "config_from_values", "parse_shard"]
+__all__ = ["CHOICES", "OPTIONS", "OPTION_NAMES", "AuditConfig", "Option", "config_from_values", "parse_shard"]

@@ -10,6 +10,9 @@ from typing import Any, Literal, TypedDict
 from typing_extensions import NotRequired
 
 Outcome = Literal["passed", "failed", "error"]
+#: A detection case's verdict: `copy` (confirmed by comparing generations with training images), `flagged` (above
+#: the threshold, not confirmed) or `clean` (at or below it).
+Verdict = Literal["copy", "flagged", "clean"]
 
 
 class ScoreRecord(TypedDict):
@@ -40,6 +43,12 @@ class CaseRecord(TypedDict):
     outcome: Outcome
     message: str
     seeds: NotRequired[list[int]]
+    #: detection cases that were judged against a threshold (not references, not mitigation items)
+    verdict: NotRequired[Verdict | None]
+    #: what confirmation measured (memtest.evidence), when it ran
+    evidence: NotRequired[dict[str, Any] | None]
+    #: flagged or copied on the baseline (the base model) too: reported apart, not counted
+    inherited: NotRequired[bool]
     #: the pytest node that ran it (the plugin's)
     nodeid: NotRequired[str]
     #: `mitigate` records: the detector's score before mitigation, and the copy statistics on a canary
@@ -79,4 +88,4 @@ class MitigationEntry(TypedDict):
     copy_verdict: NotRequired[str]
 
 
-__all__ = ["CaseRecord", "MitigationEntry", "Outcome", "ScoreRecord"]
+__all__ = ["CaseRecord", "MitigationEntry", "Outcome", "ScoreRecord", "Verdict"]

@@ -18,7 +18,20 @@ from memtest._io import atomic_write_text
 from memtest.audit.suites import EXPECTATIONS  # a case's expectation is its suite item's: one vocabulary
 from memtest.errors import ResultsError, option
 
-RESULTS_SCHEMA = "memtest.results/1"
+RESULTS_SCHEMA = "memtest.results/2"
+#: Schemas this version reads: /1 (before verdicts) is a /2 document without them.
+READ_SCHEMAS: tuple[str, ...] = ("memtest.results/1", RESULTS_SCHEMA)
+VERDICTS: tuple[str, ...] = ("copy", "flagged", "clean")
+BUDGET_KEYS: tuple[str, ...] = (
+    "clean",
+    "flagged",
+    "allowed",
+    "expected",
+    "fpr",
+    "n_reference",
+    "confidence",
+    "exceeded",
+)
 
 #: Top-level keys every results document has (`mitigation` and `spectra` are optional lists).
 REQUIRED_KEYS: tuple[str, ...] = (
@@ -159,6 +172,12 @@ def _validate_case(case: object, source: str, where: str) -> None:
             _check_str(obj[key], source, f"{where}.{key}")
     if "tags" in obj and not (isinstance(obj["tags"], list) and all(isinstance(tag, str) for tag in obj["tags"])):
         raise _fail(source, f"{where}.tags", "must be a list of strings")
+    if obj.get("verdict") is not None:
+        _check_choice(obj["verdict"], VERDICTS, source, f"{where}.verdict")
+    if "inherited" in obj and not isinstance(obj["inherited"], bool):
+        raise _fail(source, f"{where}.inherited", f"must be true or false, got {obj['inherited']!r}")
+    if obj.get("evidence") is not None:
+        _check_keys(obj["evidence"], (), source, f"{where}.evidence")
     if "seeds" in obj and not (
         isinstance(obj["seeds"], list) and all(isinstance(s, int) and not isinstance(s, bool) for s in obj["seeds"])
     ):
@@ -220,9 +239,9 @@ def validate_results(doc: object, source: str = "<results document>") -> None:
     if not isinstance(doc, Mapping):
         raise _fail(source, "the document", f"must be a JSON object, got {type(doc).__name__}")
     schema = doc.get("schema")
-    if schema != RESULTS_SCHEMA:
+    if schema not in READ_SCHEMAS:
         raise ResultsError(
-            f"Invalid results file {source}: schema is {schema!r}, expected {RESULTS_SCHEMA!r}. "
+            f"Invalid results file {source}: schema is {schema!r}, expected one of {', '.join(READ_SCHEMAS)}. "
             f"Is this a memtest results file? Write one with an audit ({option('json', 'PATH')}); "
             "a file from another memtest version needs that version to read it."
         )
@@ -257,6 +276,14 @@ def validate_results(doc: object, source: str = "<results document>") -> None:
     for key in SUMMARY_KEYS:
         if not isinstance(summary[key], int) or isinstance(summary[key], bool):
             raise _fail(source, f"summary.{key}", f"must be an integer, got {summary[key]!r}")
+    budget = doc.get("budget")
+    if budget is not None:
+        obj = _check_keys(budget, BUDGET_KEYS, source, "budget")
+        for key in ("clean", "flagged", "allowed", "n_reference"):
+            if not isinstance(obj[key], int) or isinstance(obj[key], bool):
+                raise _fail(source, f"budget.{key}", f"must be an integer, got {obj[key]!r}")
+        if not isinstance(obj["exceeded"], bool):
+            raise _fail(source, "budget.exceeded", f"must be true or false, got {obj['exceeded']!r}")
     for key, check in (("mitigation", _validate_mitigation), ("spectra", _validate_spectrum)):
         entries = doc.get(key)
         if entries is None:
@@ -441,8 +468,14 @@ def merge_results(docs: Sequence[Mapping[str, Any]], sources: Sequence[str] | No
     merged: dict[str, Any] = {key: first[key] for key in REQUIRED_KEYS}
     merged["created"] = max(str(doc["created"]) for doc in docs)
     merged["shard"] = None
+    merged["schema"] = RESULTS_SCHEMA
     merged["cases"] = cases
     merged["summary"] = summarize(cases)
+    calibration = merged["calibration"]
+    if calibration is not None and any(case.get("verdict") for case in cases):
+        from memtest.audit.budget import flag_budget
+
+        merged["budget"] = flag_budget(cases, float(calibration["fpr"]), int(calibration["n_reference"])).to_dict()
     for key in OPTIONAL_LIST_KEYS:
         if any(key in doc for doc in docs):
             entries = [dict(entry) for doc in docs for entry in (doc.get(key) or [])]
