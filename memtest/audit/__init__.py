@@ -11,7 +11,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from memtest.audit.budget import FlagBudget
+    from memtest.audit.budget import FlagBudget, flag_budget
     from memtest.audit.calibration import CALIBRATION_FILENAME, Calibration, load_calibration, save_calibration
     from memtest.audit.engine import (
         AdapterInfo,
@@ -57,6 +57,7 @@ _LAZY: dict[str, str] = {
     "AuditCase": "memtest.audit.gate",
     "Baseline": "memtest.audit.gate",
     "FlagBudget": "memtest.audit.budget",
+    "flag_budget": "memtest.audit.budget",
     "AuditConfig": "memtest.audit.options",
     "CALIBRATION_FILENAME": "memtest.audit.calibration",
     "Calibration": "memtest.audit.calibration",
@@ -146,6 +147,7 @@ __all__ = [
     "describe_waits",
     "environment_record",
     "error_record",
+    "flag_budget",
     "is_suite_file",
     "judge",
     "load_calibration",
