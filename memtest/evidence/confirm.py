@@ -1,0 +1,372 @@
+"""Confirmation of a flag: generate what the detector looked at, and compare it with the training images.
+
+A flag says the first sampling step is sharper than non-memorized prompts' (`memtest.detection`). Evidence that the
+checkpoint copies is in the images: `confirm` generates the prompt's n images from the very initial noises the
+detector scored (`Scorer.seeds_for`, `Scorer.noise`), through the family's own pipeline (the mitigation's
+`seed_images`), and measures with a copy descriptor (`memtest.evidence.descriptors`):
+
+- (a) each generation's best similarity to the case's training images, and which training image is closest;
+- (b) agreement among the n generations (mean and max pairwise similarity): a memorized caption returns the same
+  image from different noises, an ordinary one does not.
+
+A generation is a copy when its best similarity exceeds the copy threshold. The threshold is calibrated the way the
+detector's is (`calibrate_copy_threshold`: the 1 - fpr quantile over reference prompts known not to be memorized
+of their largest similarity to the training images), or, for a descriptor with a convention (SSCD: 0.5), that
+convention when no calibrated one is given. For the shipped canaries the training images are the planted images
+of their manifests (`canary_training_images`), so a canary's copy verdicts come from this same mechanism.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypedDict
+
+import numpy as np
+
+from memtest.audit.calibration import quantile_threshold, required_references
+from memtest.evidence.base import Descriptor
+from memtest.evidence.descriptors import choose_descriptor
+from memtest.evidence.errors import EvidenceError
+from memtest.evidence.images import as_images
+from memtest.models.canaries import MANIFEST_NAME, CanaryManifest, load_manifest
+
+if TYPE_CHECKING:
+    from memtest.detection.scoring import Scorer
+    from memtest.models.checkpoint import Checkpoint
+
+
+# --------------------------------------------------------------------------------------------------
+# copy thresholds
+
+
+def calibrate_copy_threshold(similarities: Sequence[float] | np.ndarray, fpr: float) -> float:
+    """The copy threshold at false-positive rate `fpr`: the (1 - fpr) quantile ("higher", as the detector's
+    `memtest.audit.calibration.quantile_threshold`) of reference similarities, so at most a fraction `fpr` of the
+    references lies above it.
+
+    A reference similarity is one reference prompt's largest similarity of its generations to the training images
+    (`Confirmation.similarity`), measured with the descriptor and settings the threshold will judge: the prompt is
+    the unit, as in the detector's calibration. At least `required_references(fpr)` of them are needed."""
+    if not 0.0 < fpr < 1.0:
+        raise EvidenceError(f"The copy false-positive rate must be in (0, 1), got {fpr!r}.")
+    values = np.asarray(similarities, dtype=np.float64).ravel()
+    need = required_references(fpr)
+    if values.size < need:
+        raise EvidenceError(
+            f"Calibrating a copy threshold at a false-positive rate of {fpr:g} needs at least {need} reference "
+            f"similarities, got {values.size}. Confirm more reference prompts, or raise the rate to at least "
+            f"{1.0 / max(values.size, 1):.3g}."
+        )
+    if not np.isfinite(values).all():
+        raise EvidenceError("A reference similarity is not finite; a copy threshold cannot be built from it.")
+    return quantile_threshold(values, fpr)
+
+
+@dataclass(frozen=True)
+class CopyThreshold:
+    """A calibrated copy threshold and what it holds for: the descriptor settings it was measured under."""
+
+    value: float
+    fpr: float
+    references: int
+    descriptor: dict[str, Any]
+    source: str = "calibrated"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "value": self.value,
+            "fpr": self.fpr,
+            "references": self.references,
+            "descriptor": dict(self.descriptor),
+            "source": self.source,
+        }
+
+
+def copy_threshold(
+    similarities: Sequence[float] | np.ndarray, fpr: float, descriptor: Descriptor, source: str = "calibrated"
+) -> CopyThreshold:
+    """`calibrate_copy_threshold` with its provenance: the descriptor's settings, the rate and the count."""
+    value = calibrate_copy_threshold(similarities, fpr)
+    return CopyThreshold(value, float(fpr), int(np.size(similarities)), descriptor.settings(), source)
+
+
+def resolve_copy_threshold(threshold: float | CopyThreshold | None, descriptor: Descriptor) -> tuple[float | None, str]:
+    """The threshold a confirmation judges by, and where it comes from: a number as given, a `CopyThreshold`
+    (checked to hold for `descriptor`'s settings), the descriptor's convention, or none."""
+    if isinstance(threshold, CopyThreshold):
+        if threshold.descriptor != descriptor.settings():
+            raise EvidenceError(
+                f"The copy threshold {threshold.value:g} was calibrated with the descriptor settings "
+                f"{threshold.descriptor}, but this confirmation uses {descriptor.settings()}. Calibrate it again "
+                "with this descriptor, or confirm with the one it was calibrated with."
+            )
+        return threshold.value, f"{threshold.source} at fpr {threshold.fpr:g} on {threshold.references} references"
+    if threshold is not None:
+        if not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
+            raise EvidenceError(f"The copy threshold must be a finite number, got {threshold!r}.")
+        return float(threshold), "given"
+    if descriptor.convention is not None:
+        return float(descriptor.convention), descriptor.convention_source
+    return None, f"none: the {descriptor.name} descriptor has no convention; calibrate one (calibrate_copy_threshold)"
+
+
+# --------------------------------------------------------------------------------------------------
+# generation
+
+
+@dataclass(frozen=True)
+class Generations:
+    """A prompt's images from the detector's initial noises, and what made them."""
+
+    prompt: str
+    seeds: tuple[int, ...]
+    images: np.ndarray  # (n, H, W, 3) float32 in [0, 1]
+    seconds: float
+    guidance_scale: float
+    num_inference_steps: int
+
+
+def generate(
+    scorer: Scorer,
+    prompt: str,
+    *,
+    n: int | None = None,
+    guidance_scale: float | None = None,
+    num_inference_steps: int | None = None,
+) -> Generations:
+    """The prompt's images from the initial noises the detector scored (its first `n` seeds, default all of them)
+    through the checkpoint's own pipeline (`memtest.mitigation.target.seed_images`), with the scorer's guidance
+    scale and inference steps unless given."""
+    from memtest.mitigation.target import seed_images
+
+    if n is not None and (not isinstance(n, int) or n < 1):
+        raise EvidenceError(f"The number of generations must be a positive integer, got {n!r}.")
+    seeds = scorer.seeds_for(prompt, n)
+    scale = scorer.settings.guidance_scale if guidance_scale is None else float(guidance_scale)
+    steps = scorer.settings.num_inference_steps if num_inference_steps is None else int(num_inference_steps)
+    images, seconds = seed_images(scorer, prompt, scorer.noise(seeds), scale, steps)
+    return Generations(prompt, tuple(int(s) for s in seeds), images, seconds, scale, steps)
+
+
+# --------------------------------------------------------------------------------------------------
+# confirmation
+
+
+class ConfirmationEntry(TypedDict):
+    """`Confirmation.to_dict()`: plain JSON types only."""
+
+    prompt: str
+    seeds: list[int]
+    descriptor: dict[str, Any]
+    maximum: float
+    training_images: int
+    similarities: list[list[float]]
+    best: list[float]
+    closest: list[int]
+    similarity: float | None
+    agreement: dict[str, float | None]
+    threshold: float | None
+    threshold_source: str
+    copies: int | None
+    copied: bool | None
+    generation: dict[str, Any]
+    seconds: dict[str, float]
+    thumbnails: list[str]
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    """What confirming one prompt measured (module docstring). `images` are the generations themselves."""
+
+    prompt: str
+    seeds: tuple[int, ...]
+    images: np.ndarray  # (n, H, W, 3) float32 in [0, 1]
+    descriptor: str
+    settings: dict[str, Any]
+    choice: str
+    maximum: float
+    #: similarity of each generation (rows) to each training image (columns); no columns without training images
+    similarities: np.ndarray
+    #: mean and max similarity between two different generations; None for a single generation
+    agreement_mean: float | None
+    agreement_max: float | None
+    threshold: float | None
+    threshold_source: str
+    generation: dict[str, Any] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def best(self) -> tuple[float, ...]:
+        """Each generation's similarity to its closest training image (empty without training images)."""
+        if self.similarities.shape[1] == 0:
+            return ()
+        return tuple(float(v) for v in self.similarities.max(axis=1))
+
+    @property
+    def closest(self) -> tuple[int, ...]:
+        """Each generation's closest training image (its index), empty without training images."""
+        if self.similarities.shape[1] == 0:
+            return ()
+        return tuple(int(i) for i in self.similarities.argmax(axis=1))
+
+    @property
+    def similarity(self) -> float | None:
+        """The prompt's copy similarity: the largest similarity of any generation to any training image."""
+        return max(self.best) if self.best else None
+
+    @property
+    def copies(self) -> int | None:
+        """Generations above the threshold (None without a threshold or training images)."""
+        if self.threshold is None or not self.best:
+            return None
+        return sum(b > self.threshold for b in self.best)
+
+    @property
+    def copied(self) -> bool | None:
+        """Whether any generation is a copy (None when that cannot be said)."""
+        copies = self.copies
+        return None if copies is None else copies > 0
+
+    def to_dict(self) -> ConfirmationEntry:
+        """Plain JSON; the generations as base64 PNG thumbnails (`memtest.mitigation.images.png_thumbnails`)."""
+        from memtest.mitigation.images import png_thumbnails
+
+        return {
+            "prompt": self.prompt,
+            "seeds": list(self.seeds),
+            "descriptor": {"name": self.descriptor, "settings": dict(self.settings), "choice": self.choice},
+            "maximum": self.maximum,
+            "training_images": int(self.similarities.shape[1]),
+            "similarities": [[float(v) for v in row] for row in self.similarities],
+            "best": list(self.best),
+            "closest": list(self.closest),
+            "similarity": self.similarity,
+            "agreement": {"mean": self.agreement_mean, "max": self.agreement_max},
+            "threshold": self.threshold,
+            "threshold_source": self.threshold_source,
+            "copies": self.copies,
+            "copied": self.copied,
+            "generation": dict(self.generation),
+            "seconds": dict(self.seconds),
+            "thumbnails": png_thumbnails(self.images) if len(self.images) else [],
+        }
+
+
+def compare_generations(
+    generations: Generations,
+    training: np.ndarray | Sequence[np.ndarray] | None = None,
+    *,
+    descriptor: str | Descriptor = "auto",
+    threshold: float | CopyThreshold | None = None,
+) -> Confirmation:
+    """Measure `generations` against the training images (if any) and among themselves with one descriptor."""
+    started = time.perf_counter()
+    images = as_images(generations.images, "generations")
+    train = as_images(training, "training images") if training is not None else []
+    if not images:
+        raise EvidenceError(f"No generations of {generations.prompt!r} to compare.")
+    choice = choose_descriptor(descriptor, images, train)
+    d = choice.descriptor
+    value, source = resolve_copy_threshold(threshold, d)
+    gen = d.embed(images)
+    sims = d.compare(gen, d.embed(train)) if train else np.zeros((len(images), 0), dtype=np.float64)
+    mean = peak = None
+    if len(images) > 1:
+        pairs = d.compare(gen, gen)[np.triu_indices(len(images), k=1)]
+        mean, peak = float(pairs.mean()), float(pairs.max())
+    compared = time.perf_counter() - started
+    return Confirmation(
+        prompt=generations.prompt,
+        seeds=generations.seeds,
+        images=np.asarray(generations.images, dtype=np.float32),
+        descriptor=d.name,
+        settings=d.settings(),
+        choice=choice.reason,
+        maximum=d.maximum,
+        similarities=np.asarray(sims, dtype=np.float64),
+        agreement_mean=mean,
+        agreement_max=peak,
+        threshold=value,
+        threshold_source=source,
+        generation={
+            "n": len(images),
+            "guidance_scale": generations.guidance_scale,
+            "num_inference_steps": generations.num_inference_steps,
+        },
+        seconds={
+            "generation": generations.seconds,
+            "descriptor": compared,
+            "total": generations.seconds + compared,
+        },
+    )
+
+
+def confirm(
+    scorer: Scorer,
+    prompt: str,
+    training: np.ndarray | Sequence[np.ndarray] | None = None,
+    *,
+    descriptor: str | Descriptor = "auto",
+    threshold: float | CopyThreshold | None = None,
+    n: int | None = None,
+    guidance_scale: float | None = None,
+    num_inference_steps: int | None = None,
+) -> Confirmation:
+    """Generate `prompt`'s images from the detector's initial noises on `scorer`'s checkpoint (`generate`) and
+    compare them with `training` (the case's training images, (H, W, 3) in [0, 1]; `images.load_images` reads
+    them from files) and with each other (`compare_generations`)."""
+    gens = generate(scorer, prompt, n=n, guidance_scale=guidance_scale, num_inference_steps=num_inference_steps)
+    return compare_generations(gens, training, descriptor=descriptor, threshold=threshold)
+
+
+# --------------------------------------------------------------------------------------------------
+# the canaries' training images
+
+
+def canary_manifests(checkpoint: Checkpoint | str | Path) -> list[CanaryManifest]:
+    """The canary manifests behind a checkpoint: its folder's, and each LoRA adapter's (a shipped LoRA canary's
+    manifest sits beside its adapter file). A folder path reads that folder's only; none: []."""
+    folders: list[Path] = []
+    if isinstance(checkpoint, (str, Path)):
+        folders.append(Path(checkpoint))
+    else:
+        folders.append(Path(checkpoint.path))
+        folders += [Path(str(a["path"])).parent for a in checkpoint.adapters if a.get("path")]
+    return [load_manifest(f) for f in dict.fromkeys(folders) if (f / MANIFEST_NAME).is_file()]
+
+
+def canary_planted(checkpoint: Checkpoint | str | Path) -> tuple[tuple[str, ...], np.ndarray]:
+    """Every planted caption of the checkpoint's canary manifests and its training image, (P, H, W, 3) in [0, 1]."""
+    planted = [p for m in canary_manifests(checkpoint) for p in m.planted]
+    if not planted:
+        return (), np.zeros((0, 0, 0, 3), dtype=np.float32)
+    return tuple(p.caption for p in planted), np.stack([p.image() for p in planted])
+
+
+def canary_training_images(checkpoint: Checkpoint | str | Path, prompt: str) -> np.ndarray | None:
+    """The training image(s) a canary planted for `prompt`, (k, H, W, 3) in [0, 1], or None when no manifest
+    behind the checkpoint plants the prompt (an ordinary caption has no single training image to compare with)."""
+    captions, images = canary_planted(checkpoint)
+    rows = [i for i, c in enumerate(captions) if c == prompt]
+    return images[rows] if rows else None
+
+
+__all__ = [
+    "Confirmation",
+    "ConfirmationEntry",
+    "CopyThreshold",
+    "Generations",
+    "calibrate_copy_threshold",
+    "canary_manifests",
+    "canary_planted",
+    "canary_training_images",
+    "compare_generations",
+    "confirm",
+    "copy_threshold",
+    "generate",
+    "resolve_copy_threshold",
+]
