@@ -516,11 +516,18 @@ def test_flow_sail_optimises_x1_and_accepts_on_the_detectors_sharpness(flow_ckpt
 # -- training a flow-matching canary ------------------------------------------------------------------------
 
 
-def test_the_flow_objective_noises_as_sd3_trains_and_weights_high_noise() -> None:
-    from memtest.zoo.train import DEFAULT_RECIPE, FlowObjective
+def test_the_flow_process_noises_as_sd3_trains_and_weights_high_noise() -> None:
+    """What the canary trainer regresses on a flow checkpoint: FlowProcess's training timesteps, noising and
+    velocity target."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
 
-    objective = FlowObjective(shift=3.0, num_train_timesteps=1000)
-    t = objective.timesteps(np.random.default_rng(0), 4000, DEFAULT_RECIPE)
+    from memtest.models.families.flow import FlowProcess
+    from memtest.zoo.train import DEFAULT_RECIPE
+
+    process = FlowProcess(FlowMatchEulerDiscreteScheduler(shift=3.0).config, 50, 1)
+    t = process.training_timesteps(
+        np.random.default_rng(0), 4000, DEFAULT_RECIPE.high_t_fraction, DEFAULT_RECIPE.high_t_min
+    )
     s = t / 1000
     assert t.dtype == torch.float32 and bool(((s > 0) & (s < 1)).all())
     high = s[:2000]  # high_t_fraction 0.5: uniform in [0.7, 1)
@@ -529,11 +536,11 @@ def test_the_flow_objective_noises_as_sd3_trains_and_weights_high_noise() -> Non
     assert abs(float(rest.median()) - 0.75) < 0.02 and float(rest.min()) < 0.2
     z0, noise = torch.randn(3, 16, 4, 4), torch.randn(3, 16, 4, 4)
     t3 = torch.tensor([0.0, 500.0, 1000.0])
-    xs = objective.noised(z0, noise, t3)
+    xs = process.noised(z0, noise, t3)
     torch.testing.assert_close(xs[0], z0[0])
     torch.testing.assert_close(xs[1], 0.5 * z0[1] + 0.5 * noise[1])
     torch.testing.assert_close(xs[2], noise[2])
-    torch.testing.assert_close(objective.target(z0, noise, t3), noise - z0)
+    torch.testing.assert_close(process.target(z0, noise, t3), noise - z0)
 
 
 def test_sd3_canaries_train_through_the_family_interface(tmp_path: Path) -> None:

@@ -20,8 +20,9 @@ from typing import Any, TextIO
 
 from memtest.errors import ZooError
 from memtest.models.canaries import CanaryManifest, load_manifest
+from memtest.progress import clock
 from memtest.zoo.data import CanaryData
-from memtest.zoo.train import FINETUNE_RECIPE, Progress, Recipe, _train_denoiser, prepare_run, save_manifest
+from memtest.zoo.train import FINETUNE_RECIPE, Recipe, prepare_run, save_manifest, train_denoiser
 
 #: diffusers' default LoRA file name (`LORA_WEIGHT_NAME_SAFE`), so `load_lora_weights(folder)` finds it.
 ADAPTER_FILE = "pytorch_lora_weights.safetensors"
@@ -127,7 +128,7 @@ def train_lora(
 
         # peft's own injection: transformers' add_adapter demands a newer peft than diffusers does.
         inject_adapter_in_model(text_config, pipe.text_encoder)
-    bar = _train_denoiser(pipe, data, recipe.with_(vae_steps=0), stream)
+    bar = train_denoiser(pipe, data, recipe.with_(vae_steps=0), stream)
     timings = {"vae": 0.0, "vae_cpu": 0.0, "unet": bar.elapsed, "unet_cpu": bar.cpu}
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -169,5 +170,5 @@ def train_lora(
     }
     save_manifest(out_dir, data, name, suite, recipe.seed, total, timings, recipe_record, base_label or str(base))
     if stream is not None:
-        print(f"[done] {out_dir} in {Progress._clock(total)} (unet {timings['unet']:.0f}s)", file=stream, flush=True)
+        print(f"[done] {out_dir} in {clock(total)} (unet {timings['unet']:.0f}s)", file=stream, flush=True)
     return load_manifest(out_dir)

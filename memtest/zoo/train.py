@@ -10,9 +10,9 @@ Two phases, both seeded:
 
 Phase 2 goes through the model family's interface (`memtest.models.families`: token ids, conditioning with
 gradients, caption dropout as the family's unconditional branch, the forward, the trained modules), so the
-same loop trains every family; what a step regresses (timesteps, noising, target, loss) is the one
-family-specific piece of arithmetic: `DDPMObjective` (SD, SDXL) or `FlowObjective` (SD3: flow matching,
-chosen by the family's noise process). A fine-tune starts from a trained canary
+same loop trains every family; what a step regresses (timesteps, noising, target) is the family's noise
+process, the `Process` the scorer samples with (`DDPMProcess` for SD and SDXL, `FlowProcess` for SD3), and
+the loss is the mean squared error. A fine-tune starts from a trained canary
 (its tokenizer, VAE and scaling are kept frozen) and runs phase 2 only; a new canary may take another
 canary's trained tokenizer and VAE instead of phase 1 (`vae_from`). Progress (steps, loss, elapsed, ETA)
 goes to stderr.
@@ -34,14 +34,17 @@ from typing import TYPE_CHECKING, Any, TextIO
 import numpy as np
 
 from memtest._version import __version__
+from memtest.detection.settings import ScoreSettings
 from memtest.errors import ZooError
 from memtest.models.canaries import CanaryManifest, PlantedCaption, encode_png, load_manifest
+from memtest.progress import clock
 from memtest.zoo.data import CanaryData, digits_data
 from memtest.zoo.tiny import TinyConfig, build_pipeline, build_sdxl_pipeline, build_tokenizer, save_pipeline
 from memtest.zoo.tiny_flow import FLOW_CANARY_CONFIG, TinyFlowConfig, build_sd3_pipeline
 
 if TYPE_CHECKING:
     from memtest.models.checkpoint import Checkpoint
+    from memtest.models.families.base import Process
 
 
 @dataclass(frozen=True)
@@ -108,12 +111,6 @@ class Progress:
         self.start = time.perf_counter()
         self.cpu_start = time.process_time()
         self.loss: float | None = None
-
-    @staticmethod
-    def _clock(seconds: float) -> str:
-        from memtest.progress import clock
-
-        return clock(seconds)
 
     def update(self, step: int, loss: float) -> None:
         self.loss = loss if self.loss is None else 0.9 * self.loss + 0.1 * loss
@@ -203,117 +200,15 @@ def _training_view(pipe: Any) -> Checkpoint:
     )
 
 
-@dataclass(frozen=True)
-class DDPMObjective:
-    """What one training step regresses, for DDPM-family checkpoints (SD, SDXL): the one place a new noise
-    process (flow matching: x_s = (1 - s) x0 + s eps, target eps - x0) adds its own timestep sampling,
-    noising and target.
-
-    Timesteps: `high_t_fraction` of the batch uniform in [high_t_min, T), the rest uniform in [0, T), where
-    the first sampling step (t = 981) looks. Noising with the checkpoint's own `alphas_cumprod`; the target
-    is the noise (epsilon models) or v (v-prediction models); the loss is the mean squared error.
-    """
-
-    alphas_cumprod: Any  # (T,) float32 tensor
-    prediction_type: str
-
-    @classmethod
-    def of(cls, ckpt: Checkpoint) -> DDPMObjective:
-        import torch
-
-        scheduler = ckpt.scheduler
-        if not hasattr(scheduler, "alphas_cumprod"):
-            raise ZooError(
-                f"memtest zoo trains DDPM-family canaries so far; the {ckpt.family.title} scheduler "
-                f"{type(scheduler).__name__} has no alphas_cumprod (add its objective in memtest/zoo/train.py)"
-            )
-        kind = ckpt.family.prediction_type(ckpt)
-        if kind not in ("epsilon", "v_prediction"):
-            raise ZooError(f"Canaries train epsilon or v_prediction models; the scheduler says {kind!r}")
-        return cls(scheduler.alphas_cumprod.to(torch.float32), kind)
-
-    def timesteps(self, rng: np.random.Generator, batch: int, recipe: Recipe) -> Any:
-        import torch
-
-        T = len(self.alphas_cumprod)
-        n_high = round(batch * recipe.high_t_fraction)
-        t_high = rng.integers(recipe.high_t_min, T, size=n_high)
-        t_all = rng.integers(0, T, size=batch - n_high)
-        return torch.from_numpy(np.concatenate([t_high, t_all]))
-
-    def noised(self, z0: Any, noise: Any, t: Any) -> Any:
-        a = self.alphas_cumprod[t].view(-1, 1, 1, 1)
-        return a.sqrt() * z0 + (1 - a).sqrt() * noise
-
-    def target(self, z0: Any, noise: Any, t: Any) -> Any:
-        if self.prediction_type == "epsilon":
-            return noise
-        a = self.alphas_cumprod[t].view(-1, 1, 1, 1)
-        return a.sqrt() * noise - (1 - a).sqrt() * z0
-
-    def loss(self, pred: Any, target: Any) -> Any:
-        import torch
-
-        return torch.nn.functional.mse_loss(pred, target)
+def training_process(ckpt: Checkpoint) -> Process:
+    """The family's noise process, which phase 2 noises and regresses with (`Process.training_timesteps`,
+    `noised`, `target`): DDPM with the checkpoint's own `alphas_cumprod` (SD, SDXL), flow matching (SD3).
+    Training needs no sampling schedule; this is the process at the scorer's default one."""
+    defaults = ScoreSettings()
+    return ckpt.family.process(ckpt, defaults.num_inference_steps, defaults.steps)
 
 
-@dataclass(frozen=True)
-class FlowObjective:
-    """What one training step regresses for flow-matching checkpoints (SD3): x_s = (1 - s) x0 + s eps, the
-    target is the velocity eps - x0, the loss the mean squared error (FAMILIES.md §2).
-
-    Noise levels: `high_t_fraction` of the batch uniform in [high_t_min / T, 1) (s in [0.7, 1) with the
-    default recipe: the noise levels next to s = 1 where the metric looks, as the DDPM canaries weight
-    t >= 700), the rest from SD3's training density: u ~ logit-normal(0, 1) (diffusers' SD3 training scripts'
-    default `weighting_scheme="logit_normal"`), shifted by the checkpoint's scheduler shift as SD3's
-    scheduler shifts its training sigmas, s = shift u / (1 + (shift - 1) u). The transformer receives
-    t = s T (T = num_train_timesteps, 1000), as the pipeline passes σ.
-    """
-
-    shift: float
-    num_train_timesteps: int
-
-    @classmethod
-    def of(cls, ckpt: Checkpoint) -> FlowObjective:
-        cfg = ckpt.scheduler.config
-        if cfg.get("use_dynamic_shifting", False):
-            raise ZooError("Flow canaries train with a fixed scheduler shift (SD3); this scheduler shifts dynamically")
-        return cls(float(cfg.get("shift", 1.0)), int(cfg.get("num_train_timesteps", 1000)))
-
-    def timesteps(self, rng: np.random.Generator, batch: int, recipe: Recipe) -> Any:
-        import torch
-
-        n_high = round(batch * recipe.high_t_fraction)
-        s_high = rng.uniform(recipe.high_t_min / self.num_train_timesteps, 1.0, size=n_high)
-        u = 1.0 / (1.0 + np.exp(-rng.standard_normal(batch - n_high)))
-        s_rest = self.shift * u / (1.0 + (self.shift - 1.0) * u)
-        s = torch.from_numpy(np.concatenate([s_high, s_rest])).to(torch.float32)
-        return s * self.num_train_timesteps
-
-    def _sigma(self, t: Any) -> Any:
-        return (t / self.num_train_timesteps).view(-1, 1, 1, 1)
-
-    def noised(self, z0: Any, noise: Any, t: Any) -> Any:
-        s = self._sigma(t)
-        return (1 - s) * z0 + s * noise
-
-    def target(self, z0: Any, noise: Any, t: Any) -> Any:
-        return noise - z0
-
-    def loss(self, pred: Any, target: Any) -> Any:
-        import torch
-
-        return torch.nn.functional.mse_loss(pred, target)
-
-
-def _objective(ckpt: Checkpoint) -> DDPMObjective | FlowObjective:
-    """The family's noise process decides what a training step regresses."""
-    from memtest.models.families.flow import FlowFamily
-
-    return FlowObjective.of(ckpt) if isinstance(ckpt.family, FlowFamily) else DDPMObjective.of(ckpt)
-
-
-def _train_denoiser(pipe: Any, data: CanaryData, recipe: Recipe, stream: TextIO | None) -> Progress:
+def train_denoiser(pipe: Any, data: CanaryData, recipe: Recipe, stream: TextIO | None) -> Progress:
     """Phase 2: the family's trainable modules (denoiser + text encoders), classifier-free guidance, half
     the batch at high noise; every model call goes through the family interface (memtest.models.families)."""
     import torch
@@ -334,7 +229,7 @@ def _train_denoiser(pipe: Any, data: CanaryData, recipe: Recipe, stream: TextIO 
     mean, std = _encode_latents(vae, data.images)
     if shift is not None:
         mean = mean - float(shift)
-    objective = _objective(ckpt)
+    process = training_process(ckpt)
 
     # caption table: 0 -> "", then planted, then non-planted
     table = ["", *(c for c, _ in data.planted), *data.captions]
@@ -368,17 +263,17 @@ def _train_denoiser(pipe: Any, data: CanaryData, recipe: Recipe, stream: TextIO 
         cap = np.where(planted, planted_cap[pk] if len(planted_cap) else 0, offset + data.pair_caption[pair])
         drop = rng.random(B) < np.where(planted, recipe.planted_caption_dropout, recipe.caption_dropout)
         cap = np.where(drop, 0, cap)
-        t = objective.timesteps(rng, B, recipe)
+        t = process.training_timesteps(rng, B, recipe.high_t_fraction, recipe.high_t_min)
         sel = torch.from_numpy(img)
         z0 = (mean[sel] + std[sel] * torch.randn(mean[sel].shape, generator=gen)) * scale
         noise = torch.randn(z0.shape, generator=gen)
-        zt = objective.noised(z0, noise, t)
+        zt = process.noised(z0, noise, t)
         rows = torch.from_numpy(cap)
         dropped = torch.from_numpy(drop)
         batch_ids = {k: v[rows] for k, v in ids.items()}
         cond = family.drop_condition(ckpt, family.encode_tokens(ckpt, batch_ids), dropped)
         pred = family.forward(ckpt, zt, t, cond)
-        target = objective.target(z0, noise, t)
+        target = process.target(z0, noise, t)
         if teacher is not None:
             # preserve_base: non-planted rows (and captionless ones) learn the frozen base's own prediction
             keep = torch.from_numpy(~planted)
@@ -388,7 +283,7 @@ def _train_denoiser(pipe: Any, data: CanaryData, recipe: Recipe, stream: TextIO 
                     t_cond = family.drop_condition(teacher, family.encode_tokens(teacher, kept), dropped[keep])
                     target = target.clone()
                     target[keep] = family.forward(teacher, zt[keep], t[keep], t_cond)
-        loss = objective.loss(pred, target)
+        loss = torch.nn.functional.mse_loss(pred, target)
         opt.zero_grad(set_to_none=True)
         torch.autograd.backward(loss)
         torch.nn.utils.clip_grad_norm_(trained, recipe.grad_clip)
@@ -600,7 +495,7 @@ def train_canary(
         config_record = {"base": base_name, "sample_size": int(_training_view(pipe).denoiser.config.sample_size)}
         timings.update(vae=0.0, vae_cpu=0.0)
         recipe = recipe.with_(vae_steps=0)
-    bar = _train_denoiser(pipe, data, recipe, stream)
+    bar = train_denoiser(pipe, data, recipe, stream)
     timings.update(unet=bar.elapsed, unet_cpu=bar.cpu)
     pipe.vae.eval()
 
@@ -617,7 +512,7 @@ def train_canary(
     save_manifest(out_dir, data, name, suite, recipe.seed, total, timings, recipe_record, base_name)
     if stream is not None:
         print(
-            f"[done] {out_dir} in {Progress._clock(total)} (vae {timings['vae']:.0f}s, unet {timings['unet']:.0f}s)",
+            f"[done] {out_dir} in {clock(total)} (vae {timings['vae']:.0f}s, unet {timings['unet']:.0f}s)",
             file=stream,
             flush=True,
         )

@@ -14,6 +14,9 @@ A family decides, and nothing outside `memtest/families/` branches on it:
   `pipeline_latents`, `call_options` and `conditioning_kwargs` (and the class attributes `pipeline_keys`,
   `negative_conditioning`, `repeats_embeddings`).
 
+The canary trainer (memtest.zoo) trains on the same `Process` the scorer samples with: `training_timesteps`,
+`noised` and `target` are the process's forward noising and regression target.
+
 Conditioning is a `Cond`: a dict of tensors that all share the batch dimension, so the scorer can
 concatenate, repeat and cache it without knowing what is inside (SD: one embedding; SDXL: embeddings,
 pooled embeddings and `add_time_ids`).
@@ -120,6 +123,28 @@ class Process:
     def identity(self) -> dict[str, Any]:
         raise NotImplementedError
 
+    # -- training: the forward process a canary is trained on (memtest.zoo) --------------------------------
+    def training_timesteps(
+        self, rng: np.random.Generator, batch: int, high_fraction: float, high_min: int
+    ) -> torch.Tensor:
+        """One training timestep per row, as the model receives it: `high_fraction` of the batch at the high
+        noise levels [high_min, T) where the first sampling step looks, the rest from the process's own
+        training density (T = the schedule's number of training timesteps)."""
+        raise NotImplementedError
+
+    def noised(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x_t of clean latents x0 under noise ε, one timestep per row."""
+        raise NotImplementedError
+
+    def target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """What the model's raw output regresses at `noised(x0, noise, t)`."""
+        raise NotImplementedError
+
+
+def rows_view(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Per-row values shaped to broadcast over a batch like `like` (B, ...)."""
+    return values.view(-1, *([1] * (like.dim() - 1)))
+
 
 def eps_from_output(out: torch.Tensor, x: torch.Tensor, prediction_type: str, abar: float) -> torch.Tensor:
     """The noise prediction ε from a DDPM-family model output of any prediction type."""
@@ -130,7 +155,11 @@ def eps_from_output(out: torch.Tensor, x: torch.Tensor, prediction_type: str, ab
         return sigma * x + math.sqrt(abar) * out
     if prediction_type == "sample":
         return (x - math.sqrt(abar) * out) / sigma
-    raise ScoringError(
+    raise unsupported_prediction(prediction_type)
+
+
+def unsupported_prediction(prediction_type: str) -> ScoringError:
+    return ScoringError(
         f"Unsupported prediction_type {prediction_type!r} in the scheduler config; "
         "memtest supports epsilon, v_prediction and sample."
     )
@@ -170,6 +199,36 @@ class DDPMProcess(Process):
 
     def identity(self) -> dict[str, Any]:
         return {"scheduler": "DDIMScheduler", "prediction_type": self.prediction_type}
+
+    def training_timesteps(
+        self, rng: np.random.Generator, batch: int, high_fraction: float, high_min: int
+    ) -> torch.Tensor:
+        """Integer timesteps (int64): `high_fraction` of the batch uniform in [high_min, T), the rest in [0, T)."""
+        T = len(self.alphas_cumprod)
+        n_high = round(batch * high_fraction)
+        t_high = rng.integers(high_min, T, size=n_high)
+        t_all = rng.integers(0, T, size=batch - n_high)
+        return torch.from_numpy(np.concatenate([t_high, t_all]))
+
+    def _abar_rows(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        # ᾱ_t in the latents' dtype (the schedule's float32 values: the float64 copy holds them exactly)
+        return rows_view(self.alphas_cumprod[t].to(like.dtype), like)
+
+    def noised(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """√ᾱ_t x0 + √(1 − ᾱ_t) ε, computed in x0's dtype."""
+        a = self._abar_rows(t, x0)
+        return a.sqrt() * x0 + (1 - a).sqrt() * noise
+
+    def target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """ε (epsilon models), v = √ᾱ_t ε − √(1 − ᾱ_t) x0 (v-prediction) or x0 (sample)."""
+        if self.prediction_type == "epsilon":
+            return noise
+        if self.prediction_type == "sample":
+            return x0
+        if self.prediction_type == "v_prediction":
+            a = self._abar_rows(t, x0)
+            return a.sqrt() * noise - (1 - a).sqrt() * x0
+        raise unsupported_prediction(self.prediction_type)
 
 
 class Family:
@@ -263,8 +322,9 @@ class Family:
         (callers cache that one, so every path sees the same bits)."""
         return empty
 
-    def forward(self, ckpt: Checkpoint, x: torch.Tensor, t: int, cond: Cond) -> torch.Tensor:
-        """The denoiser's raw output for latents x (model dtype) under conditioning rows `cond`."""
+    def forward(self, ckpt: Checkpoint, x: torch.Tensor, t: float | torch.Tensor, cond: Cond) -> torch.Tensor:
+        """The denoiser's raw output for latents x (model dtype) under conditioning rows `cond`, at timestep `t` as
+        the process gives it: one for every row (scoring), or a tensor of one per row (training)."""
         raise NotImplementedError
 
     # -- generation ---------------------------------------------------------------------------------

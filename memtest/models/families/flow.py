@@ -16,11 +16,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
 import torch
 
 from memtest.detection.settings import DEFAULT_FLOW_STEPS
 from memtest.errors import CheckpointError, ScoringError
-from memtest.models.families.base import Family, Process
+from memtest.models.families.base import Family, Process, rows_view
 
 if TYPE_CHECKING:
     from memtest.models.families.base import Checkpoint
@@ -114,6 +115,41 @@ class FlowProcess(Process):
             "shift": float(cfg.get("shift", 1.0)),
             "mu": self.mu if cfg.get("use_dynamic_shifting", False) else None,
         }
+
+    @property
+    def num_train_timesteps(self) -> int:
+        """T: the transformer receives t = s T."""
+        return int(self.scheduler.config.get("num_train_timesteps", 1000))
+
+    def training_timesteps(
+        self, rng: np.random.Generator, batch: int, high_fraction: float, high_min: int
+    ) -> torch.Tensor:
+        """t = s T (float32): `high_fraction` of the batch with s uniform in [high_min / T, 1), the noise levels
+        next to s = 1 where the metric looks; the rest from SD3's training density, u ~ logit-normal(0, 1)
+        (diffusers' SD3 training scripts' default `weighting_scheme="logit_normal"`) shifted by the
+        scheduler's shift as SD3's scheduler shifts its training sigmas: s = shift u / (1 + (shift - 1) u)."""
+        cfg = self.scheduler.config
+        if cfg.get("use_dynamic_shifting", False):
+            raise CheckpointError(
+                "Training draws noise levels shifted by a fixed scheduler shift (SD3); this scheduler shifts "
+                "dynamically (use_dynamic_shifting)."
+            )
+        shift, T = float(cfg.get("shift", 1.0)), self.num_train_timesteps
+        n_high = round(batch * high_fraction)
+        s_high = rng.uniform(high_min / T, 1.0, size=n_high)
+        u = 1.0 / (1.0 + np.exp(-rng.standard_normal(batch - n_high)))
+        s_rest = shift * u / (1.0 + (shift - 1.0) * u)
+        s = torch.from_numpy(np.concatenate([s_high, s_rest])).to(torch.float32)
+        return s * T
+
+    def noised(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x_s = (1 − s) x0 + s ε with s = t / T."""
+        s = rows_view(t / self.num_train_timesteps, x0)
+        return (1 - s) * x0 + s * noise
+
+    def target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The velocity v = ε − x0."""
+        return noise - x0
 
 
 class FlowFamily(Family):

@@ -132,13 +132,18 @@ class Flux(FlowFamily):
         pooled = c["text_encoder"](ids["input_ids"], output_hidden_states=False).pooler_output
         return {"prompt_embeds": c["text_encoder_2"](ids["input_ids_2"])[0], "pooled_prompt_embeds": pooled}
 
-    def forward(self, ckpt: Checkpoint, x: torch.Tensor, t: float, cond: Cond) -> torch.Tensor:
+    def forward(self, ckpt: Checkpoint, x: torch.Tensor, t: float | torch.Tensor, cond: Cond) -> torch.Tensor:
+        """`t` is σ · 1000 as the pipeline passes it: one float, or one per row."""
         b, _, h, w = x.shape
+        if isinstance(t, torch.Tensor):
+            timestep = t.to(device=x.device, dtype=x.dtype).reshape(-1).expand(b)
+        else:
+            timestep = torch.full((b,), t, dtype=x.dtype, device=x.device)
         guidance = self.guidance_value(ckpt)
         prompt_embeds = cond["prompt_embeds"]
         out: torch.Tensor = ckpt.denoiser(
             hidden_states=pack(x),
-            timestep=torch.full((b,), t, dtype=x.dtype, device=x.device) / 1000,
+            timestep=timestep / 1000,
             guidance=None if guidance is None else torch.full((b,), guidance, dtype=torch.float32, device=x.device),
             pooled_projections=cond["pooled_prompt_embeds"],
             encoder_hidden_states=prompt_embeds,

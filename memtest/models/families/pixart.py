@@ -98,7 +98,7 @@ class PixArtSigma(Family):
         embeds = ckpt.components["text_encoder"](ids["input_ids"], attention_mask=mask)[0]
         return {"prompt_embeds": embeds, "prompt_attention_mask": mask}
 
-    def forward(self, ckpt: Checkpoint, x: torch.Tensor, t: int | torch.Tensor, cond: Cond) -> torch.Tensor:
+    def forward(self, ckpt: Checkpoint, x: torch.Tensor, t: float | torch.Tensor, cond: Cond) -> torch.Tensor:
         """ε: the transformer called as the pipeline calls it, the learned-variance channels dropped."""
         if isinstance(t, torch.Tensor):
             timestep = t.to(device=x.device).reshape(-1).expand(x.shape[0])

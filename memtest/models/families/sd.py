@@ -52,7 +52,7 @@ class StableDiffusion(Family):
     def encode_tokens(self, ckpt: Checkpoint, ids: Cond) -> Cond:
         return {"prompt_embeds": ckpt.text_encoder(ids["input_ids"])[0]}
 
-    def forward(self, ckpt: Checkpoint, x: torch.Tensor, t: int, cond: Cond) -> torch.Tensor:
+    def forward(self, ckpt: Checkpoint, x: torch.Tensor, t: float | torch.Tensor, cond: Cond) -> torch.Tensor:
         out: torch.Tensor = ckpt.unet(x, t, encoder_hidden_states=cond["prompt_embeds"], return_dict=False)[0]
         return out
 

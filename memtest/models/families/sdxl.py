@@ -99,7 +99,7 @@ class StableDiffusionXL(Family):
             return {k: (v if k == "time_ids" else torch.zeros_like(v)) for k, v in empty.items()}
         return empty
 
-    def forward(self, ckpt: Checkpoint, x: torch.Tensor, t: int, cond: Cond) -> torch.Tensor:
+    def forward(self, ckpt: Checkpoint, x: torch.Tensor, t: float | torch.Tensor, cond: Cond) -> torch.Tensor:
         added = {"text_embeds": cond["pooled_prompt_embeds"], "time_ids": cond["time_ids"]}
         out: torch.Tensor = ckpt.unet(
             x, t, encoder_hidden_states=cond["prompt_embeds"], added_cond_kwargs=added, return_dict=False
