@@ -317,10 +317,36 @@ def test_load_rejects_nan_literal(tmp_path: Path) -> None:
 
 def test_load_wrong_schema(tmp_path: Path) -> None:
     doc = make_results(2)
-    doc["schema"] = "memtest.results/2"
+    doc["schema"] = "memtest.results/3"
     path = tmp_path / "future.json"
     path.write_text(json.dumps(doc), encoding="utf-8")
-    with pytest.raises(ResultsError, match=r"schema is 'memtest.results/2', expected 'memtest.results/1'"):
+    with pytest.raises(
+        ResultsError, match=r"schema is 'memtest.results/3', expected one of memtest.results/1, memtest.results/2"
+    ):
+        load_results(path)
+
+
+def test_schema_1_files_are_still_read_and_schema_2_carries_verdicts_and_the_budget(tmp_path: Path) -> None:
+    doc = make_results(2)
+    doc["schema"] = "memtest.results/1"
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    assert load_results(path)["schema"] == "memtest.results/1"
+    doc["schema"] = "memtest.results/2"
+    doc["cases"][0]["verdict"] = "copy"
+    doc["cases"][0]["evidence"] = {"similarity": 0.9}
+    doc["budget"] = {"clean": 1, "flagged": 0, "allowed": 0, "expected": 0.01, "fpr": 0.01, "n_reference": 110,
+                     "confidence": 0.99, "exceeded": False}  # fmt: skip
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    assert load_results(path)["cases"][0]["verdict"] == "copy"
+    doc["cases"][0]["verdict"] = "copied"
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    with pytest.raises(ResultsError, match=r"verdict"):
+        load_results(path)
+    doc["cases"][0]["verdict"] = "copy"
+    doc["budget"]["exceeded"] = "no"
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    with pytest.raises(ResultsError, match=r"budget.exceeded"):
         load_results(path)
 
 

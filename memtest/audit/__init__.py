@@ -11,6 +11,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from memtest.audit.baseline import Baseline
     from memtest.audit.budget import FlagBudget, flag_budget
     from memtest.audit.calibration import CALIBRATION_FILENAME, Calibration, load_calibration, save_calibration
     from memtest.audit.engine import (
@@ -24,8 +25,6 @@ if TYPE_CHECKING:
     )
     from memtest.audit.gate import (
         SUITE_FILENAME,
-        AuditCase,
-        Baseline,
         SummaryLine,
         calibration_from_records,
         check_runnable,
@@ -47,15 +46,15 @@ if TYPE_CHECKING:
         write_outputs,
     )
     from memtest.audit.options import OPTION_NAMES, OPTIONS, AuditConfig, Option, config_from_values, parse_shard
-    from memtest.audit.records import CaseRecord, MitigationEntry, ScoreRecord
+    from memtest.audit.records import AuditCase, CaseRecord, MitigationEntry, ScoreRecord
     from memtest.audit.suites import Suite, is_suite_file, load_suite, resolve_suite
     from memtest.defaults import DEFAULT_CHECKPOINT
     from memtest.threads import describe_threads, describe_waits, passive_waits
 
 _LAZY: dict[str, str] = {
     "AdapterInfo": "memtest.audit.engine",
-    "AuditCase": "memtest.audit.gate",
-    "Baseline": "memtest.audit.gate",
+    "AuditCase": "memtest.audit.records",
+    "Baseline": "memtest.audit.baseline",
     "FlagBudget": "memtest.audit.budget",
     "flag_budget": "memtest.audit.budget",
     "AuditConfig": "memtest.audit.options",

@@ -23,7 +23,7 @@ from memtest.errors import ScoringError, option
 from memtest.progress import ProgressFn
 
 if TYPE_CHECKING:
-    from memtest.audit.gate import Baseline
+    from memtest.audit.baseline import Baseline
     from memtest.detection.scoring import Scorer
     from memtest.models.checkpoint import Checkpoint
 
@@ -232,7 +232,7 @@ class Engine:
         if self.config.baseline is None:
             return None
         if self._baseline is None:
-            from memtest.audit.gate import Baseline
+            from memtest.audit.baseline import Baseline
 
             self._baseline = Baseline.load(self.config.baseline, self.config.score.to_dict())
         return self._baseline

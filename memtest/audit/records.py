@@ -5,14 +5,36 @@ send them to the controller as they are. No torch here."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Literal, TypedDict
 
 from typing_extensions import NotRequired
+
+from memtest.audit.suites import Mitigate
 
 Outcome = Literal["passed", "failed", "error"]
 #: A detection case's verdict: `copy` (confirmed by comparing generations with training images), `flagged` (above
 #: the threshold, not confirmed) or `clean` (at or below it).
 Verdict = Literal["copy", "flagged", "clean"]
+
+
+@dataclass(frozen=True)
+class AuditCase:
+    suite: str
+    suite_version: str
+    case_id: str
+    prompt: str
+    expectation: str
+    tags: tuple[str, ...] = ()
+    mitigate: Mitigate = False  # the suite's value: True, False or "copy" (the copy must leave)
+    source: str | None = None
+    line: int | None = None
+    #: the caption's training images (absolute paths), from the suite case's `images:`
+    images: tuple[str, ...] = ()
+
+    @property
+    def id(self) -> str:
+        return f"{self.suite}::{self.case_id}"
 
 
 class ScoreRecord(TypedDict):
@@ -88,4 +110,4 @@ class MitigationEntry(TypedDict):
     copy_verdict: NotRequired[str]
 
 
-__all__ = ["CaseRecord", "MitigationEntry", "Outcome", "ScoreRecord", "Verdict"]
+__all__ = ["AuditCase", "CaseRecord", "MitigationEntry", "Outcome", "ScoreRecord", "Verdict"]
