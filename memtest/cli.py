@@ -29,13 +29,16 @@ def flag(name: str) -> str:
 
 def spell(name: str, value: str | None) -> str:
     """How `memtest` names an option in a message (memtest.errors.render_options)."""
-    from memtest.audit import OPTION_NAMES
+    from memtest.audit import OPTION_NAMES, OPTIONS
 
     if name == "calibrate":  # a subcommand here, not a flag
         return "`memtest calibrate`"
     if name not in OPTION_NAMES:
         return f"`{name}`" if value is None else f"`{name}={value}`"
-    return flag(name) if value is None else f"{flag(name)}={value}"
+    kinds = {o.name: o.kind for o in OPTIONS}
+    if value is None or kinds[name] == "flag":  # an on/off option takes no value on a command line
+        return flag(name)
+    return f"{flag(name)}={value}"
 
 
 def _add_settings(parser: argparse.ArgumentParser) -> None:

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 PREFIX = "memtest"
 _OPTION_NAMES = {o.name for o in OPTIONS}
+_KINDS = {o.name: o.kind for o in OPTIONS}
 
 
 def flag(name: str) -> str:
@@ -32,7 +33,9 @@ def spell(name: str, value: str | None) -> str:
     """How the plugin names an option in a message (memtest.errors.render_options)."""
     if name not in _OPTION_NAMES:
         return f"`{name}`" if value is None else f"`{name}={value}`"
-    return flag(name) if value is None else f"{flag(name)}={value}"
+    if value is None or _KINDS[name] == "flag":  # an on/off option takes no value on a command line
+        return flag(name)
+    return f"{flag(name)}={value}"
 
 
 def message(exc: MemtestError) -> str:

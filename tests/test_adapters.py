@@ -235,7 +235,7 @@ def _bad_files(loras: dict[str, Path]) -> dict[str, tuple[Path, str]]:
     (root / "garbage.safetensors").write_bytes(b"not a safetensors file at all")
     (root / "a.lora").write_bytes(b"x")
     cases: dict[str, tuple[Path, str]] = {
-        "pickle": (loras["pickle"], r"is a pickle file \(\.bin\).*--memtest-allow-pickle"),
+        "pickle": (loras["pickle"], r"is a pickle file \(\.bin\).*`allow_pickle=True`"),
         "suffix": (root / "a.lora", r"has the suffix '\.lora'; memtest loads LoRA adapters from \.safetensors"),
         "garbage": (root / "garbage.safetensors", r"is not a readable safetensors file"),
         "empty": (_save({}, root / "empty.safetensors"), r"is not a LoRA adapter: it holds no tensors"),

@@ -232,7 +232,7 @@ def _load_one(pipe: Any, spec: LoraSpec, name: str, components: dict[str, Any], 
         raise CheckpointError(
             f"LoRA adapter {path} is a pickle file ({suffix}); unpickling can run arbitrary code, so memtest loads "
             "safetensors adapters only. Convert it to .safetensors, or, if you trust this file, pass "
-            f"{option('allow_pickle')}."
+            f"{option('allow_pickle', True)}."
         )
     if not pickled and suffix != ".safetensors":
         raise CheckpointError(

@@ -89,7 +89,7 @@ def _check_folder(folder: Path, family: Family, index: dict[str, Any], allow_pic
             raise CheckpointError(
                 f"'{sub}' has only pickle weights ({names}); unpickling can run arbitrary code, so memtest "
                 "loads safetensors only. Convert with `pipe.save_pretrained(folder, safe_serialization=True)`, "
-                f"or, if you trust this file, pass {option('allow_pickle')}."
+                f"or, if you trust this file, pass {option('allow_pickle', True)}."
             )
     return present
 

@@ -131,7 +131,7 @@ def find_weights(
                 f"Component '{component}' in '{sub}' has only pickle weights ({', '.join(pickles)}); unpickling can "
                 "run arbitrary code, so memtest loads safetensors only. Convert with "
                 "`save_pretrained(folder, safe_serialization=True)`, or, if you trust this file, pass "
-                f"{option('allow_pickle')}."
+                f"{option('allow_pickle', True)}."
             )
         safe = sets
     variants = sorted({v for v, _ in safe}, key=lambda v: (v is not None, v or ""))
