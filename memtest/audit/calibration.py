@@ -53,6 +53,9 @@ class Calibration:
     created: str = ""
     memtest_version: str = ""
     bootstrap: dict[str, Any] = field(default_factory=dict)
+    #: copy thresholds of confirmation (memtest.evidence), by descriptor name: {"value", "fpr", "references",
+    #: "descriptor" (its settings), "source"}; measured on the same reference prompts' generations
+    copy_thresholds: dict[str, dict[str, Any]] = field(default_factory=dict)
     path: str | None = None
 
     @property
@@ -66,6 +69,8 @@ class Calibration:
         d["ci"] = list(self.ci)
         d["reference_scores"] = list(self.reference_scores)
         d["n_reference"] = self.n_reference
+        if not self.copy_thresholds:
+            d.pop("copy_thresholds")  # files without them stay as they were
         return d
 
     def record(self, accepted_from_base: bool = False) -> dict[str, Any]:
@@ -84,6 +89,7 @@ class Calibration:
             "settings": dict(self.identity),
             "accepted_from_base": accepted_from_base,
             "created": self.created,
+            "copy_thresholds": {name: dict(t) for name, t in self.copy_thresholds.items()},
         }
 
 
@@ -180,8 +186,21 @@ def load_calibration(path: str | Path) -> Calibration:
         created=str(data.get("created", "")),
         memtest_version=str(data.get("memtest_version", "")),
         bootstrap=dict(data.get("bootstrap", {})),
+        copy_thresholds=_copy_thresholds(data.get("copy_thresholds", {}), p, fix),
         path=str(p),
     )
+
+
+def _copy_thresholds(raw: object, path: Path, fix: str) -> dict[str, dict[str, Any]]:
+    if not isinstance(raw, dict):
+        raise CalibrationError(f"Calibration '{path}' has a malformed copy_thresholds (not an object). {fix}")
+    out: dict[str, dict[str, Any]] = {}
+    for name, entry in raw.items():
+        value = entry.get("value") if isinstance(entry, dict) else None
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            raise CalibrationError(f"Calibration '{path}' has a malformed copy threshold for {name!r}. {fix}")
+        out[str(name)] = dict(entry)
+    return out
 
 
 def check_compatible(cal: Calibration, identity: Mapping[str, Any], accept_base: bool = False) -> bool:

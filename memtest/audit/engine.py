@@ -15,9 +15,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+import numpy as np
+
 from memtest.audit.calibration import Calibration, checkpoint_calibration
 from memtest.audit.options import AuditConfig
-from memtest.audit.records import CaseRecord, MitigationEntry, ScoreRecord
+from memtest.audit.records import AuditCase, CaseRecord, MitigationEntry, ScoreRecord
 from memtest.audit.results import RESULTS_SCHEMA
 from memtest.errors import ScoringError, option
 from memtest.progress import ProgressFn
@@ -25,6 +27,7 @@ from memtest.progress import ProgressFn
 if TYPE_CHECKING:
     from memtest.audit.baseline import Baseline
     from memtest.detection.scoring import Scorer
+    from memtest.evidence import Confirmation, CopyThreshold
     from memtest.models.checkpoint import Checkpoint
 
 
@@ -132,6 +135,7 @@ class Engine:
         self._cache: ResultsCache | None = None
         self._calibration: tuple[Calibration, bool] | None = None
         self._baseline: Baseline | None = None
+        self._planted: np.ndarray | None = None
 
     def loaded(self) -> bool:
         """Whether this process has loaded the checkpoint (it has scored something)."""
@@ -226,6 +230,48 @@ class Engine:
                 ),
             )
         return self._calibration
+
+    def training_images(self, case: AuditCase) -> np.ndarray | None:
+        """What a case's generations are compared with: its suite's `images:`, else, on a canary that plants
+        captions, every planted training image (so a planted caption's own image must come out closest, and a
+        clean caption must match none), else None."""
+        from memtest.evidence import canary_planted, load_images
+
+        if case.images:
+            return np.stack(load_images(case.images, case=case.id))
+        if self._planted is None:
+            self._planted = canary_planted(self.checkpoint)[1]
+        return self._planted if len(self._planted) else None
+
+    def copy_threshold(self, descriptor: str) -> CopyThreshold | None:
+        """The calibration's copy threshold for `descriptor` (memtest.evidence), if it has one."""
+        if self.config.calibrate:
+            return None
+        entry = self.calibration()[0].copy_thresholds.get(descriptor)
+        if entry is None:
+            return None
+        from memtest.evidence import CopyThreshold
+
+        return CopyThreshold(
+            value=float(entry["value"]),
+            fpr=float(entry["fpr"]),
+            references=int(entry["references"]),
+            descriptor=dict(entry["descriptor"]),
+            source=str(entry.get("source", "calibrated")),
+        )
+
+    def confirm(self, case: AuditCase) -> Confirmation:
+        """Generate the case's images from the detector's initial noises and compare them with its training
+        images and with each other (memtest.evidence), with the configured descriptor and the calibrated copy
+        threshold for it (else the descriptor's convention, else none)."""
+        from memtest.evidence import choose_descriptor, compare_generations, generate
+
+        training = self.training_images(case)
+        generations = generate(self.scorer, case.prompt)
+        choice = choose_descriptor(self.config.copy_descriptor, generations.images, training)
+        return compare_generations(
+            generations, training, descriptor=choice.descriptor, threshold=self.copy_threshold(choice.descriptor.name)
+        )
 
     def baseline(self) -> Baseline | None:
         """The base model's results the run compares with (the baseline option), read and checked once."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -163,6 +163,14 @@ def judge(
     return record
 
 
+def wants_confirmation(mode: str, record: CaseRecord) -> bool:
+    """Whether a judged case is confirmed by generating: every judged case (`all`), the flagged ones
+    (`flagged`, the default), or none (`off`). References are never confirmed."""
+    if mode == "off" or record.get("verdict") is None:
+        return False
+    return mode == "all" or record["flagged"] is True
+
+
 def confirm(record: CaseRecord, case: AuditCase, evidence: dict[str, Any], copied: bool | None) -> CaseRecord:
     """Apply what confirmation found: `copied` True (a generation matches a training image, or the generations
     agree where the case has none), False (compared, no copy) or None (nothing to compare with). A clean case
@@ -201,6 +209,11 @@ def run_case(
     threshold = None if engine.config.calibrate else engine.calibration()[0].threshold
     record = judge(case, scored["score"], scored["values"], threshold, fail_on=engine.config.fail_on)
     record["seeds"] = list(scored["seeds"])
+    if wants_confirmation(engine.config.confirm, record) or (
+        engine.config.calibrate and engine.config.confirm == "all"  # references calibrate the copy threshold
+    ):
+        found = engine.confirm(case)
+        confirm(record, case, dict(found.to_dict()), found.copied)
     baseline = engine.baseline() if threshold is not None else None
     if baseline is not None:
         baseline.apply(case, record)
@@ -261,7 +274,7 @@ def calibration_from_records(
             f"none. Name a suite with references, e.g. {option('suite', 'coco-10k')} or the canary suite."
         )
     suites = sorted({(r["suite"], r["suite_version"]) for r in refs})
-    return calibrate(
+    cal = calibrate(
         [float(r["score"]) for r in refs if r["score"] is not None],
         fpr,
         identity,
@@ -269,6 +282,39 @@ def calibration_from_records(
         reference_version="+".join(v for _, v in suites),
         checkpoint=checkpoint,
     )
+    thresholds = copy_thresholds_from_records(refs, fpr)
+    return replace(cal, copy_thresholds=thresholds) if thresholds else cal
+
+
+def copy_thresholds_from_records(records: Sequence[CaseRecord], fpr: float) -> dict[str, dict[str, Any]]:
+    """Copy thresholds calibrated like the detector's: per descriptor, the (1 - fpr) quantile of the reference
+    prompts' copy similarities (each prompt's closest generation to a training image), with the descriptor's
+    settings. Empty when no reference case was confirmed against training images."""
+    from memtest.evidence import calibrate_copy_threshold
+
+    found: dict[str, tuple[dict[str, Any], list[float]]] = {}
+    for r in records:
+        evidence = r.get("evidence")
+        if r["expectation"] != "reference" or not evidence or evidence.get("similarity") is None:
+            continue
+        descriptor = evidence["descriptor"]
+        settings, values = found.setdefault(descriptor["name"], (dict(descriptor["settings"]), []))
+        if settings != descriptor["settings"]:
+            raise CalibrationError(
+                f"Reference cases were confirmed with two {descriptor['name']} settings ({settings} and "
+                f"{descriptor['settings']}); calibrate the copy threshold with one."
+            )
+        values.append(float(evidence["similarity"]))
+    return {
+        name: {
+            "value": calibrate_copy_threshold(values, fpr),
+            "fpr": fpr,
+            "references": len(values),
+            "descriptor": settings,
+            "source": "calibrated",
+        }
+        for name, (settings, values) in sorted(found.items())
+    }
 
 
 def describe_calibration_file(path: Path) -> str:
@@ -403,6 +449,7 @@ __all__ = [
     "check_runnable",
     "checkpoint_suite",
     "confirm",
+    "copy_thresholds_from_records",
     "describe_calibration",
     "describe_calibration_file",
     "error_record",
@@ -417,5 +464,6 @@ __all__ = [
     "shard_index",
     "suite_cases",
     "summary_lines",
+    "wants_confirmation",
     "write_outputs",
 ]
