@@ -273,6 +273,23 @@ class Engine:
             generations, training, descriptor=choice.descriptor, threshold=self.copy_threshold(choice.descriptor.name)
         )
 
+    def evidence_entry(self, case: AuditCase, found: Confirmation) -> dict[str, Any]:
+        """What the case record keeps of a confirmation: the measurements always; thumbnails of the generations
+        unless `report_images` is "none"; thumbnails of the closest training images only with "all" (training
+        images are the data the audit protects, and the results file and report are made to be shared)."""
+        from memtest.mitigation.images import png_thumbnails
+
+        entry: dict[str, Any] = dict(found.to_dict())
+        mode = self.config.report_images
+        if mode == "none":
+            entry["thumbnails"] = []
+        if mode == "all" and found.closest:
+            training = self.training_images(case)
+            assert training is not None  # closest indexes into it
+            shown = sorted(set(found.closest))
+            entry["training_thumbnails"] = dict(zip(map(str, shown), png_thumbnails(training[shown]), strict=True))
+        return entry
+
     def baseline(self) -> Baseline | None:
         """The base model's results the run compares with (the baseline option), read and checked once."""
         if self.config.baseline is None:

@@ -213,7 +213,7 @@ def run_case(
         engine.config.calibrate and engine.config.confirm == "all"  # references calibrate the copy threshold
     ):
         found = engine.confirm(case)
-        confirm(record, case, dict(found.to_dict()), found.copied)
+        confirm(record, case, engine.evidence_entry(case, found), found.copied)
     baseline = engine.baseline() if threshold is not None else None
     if baseline is not None:
         baseline.apply(case, record)

@@ -200,6 +200,8 @@ def _case_rows(cases: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
                 "margin": fmt_signed(case["margin"]),
                 "margin_v": _sort_key(case["margin"]),
                 "flagged": "—" if flagged is None else ("yes" if flagged else "no"),
+                "verdict": case.get("verdict") or "",
+                "inherited": bool(case.get("inherited")),
                 "flagged_key": "" if flagged is None else ("1" if flagged else "0"),
                 "vals": shown or "—",
                 "vals_tip": tip,
@@ -270,10 +272,73 @@ def _adapter_rows(adapters: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]
     ]
 
 
-def _verdict(summary: Mapping[str, int]) -> str:
+def _verdict(summary: Mapping[str, int], budget: Mapping[str, Any] | None = None) -> str:
     if summary["total"] == 0:
         return "EMPTY"
-    return "PASS" if summary["failed"] == 0 and summary["errors"] == 0 else "FAIL"
+    exceeded = bool(budget and budget.get("exceeded"))
+    return "PASS" if summary["failed"] == 0 and summary["errors"] == 0 and not exceeded else "FAIL"
+
+
+#: At most this many cases show their evidence images, and the images of all of them together take at most
+#: EVIDENCE_BYTES of base64: the report stays one file that opens quickly (the rest are listed without images).
+EVIDENCE_CASES = 40
+EVIDENCE_BYTES = 1_500_000
+_VERDICT_ORDER = {"copy": 0, "flagged": 1, "clean": 2}
+
+
+def _evidence_model(cases: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+    """Copies first, then unconfirmed flags, then the rest, each with its generations (and, when the run kept
+    them, the closest training images), every pair's similarity against the copy threshold. Returns the shown
+    cases and how many had their images left out by the bounds."""
+    confirmed = [c for c in cases if c.get("evidence")]
+    confirmed.sort(
+        key=lambda c: (_VERDICT_ORDER.get(str(c.get("verdict")), 3), -float(c["evidence"].get("similarity") or 0.0))
+    )
+    shown: list[dict[str, Any]] = []
+    left_out = 0
+    used = 0
+    for case in confirmed:
+        ev = case["evidence"]
+        thumbs = [str(t) for t in ev.get("thumbnails") or []]
+        training = {str(k): str(v) for k, v in (ev.get("training_thumbnails") or {}).items()}
+        size = sum(len(t) for t in thumbs) + sum(len(t) for t in training.values())
+        with_images = len(shown) < EVIDENCE_CASES and used + size <= EVIDENCE_BYTES
+        if with_images:
+            used += size
+        elif thumbs or training:
+            left_out += 1
+        best, closest = ev.get("best") or [], ev.get("closest") or []
+        threshold = ev.get("threshold")
+        generations = [
+            {
+                "src": f"data:image/png;base64,{thumbs[i]}" if with_images and i < len(thumbs) else None,
+                "similarity": fmt_num(best[i], 3) if i < len(best) else "—",
+                "closest": str(closest[i]) if i < len(closest) else "",
+                "above": threshold is not None and i < len(best) and float(best[i]) > float(threshold),
+            }
+            for i in range(max(len(thumbs), len(best)))
+        ]
+        shown.append(
+            {
+                "id": case["id"],
+                "prompt": case["prompt"],
+                "verdict": case.get("verdict") or "—",
+                "inherited": bool(case.get("inherited")),
+                "outcome": case["outcome"],
+                "descriptor": str((ev.get("descriptor") or {}).get("name", "")),
+                "threshold": fmt_num(threshold, 4) if threshold is not None else "none",
+                "threshold_source": str(ev.get("threshold_source", "")),
+                "agreement": fmt_num((ev.get("agreement") or {}).get("mean"), 3),
+                "summary": str(ev.get("summary", "")),
+                "generations": generations,
+                "training": [
+                    {"index": k, "src": f"data:image/png;base64,{v}" if with_images else None}
+                    for k, v in sorted(training.items(), key=lambda kv: int(kv[0]))
+                ],
+                "training_images": int(ev.get("training_images") or 0),
+            }
+        )
+    return shown, left_out
 
 
 def _csp(scripts: Sequence[str]) -> str:
@@ -330,9 +395,14 @@ def build_context(doc: Mapping[str, Any]) -> dict[str, Any]:
     drawn = [s for s in spectra if s["eigenvalues"]]
     checkpoint = doc["checkpoint"]
     environment = dict(doc["environment"])
+    evidence, evidence_left_out = _evidence_model(cases)
     return {
         "doc": doc,
-        "verdict": _verdict(summary),
+        "verdict": _verdict(summary, doc.get("budget")),
+        "budget": doc.get("budget"),
+        "evidence": evidence,
+        "evidence_left_out": evidence_left_out,
+        "evidence_limits": (EVIDENCE_CASES, EVIDENCE_BYTES),
         "summary": summary,
         "checkpoint": checkpoint,
         "config": _kv({k: v for k, v in (checkpoint.get("config") or {}).items() if k != "adapters"}),
