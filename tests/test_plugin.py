@@ -22,13 +22,16 @@ def run(pytester: pytest.Pytester, xdist: bool, *args: str) -> pytest.RunResult:
     return pytester.runpytest(*args)
 
 
-def base_args(env: dict[str, Any], *extra: str) -> list[str]:
+def base_args(env: dict[str, Any], *extra: str, fail_on: str = "flag") -> list[str]:
+    """The gate suite's run. These tests check the strict rule (every flag fails its case: fail-on=flag), where
+    the outcome of each case is known in advance; test_the_default_rule_... checks fail-on=copy."""
     return [
         "--memtest",
         f"--memtest-checkpoint={env['checkpoint']}",
         f"--memtest-suite={env['suite']}",
         "--memtest-n=1",
         "--memtest-fpr=0.1",
+        f"--memtest-fail-on={fail_on}",
         *extra,
     ]
 
@@ -64,6 +67,37 @@ def test_gate_gives_expected_outcome_per_case(pytester: pytest.Pytester, gate_en
     assert 'name="memtest_score"' in junit and 'name="memtest_threshold"' in junit
     if xdist:
         assert "xdist workers (checkpoint loads): {'gw0': 1, 'gw1': 1}" in out
+
+
+@pytest.mark.parametrize("xdist", XDIST)
+def test_the_default_rule_passes_an_unconfirmed_flag_within_the_budget(
+    pytester: pytest.Pytester, gate_env: dict[str, Any], xdist: bool
+) -> None:
+    """fail-on=copy (the default): the clean case above the threshold is flagged, confirmation finds nothing to
+    compare with (no training images on this tiny model), so it passes alone and counts against the flag budget:
+    1 flag among 2 clean cases, with 2 allowed (14 references at fpr 0.1). The missed memorized case still fails."""
+    args = base_args(
+        gate_env, f"--memtest-calibration={gate_env['calibration']}", "--memtest-json=r.json", fail_on="copy"
+    )
+    result = run(pytester, xdist, *args, "--junitxml=junit.xml")
+    result.assert_outcomes(passed=3, failed=1)
+    doc = json.loads((pytester.path / "r.json").read_text())
+    verdicts = {c["case_id"]: (c["outcome"], c.get("verdict")) for c in doc["cases"]}
+    assert verdicts == {
+        "clean-ok": ("passed", "clean"),
+        "clean-bad": ("passed", "flagged"),
+        "mem-caught": ("passed", "flagged"),
+        "mem-missed": ("failed", "clean"),
+    }
+    evidence = {c["case_id"]: c.get("evidence") for c in doc["cases"]}
+    assert evidence["clean-ok"] is None and evidence["clean-bad"]["training_images"] == 0
+    assert evidence["clean-bad"]["agreement"]["mean"] is None  # n=1: nothing to agree with
+    assert doc["budget"] == {"clean": 2, "flagged": 1, "allowed": 2, "expected": 0.2, "fpr": 0.1, "n_reference": 14,
+                             "confidence": 0.99, "exceeded": False}  # fmt: skip
+    out = result.stdout.str()
+    assert "flag budget within budget: 1 unconfirmed flag(s) among 2 clean case(s)" in out
+    assert "verdicts: 0 copy, 2 flagged (not confirmed), 2 clean" in out
+    assert 'name="memtest_verdict" value="flagged"' in (pytester.path / "junit.xml").read_text()
 
 
 @pytest.mark.parametrize("xdist", XDIST)
