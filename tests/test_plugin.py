@@ -22,9 +22,11 @@ def run(pytester: pytest.Pytester, xdist: bool, *args: str) -> pytest.RunResult:
     return pytester.runpytest(*args)
 
 
-def base_args(env: dict[str, Any], *extra: str, fail_on: str = "flag") -> list[str]:
+def base_args(env: dict[str, Any], *extra: str, fail_on: str = "flag", confirm: str = "off") -> list[str]:
     """The gate suite's run. These tests check the strict rule (every flag fails its case: fail-on=flag), where
-    the outcome of each case is known in advance; test_the_default_rule_... checks fail-on=copy."""
+    the outcome of each case is known in advance, without generating (confirm=off: the tiny model has no training
+    images, and generation costs seconds per run); test_the_default_rule_... checks fail-on=copy with
+    confirmation."""
     return [
         "--memtest",
         f"--memtest-checkpoint={env['checkpoint']}",
@@ -32,6 +34,7 @@ def base_args(env: dict[str, Any], *extra: str, fail_on: str = "flag") -> list[s
         "--memtest-n=1",
         "--memtest-fpr=0.1",
         f"--memtest-fail-on={fail_on}",
+        f"--memtest-confirm={confirm}",
         *extra,
     ]
 

@@ -39,7 +39,7 @@ def gate_args(env: dict[str, Any], checkpoint: Path | str) -> list[str]:
     return [
         "-p", "no:cacheprovider", "--memtest", f"--memtest-checkpoint={checkpoint}",
         f"--memtest-suite={env['suite']}", f"--memtest-calibration={env['calibration']}", "--memtest-n=1",
-        "--memtest-cache-dir=none", "--memtest-fail-on=flag",
+        "--memtest-cache-dir=none", "--memtest-fail-on=flag", "--memtest-confirm=off",
     ]  # fmt: skip
 
 
