@@ -80,7 +80,11 @@ def test_the_default_rule_passes_an_unconfirmed_flag_within_the_budget(
     compare with (no training images on this tiny model), so it passes alone and counts against the flag budget:
     1 flag among 2 clean cases, with 2 allowed (14 references at fpr 0.1). The missed memorized case still fails."""
     args = base_args(
-        gate_env, f"--memtest-calibration={gate_env['calibration']}", "--memtest-json=r.json", fail_on="copy"
+        gate_env,
+        f"--memtest-calibration={gate_env['calibration']}",
+        "--memtest-json=r.json",
+        fail_on="copy",
+        confirm="flagged",
     )
     result = run(pytester, xdist, *args, "--junitxml=junit.xml")
     result.assert_outcomes(passed=3, failed=1)
