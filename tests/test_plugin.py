@@ -265,6 +265,7 @@ def test_suite_files_in_test_paths_are_collected(pytester: pytest.Pytester, gate
     result = pytester.runpytest(
         "--memtest", f"--memtest-checkpoint={gate_env['checkpoint']}", "--memtest-n=1",
         f"--memtest-calibration={gate_env['calibration']}", "--memtest-fpr=0.1", "-v",
+        "--memtest-fail-on=flag", "--memtest-confirm=off",  # the strict rule: clean-bad's flag fails it
     )  # fmt: skip
     result.assert_outcomes(passed=2, failed=2)
     result.stdout.fnmatch_lines(["audit_suite.yaml::clean-ok PASSED*"])
