@@ -173,6 +173,7 @@ class ConfirmationEntry(TypedDict):
     threshold_source: str
     copies: int | None
     copied: bool | None
+    summary: str
     generation: dict[str, Any]
     seconds: dict[str, float]
     thumbnails: list[str]
@@ -231,6 +232,22 @@ class Confirmation:
         copies = self.copies
         return None if copies is None else copies > 0
 
+    @property
+    def summary(self) -> str:
+        """One line for a test report: copies against the threshold, the closest training image, the agreement."""
+        n = len(self.images)
+        agree = "" if self.agreement_mean is None else f"; agreement among generations {self.agreement_mean:.3f}"
+        if not self.best:
+            return f"no training images to compare with ({self.descriptor}){agree}"
+        best = max(range(n), key=lambda i: self.best[i])
+        closest = f"best {self.best[best]:.3f} (training image {self.closest[best]})"
+        if self.threshold is None:
+            return f"{closest} by {self.descriptor}, no copy threshold{agree}"
+        return (
+            f"{self.copies}/{n} generations above the {self.descriptor} copy threshold {self.threshold:.4g}, "
+            f"{closest}{agree}"
+        )
+
     def to_dict(self) -> ConfirmationEntry:
         """Plain JSON; the generations as base64 PNG thumbnails (`memtest.mitigation.images.png_thumbnails`)."""
         from memtest.mitigation.images import png_thumbnails
@@ -250,6 +267,7 @@ class Confirmation:
             "threshold_source": self.threshold_source,
             "copies": self.copies,
             "copied": self.copied,
+            "summary": self.summary,
             "generation": dict(self.generation),
             "seconds": dict(self.seconds),
             "thumbnails": png_thumbnails(self.images) if len(self.images) else [],

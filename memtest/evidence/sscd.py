@@ -7,6 +7,11 @@ loads the file from the installed package and never copies it (the package's lic
 files). ONNX Runtime runs it on the CPU. The graph takes uint8 RGB (batch, H, W, 3) and normalises itself; it
 returns 512-d embeddings of norm 1, so the similarity is the cosine, a dot product, at most 1.
 
+The int8 model is not SSCD's published fp32 model: its numbers may differ from published SSCD similarities by the
+quantisation error, which cannot be measured here (the fp32 weights are not installable offline). It is
+deterministic (the same bytes give the same embedding, with 1 or 2 threads alike), and `settings()` records the
+file's sha256, so a threshold calibrated with it holds for it alone.
+
 Inputs: every image is rounded to 8 bits and resized (bicubic) to `size` x `size` (288, the resolution SSCD is
 evaluated at). The field's copy threshold is a cosine of 0.5 (Somepalli et al., 2023), `convention` here, used
 only when no calibrated threshold is given. It assumes natural images of a reasonable size: on images of a few
