@@ -1,4 +1,4 @@
-"""The `memtest` command: audit, calibrate, merge, report, zoo.
+"""The `memtest` command: audit, calibrate, merge, report, suite, zoo.
 
 `memtest audit` is the main job without pytest: it scores the suite on the checkpoint (default: the
 embedded canary), judges every case against the calibrated threshold, and writes the results file and
@@ -33,12 +33,18 @@ def spell(name: str, value: str | None) -> str:
 
     if name == "calibrate":  # a subcommand here, not a flag
         return "`memtest calibrate`"
+    if name in SUITE_FLAGS:  # `memtest suite from-dataset`'s own flags (memtest.datasets' keywords)
+        return flag(name) if value is None else f"{flag(name)}={value}"
     if name not in OPTION_NAMES:
         return f"`{name}`" if value is None else f"`{name}={value}`"
     kinds = {o.name: o.kind for o in OPTIONS}
     if value is None or kinds[name] == "flag":  # an on/off option takes no value on a command line
         return flag(name)
     return f"{flag(name)}={value}"
+
+
+#: The flags of `memtest suite from-dataset`, by the keyword of memtest.datasets.suite_from_dataset they set.
+SUITE_FLAGS = ("format", "caption_column", "image_column", "caption_extension", "root", "folder_captions")
 
 
 def _add_settings(parser: argparse.ArgumentParser) -> None:
@@ -156,6 +162,56 @@ def cmd_merge(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_suite_from_dataset(ns: argparse.Namespace) -> int:
+    from memtest.datasets import DEFAULT_DISTANCE, suite_from_dataset
+
+    made = suite_from_dataset(
+        ns.path,
+        ns.output,
+        format=ns.format,
+        caption_column=ns.caption_column,
+        image_column=ns.image_column,
+        caption_extension=ns.caption_extension,
+        root=ns.root,
+        name=ns.name,
+        top_risk=ns.top_risk,
+        distance=DEFAULT_DISTANCE if ns.hash_distance is None else ns.hash_distance,
+        copy_images=ns.copy_images,
+        folder_captions=ns.folder_captions,
+    )
+    print(
+        f"suite written: {ns.output} ({len(made.suite.cases)} cases of {made.captions} distinct captions; "
+        f"{made.pairs} pairs, {made.images} distinct images, {made.format}; {made.at_risk} at risk; "
+        f"{made.stored} images stored beside the suite)"
+    )
+    for cluster in made.clusters[:5]:
+        names = "; ".join(repr(c[:60]) for c in cluster.captions[:3]) + (" ..." if len(cluster.captions) > 3 else "")
+        print(f"  duplicate cluster: {cluster.rows} rows, {cluster.images} images, seen {cluster.exposure}x: {names}")
+    return 0
+
+
+def _add_suite(sub: Any) -> None:
+    suite = sub.add_parser("suite", help="write prompt suites (from a training set)")
+    verbs = suite.add_subparsers(dest="suite_command", required=True)
+    fd = verbs.add_parser(
+        "from-dataset",
+        help="a suite of a training set's captions, with their images and duplication-risk tags (docs/datasets.md)",
+    )
+    fd.add_argument("path", type=Path, help="the training set: a folder, a kohya .toml, a .tar shard or a .parquet")
+    fd.add_argument("-o", "--output", required=True, type=Path, help="the suite file to write (SUITE.yaml)")
+    fd.add_argument("--format", default="auto", help="auto, imagefolder, kohya, webdataset or parquet")
+    fd.add_argument("--caption-column", help="caption column or JSON key (default: text, else caption)")
+    fd.add_argument("--image-column", help="Parquet image column (default: image, else the one bytes column)")
+    fd.add_argument("--caption-extension", help="kohya caption files' extension (default: .txt, else .caption)")
+    fd.add_argument("--root", type=Path, help="the folder no path may leave (default: the dataset's folder)")
+    fd.add_argument("--name", help="the suite's name (default: the output file's stem)")
+    fd.add_argument("--top-risk", type=int, metavar="K", help="keep only the K riskiest captions")
+    fd.add_argument("--hash-distance", type=int, metavar="BITS", help="near-duplicate phash distance (default 8)")
+    fd.add_argument("--copy-images", action="store_true", help="store every image beside the suite, not only archived")
+    fd.add_argument("--folder-captions", action="store_true", help="kohya: class tokens caption images without a file")
+    fd.set_defaults(func=cmd_suite_from_dataset)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="memtest", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -179,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("inputs", nargs="+", type=Path)
     merge.add_argument("-o", "--output", required=True, type=Path)
     merge.set_defaults(func=cmd_merge)
+    _add_suite(sub)
     sub.add_parser("report", help="render results JSON as a self-contained HTML report", add_help=False)
     sub.add_parser("zoo", help="train, list and inspect canary checkpoints", add_help=False)
     return parser
