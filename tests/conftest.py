@@ -97,14 +97,24 @@ def gate_env(tiny_eps_path: Path, tmp_path_factory: pytest.TempPathFactory) -> d
     Scores are deterministic, so the fixture scores candidates directly and builds a suite where a
     clean case passes, a clean case fails (above the threshold) and a memorized case is flagged.
     """
+    import torch
+
     import memtest
     from memtest.audit.calibration import calibrate, save_calibration
     from memtest.detection.scoring import Scorer, ScoreSettings
+    from memtest.threads import apply_threads
 
     root = tmp_path_factory.mktemp("gate")
     ckpt = memtest.load_checkpoint(tiny_eps_path, device="cpu")
     scorer = Scorer(ckpt, ScoreSettings(n=1))
-    ranked = sorted(scorer.score(POOL), key=lambda r: r.score)
+    # Score on the threads a memtest run uses (scores depend on the count), whatever a module's
+    # `one_torch_thread` left set in this xdist worker when the fixture is first asked for.
+    threads = torch.get_num_threads()
+    apply_threads()
+    try:
+        ranked = sorted(scorer.score(POOL), key=lambda r: r.score)
+    finally:
+        torch.set_num_threads(threads)
     assert len({r.score for r in ranked}) == len(ranked)
     # The two lowest-scoring prompts lie below every reference, the highest ones above all of them:
     # the outcomes follow whatever the random weights are.

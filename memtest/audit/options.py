@@ -85,7 +85,7 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "threads",
-        "torch threads per process (default: usable cores / parallel workers, or OMP_NUM_THREADS if set)",
+        "torch threads per process (default: the usable cores in every worker, or OMP_NUM_THREADS if set)",
         int,
     ),
     Option(
