@@ -345,6 +345,13 @@ def test_default_run_audits_the_embedded_canary(pytester: pytest.Pytester, xdist
     # Every planted caption is flagged and every clean caption stays below the shipped calibration ...
     assert {c["case_id"]: c["outcome"] for c in detect} == {c.id: "passed" for c in gated}
     assert {c["case_id"] for c in detect if c["flagged"]} == planted
+    # ... confirmed: each planted caption's generations copy its own planted image (the shipped calibration's
+    # pixel copy threshold); no clean caption is a copy.
+    verdicts = {c["case_id"]: c["verdict"] for c in detect}
+    assert verdicts == {c.id: "copy" if c.id in planted else "clean" for c in gated}
+    own = {p: i for i, p in enumerate(sorted(planted))}
+    assert all(set(c["evidence"]["closest"]) == {own[c["case_id"]]} for c in detect if c["flagged"])
+    assert doc["budget"]["flagged"] == 0 and not doc["budget"]["exceeded"]
     # ... and SAIL finds flat initial noise for every planted caption marked `mitigate: true`.
     mitigated = {c["case_id"]: c["outcome"] for c in doc["cases"] if c["kind"] == "mitigate"}
     assert mitigated == {c.id: "passed" for c in gated if c.mitigate}
