@@ -306,3 +306,23 @@ def test_the_clean_scale_smoke_run(load_script: Callable[[str], Any], tmp_path: 
     shipped = json.loads((ROOT / "docs" / "runs" / "clean-scale.json").read_text(encoding="utf-8"))
     assert shipped["prompts"] >= 1000 and shipped["default_rule"]["passed"]
     assert shipped["budget"]["flagged"] <= shipped["budget"]["allowed"]
+
+
+def test_a_base_calibration_takes_the_copy_threshold_from_the_checkpoints_own(tmp_path: Path) -> None:
+    """Gating a fine-tune with its base's detection threshold: the copy threshold (this checkpoint's generations
+    against its own training images, which the base's calibration never saw) comes from its own calibration."""
+    import memtest.audit as audit
+    from memtest.audit.calibration import CALIBRATION_FILENAME
+
+    base_cal = canaries_dir() / "base" / CALIBRATION_FILENAME
+    own = json.loads((canaries_dir() / "finetuned" / CALIBRATION_FILENAME).read_text(encoding="utf-8"))
+    values = {"checkpoint": "zoo:finetuned", "calibration": str(base_cal), "accept_base_calibration": True}
+    engine = audit.Engine(audit.config_from_values(values))
+    assert engine.calibration()[1] is True  # the base's, accepted
+    found = engine.copy_threshold("pixel")
+    assert found is not None and found.value == own["copy_thresholds"]["pixel"]["value"]
+    assert "own calibration" in found.source
+    assert engine.copy_threshold("sscd") is None  # none calibrated for it: the descriptor's convention applies
+    # The checkpoint's own calibration in use: its threshold, as calibrated.
+    mine = audit.Engine(audit.config_from_values({"checkpoint": "zoo:finetuned"})).copy_threshold("pixel")
+    assert mine is not None and mine.value == found.value and mine.source == "calibrated"

@@ -247,7 +247,15 @@ class Engine:
         """The calibration's copy threshold for `descriptor` (memtest.evidence), if it has one."""
         if self.config.calibrate:
             return None
-        entry = self.calibration()[0].copy_thresholds.get(descriptor)
+        cal, accepted = self.calibration()
+        entry = cal.copy_thresholds.get(descriptor)
+        source = str(entry.get("source", "calibrated")) if entry is not None else ""
+        if entry is None and accepted:
+            # A copy threshold belongs to this checkpoint's generations against its training images, which a
+            # base's calibration never saw: when the detection threshold is the base's, take the copy threshold
+            # from the checkpoint's own calibration if it has one for the same scoring settings.
+            entry = self._own_copy_thresholds().get(descriptor)
+            source = "calibrated on this checkpoint (its own calibration file; the detection threshold is the base's)"
         if entry is None:
             return None
         from memtest.evidence import CopyThreshold
@@ -257,8 +265,28 @@ class Engine:
             fpr=float(entry["fpr"]),
             references=int(entry["references"]),
             descriptor=dict(entry["descriptor"]),
-            source=str(entry.get("source", "calibrated")),
+            source=source,
         )
+
+    def _own_copy_thresholds(self) -> dict[str, Any]:
+        """The copy thresholds of the checkpoint's own calibration file, when it exists and was made with this
+        run's scoring settings (so the same initial noises); else none. An unusable own file only means no
+        calibrated copy threshold (the evidence then says so): the gate's threshold is the accepted base's."""
+        from memtest.audit.calibration import CALIBRATION_FILENAME
+        from memtest.errors import MemtestError
+        from memtest.models.locate import resolve_checkpoint
+
+        _, folder = resolve_checkpoint(self.config.checkpoint)
+        own = folder / CALIBRATION_FILENAME
+        if self.config.calibration is not None and Path(self.config.calibration).resolve() == own.resolve():
+            return {}
+        if not own.is_file():
+            return {}
+        try:
+            cal, accepted = checkpoint_calibration(self.identity(), folder, path=own, accept_base=False, missing="")
+        except MemtestError:
+            return {}
+        return dict(cal.copy_thresholds) if not accepted else {}
 
     def confirm(self, case: AuditCase) -> Confirmation:
         """Generate the case's images from the detector's initial noises and compare them with its training
