@@ -429,6 +429,11 @@ def test_parquet_refusals(tmp_path: Path) -> None:
     refuse(tmp_path / "up.parquet", tmp_path / "s.yaml", "up.parquet, row 1", "'..'")
     pq.write_table(pa.table({"image": [IMAGES[0], None], "text": ["a", "b"]}), tmp_path / "hole.parquet")
     refuse(tmp_path / "hole.parquet", tmp_path / "s.yaml", "hole.parquet, row 2", "image bytes")
+    # What `datasets`' to_parquet writes for images loaded from local files (seen with datasets 5.2): a struct
+    # with no bytes and the absolute path; refused with how to embed the images.
+    cell = {"bytes": None, "path": str(tmp_path / "x.png")}
+    pq.write_table(pa.table({"image": [cell], "text": ["a"]}), tmp_path / "paths.parquet")
+    refuse(tmp_path / "paths.parquet", tmp_path / "s.yaml", "paths.parquet, row 1", "absolute path", "save_to_disk")
 
 
 def test_detect_format(tmp_path: Path) -> None:

@@ -634,6 +634,14 @@ def _table_image(value: object, caption: str, where: str, file: Path, root: Path
         data, name = value.get("bytes"), value.get("path") or ""
         if data is None:
             value = value.get("path")
+            if isinstance(value, str) and (PurePosixPath(value).is_absolute() or PureWindowsPath(value).drive):
+                # What `datasets`' to_parquet writes for images loaded from local files: the path, not the bytes.
+                raise DatasetError(
+                    f"{where}: the image column {column!r} holds only the absolute path {value!r}, not the image "
+                    "bytes; a training set's paths stay inside its folder. Save the images into the file: with "
+                    "datasets, `save_to_disk(FOLDER)` (memtest reads that folder) embeds them, as does "
+                    "`datasets.table.embed_table_storage` before writing Parquet."
+                )
     else:
         data = value
     if isinstance(data, (bytes, bytearray)):
