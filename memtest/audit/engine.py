@@ -136,6 +136,7 @@ class Engine:
         self._calibration: tuple[Calibration, bool] | None = None
         self._baseline: Baseline | None = None
         self._planted: np.ndarray | None = None
+        self._own_copy: dict[str, Any] | None = None
 
     def loaded(self) -> bool:
         """Whether this process has loaded the checkpoint (it has scored something)."""
@@ -269,6 +270,11 @@ class Engine:
         )
 
     def _own_copy_thresholds(self) -> dict[str, Any]:
+        if self._own_copy is None:
+            self._own_copy = self._read_own_copy_thresholds()
+        return self._own_copy
+
+    def _read_own_copy_thresholds(self) -> dict[str, Any]:
         """The copy thresholds of the checkpoint's own calibration file, when it exists and was made with this
         run's scoring settings (so the same initial noises); else none. An unusable own file only means no
         calibrated copy threshold (the evidence then says so): the gate's threshold is the accepted base's."""
