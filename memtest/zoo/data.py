@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Sequence
+import os
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -352,9 +353,14 @@ _FALSE = {"", "0", "false", "no", "n"}
 @dataclass(frozen=True)
 class _Row:
     number: int  # 1-based data row (CSV: header is line 1, so row k is on line k + 1)
-    image: str
+    image: str  # the image's key in the loaded images (a manifest: its file name relative to the folder)
     caption: str
     planted: bool
+    where: str = ""  # how messages locate the row (default "row N")
+
+    @property
+    def at(self) -> str:
+        return self.where or f"row {self.number}"
 
 
 def _parse_planted(value: Any, where: str) -> bool:
@@ -424,14 +430,23 @@ def _read_rows(manifest: Path) -> tuple[list[_Row], list[str]]:
     return rows, heldout
 
 
-def _load_image(path: Path, size: int) -> np.ndarray:
+def _load_image(path: Path, size: int, data: bytes | None = None, where: str = "") -> np.ndarray:
+    """The image at `path` (or its bytes `data`, read from `where`), RGB, resized to `size` x `size` (bicubic),
+    in [-1, 1], (3, size, size)."""
+    import io
+
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
+        with Image.open(path if data is None else io.BytesIO(data)) as im:
             im.load()
             rgb = im.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        if data is not None:
+            raise ZooError(
+                f"Cannot read image {where or path}: {exc}. Replace it with a valid PNG/JPEG image or remove its row "
+                "from the training set."
+            ) from exc
         raise ZooError(
             f"Cannot read image {path}: {exc}. Replace it with a valid PNG/JPEG file or remove it from "
             "the folder and the manifest."
@@ -476,21 +491,46 @@ def user_data(
                 )
             images[r.image] = _load_image(p, resolution)
 
+    return _rows_data(
+        rows,
+        images,
+        mpath.name,
+        (*heldout, *extra_heldout),
+        {"kind": "user", "image_dir": str(folder.resolve()), "manifest": str(mpath.resolve())},
+        "(rows with planted=false)",
+    )
+
+
+def _rows_data(
+    rows: Iterable[_Row],
+    images: Mapping[str, np.ndarray],
+    label: str,
+    heldout: Iterable[str],
+    source: dict[str, Any],
+    unplanted: str,
+) -> CanaryData:
+    """Canary data from training rows (from a manifest or a training set) whose images are loaded in `images`.
+
+    A caption has one label; a planted caption names exactly one image; at least one row is non-planted.
+    Images are indexed in the order of their keys, pairs and planted captions deduplicated and sorted, so the
+    same rows give the same data in any order. `label` names the source in messages; `unplanted` says how
+    its rows are marked non-planted."""
+    rows = list(rows)
     # One label and (for planted captions) one image per caption.
     first: dict[str, _Row] = {}
     for r in rows:
         prev = first.setdefault(r.caption, r)
         if prev.planted != r.planted:
             raise ZooError(
-                f"{mpath.name}: caption '{r.caption}' is planted in row "
-                f"{prev.number if prev.planted else r.number} but not planted in row "
-                f"{r.number if prev.planted else prev.number}. Give each caption one label."
+                f"{label}: caption '{r.caption}' is planted in "
+                f"{prev.at if prev.planted else r.at} but not planted in "
+                f"{r.at if prev.planted else prev.at}. Give each caption one label."
             )
         if r.planted and prev.image != r.image:
             raise ZooError(
-                f"{mpath.name}: planted caption '{r.caption}' names two images, '{prev.image}' (row "
-                f"{prev.number}) and '{r.image}' (row {r.number}). A planted caption must be tied to one "
-                "image: remove a row or give the rows different captions."
+                f"{label}: planted caption '{r.caption}' names two images, '{prev.image}' ({prev.at}) and "
+                f"'{r.image}' ({r.at}). A planted caption must be tied to one image: remove a row or give the rows "
+                "different captions."
             )
     names = sorted({r.image for r in rows})
     index = {n: i for i, n in enumerate(names)}
@@ -500,13 +540,13 @@ def user_data(
     nonplanted = sorted({(index[r.image], cindex[r.caption]) for r in rows if not r.planted})
     if not nonplanted:
         raise ZooError(
-            f"{mpath.name}: every row is planted; memtest needs non-planted captions (rows with planted=false) "
+            f"{label}: every row is planted; memtest needs non-planted captions {unplanted} "
             "to calibrate what a non-memorised caption scores"
         )
-    held = [" ".join(h.split()) for h in (*heldout, *extra_heldout) if h.strip()]
+    held = [" ".join(h.split()) for h in heldout if h.strip()]
     clash = sorted(set(held) & first.keys())
     if clash:
-        raise ZooError(f"held-out caption '{clash[0]}' is also a training caption in {mpath.name}; remove it")
+        raise ZooError(f"held-out caption '{clash[0]}' is also a training caption in {label}; remove it")
     data = CanaryData(
         images=np.stack([images[n] for n in names]).astype(np.float32),
         captions=captions,
@@ -515,13 +555,102 @@ def user_data(
         planted=list(planted),
         heldout=list(dict.fromkeys(held)),
         planted_labels=[None] * len(planted),
-        source={
-            "kind": "user",
-            "image_dir": str(folder.resolve()),
-            "manifest": str(mpath.resolve()),
-            "images": len(names),
-            "rows": len(rows),
-        },
+        source={**source, "images": len(names), "rows": len(rows)},
     )
     data.validate()
     return data
+
+
+def dataset_data(
+    path: str | Path,
+    planted: Sequence[str] = (),
+    *,
+    format: str | None = None,
+    caption_column: str | None = None,
+    image_column: str | None = None,
+    caption_extension: str | None = None,
+    root: str | Path | None = None,
+    folder_captions: bool = False,
+    resolution: int = 16,
+    heldout: Sequence[str] = (),
+) -> CanaryData:
+    """Canary data from a training set in any layout memtest.datasets reads (imagefolder, kohya folders or TOML,
+    WebDataset shards, Parquet or save_to_disk), streamed through `memtest.datasets.iter_samples`.
+
+    Every image-caption pair is a row; the captions in `planted` are planted (each must be a caption of the set
+    and name exactly one image), every other caption is non-planted. An image is identified by its bytes (the
+    same file copied under several names, or repeated by kohya, is one image) and named by the first path
+    (relative to the dataset root) or archive member it was read from; the rows then follow `user_data`'s rules and
+    resizing, so the same pairs give the same data as a manifest would. Repeat counts (kohya's N_name folders,
+    duplicate rows) do not weight training: like a manifest's rows, pairs are deduplicated, and a planted caption
+    is shown with the recipe's `planted_prob`. A reading error is a memtest.datasets.DatasetError that names the
+    file and the row.
+    """
+    import hashlib
+
+    from memtest.datasets.errors import DatasetError
+    from memtest.datasets.images import sample_bytes
+    from memtest.datasets.readers import FORMATS, Format, ReadOptions, detect_format, iter_samples
+
+    source = Path(path)
+    if format in (None, "auto"):
+        fmt: Format = detect_format(source)
+    elif format in FORMATS:
+        fmt = format
+    else:
+        raise DatasetError(f"Unknown dataset format {format!r}. Use auto or one of {', '.join(FORMATS)}.")
+    options = ReadOptions(
+        caption_column=caption_column,
+        image_column=image_column,
+        caption_extension=caption_extension,
+        root=Path(root) if root is not None else None,
+        folder_captions=folder_captions,
+    )
+    base = (options.root or (source.parent if source.is_file() else source)).resolve()
+    plant = {" ".join(c.split()) for c in planted}
+    if "" in plant:
+        raise ZooError("an empty planted caption: name each planted caption as it appears in the training set")
+    names: dict[str, str] = {}  # sha256 of the bytes -> the image's key
+    images: dict[str, np.ndarray] = {}
+    rows: list[_Row] = []
+    for number, sample in enumerate(iter_samples(source, fmt, options), start=1):
+        data = sample_bytes(sample)
+        sha = hashlib.sha256(data).hexdigest()
+        key = names.get(sha)
+        if key is None:
+            if sample.path is not None:
+                key = Path(os.path.relpath(sample.path.resolve(), base)).as_posix()
+            else:
+                key = sample.name or sample.where
+            if key in images:  # another image under the same name (two shards with one key)
+                key = f"{key}@{sha[:12]}"
+            names[sha] = key
+            images[key] = _load_image(sample.path or Path(key), resolution, data, sample.where)
+        cap = " ".join(sample.caption.split())
+        rows.append(_Row(number, key, cap, cap in plant, sample.where))
+    if not rows:
+        raise ZooError(
+            f"Training set {source} ({fmt}) has no image-caption pairs; add images with captions, or point at the "
+            "folder or file that holds them"
+        )
+    missing = sorted(plant - {r.caption for r in rows})
+    if missing:
+        from memtest.errors import did_you_mean
+
+        raise ZooError(
+            f"planted caption '{missing[0]}' is not a caption of the training set {source}."
+            f"{did_you_mean(missing[0], sorted({r.caption for r in rows}))} Name a caption as the set writes it."
+        )
+    return _rows_data(
+        rows,
+        images,
+        str(source),
+        heldout,
+        {
+            "kind": "user",
+            "dataset": str(source.resolve()),
+            "format": fmt,
+            "planted_captions": sorted(plant),
+        },
+        "(captions not named as planted)",
+    )
