@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from memtest.errors import MemtestError, ZooError
+from memtest.errors import MemtestError, ZooError, neutral_spelling
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,8 +31,10 @@ def _parser() -> argparse.ArgumentParser:
         "train",
         help="train a canary checkpoint on CPU",
         description=(
-            "Train a tiny StableDiffusionPipeline-format canary into OUT. Without --images/--manifest it "
-            "uses scikit-learn's digits with --planted planted captions. With --base it fine-tunes that "
+            "Train a tiny StableDiffusionPipeline-format canary into OUT. Without --images/--manifest or "
+            "--dataset it uses scikit-learn's digits with --planted planted captions. With --dataset it trains on "
+            "a training set (imagefolder, kohya, WebDataset or Parquet, as `memtest suite from-dataset` reads it) "
+            "and plants the captions named with --plant. With --base it fine-tunes that "
             "checkpoint (tokenizer and VAE frozen); with --base and --lora-rank it trains a LoRA adapter on it "
             "instead and writes only the adapter file and its manifest."
         ),
@@ -45,6 +47,30 @@ def _parser() -> argparse.ArgumentParser:
         help="CSV or JSON of image,caption[,planted] rows (image relative to --images)",
     )
     sp.add_argument("--heldout", type=Path, help="text file of held-out captions, one per line (calibration)")
+    sp.add_argument(
+        "--dataset",
+        type=Path,
+        metavar="PATH",
+        help="train on this training set: a folder, a kohya .toml, a .tar shard or a .parquet (instead of --images)",
+    )
+    sp.add_argument(
+        "--plant",
+        action="append",
+        metavar="CAPTION",
+        help="with --dataset: plant this caption of the set (repeatable; it must name exactly one image)",
+    )
+    sp.add_argument(
+        "--format", default="auto", help="--dataset layout: auto, imagefolder, kohya, webdataset or parquet"
+    )
+    sp.add_argument("--caption-column", help="--dataset caption column or JSON key (default: text, else caption)")
+    sp.add_argument("--image-column", help="--dataset Parquet image column (default: image, else the one bytes column)")
+    sp.add_argument(
+        "--caption-extension", help="--dataset kohya caption files' extension (default: .txt, else .caption)"
+    )
+    sp.add_argument("--root", type=Path, help="--dataset: the folder no path may leave (default: the dataset's folder)")
+    sp.add_argument(
+        "--folder-captions", action="store_true", help="--dataset kohya: class tokens caption images without a file"
+    )
     sp.add_argument("--planted", type=int, default=10, help="planted captions for the digits data (default 10)")
     sp.add_argument("--base", help="fine-tune this checkpoint (zoo:NAME or a folder) instead of training anew")
     sp.add_argument(
@@ -63,7 +89,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="CHECKPOINT",
         help="new canary: take this canary's trained tokenizer and VAE, frozen, instead of training a VAE",
     )
-    sp.add_argument("--resolution", type=int, default=16, help="image size for --images (default 16)")
+    sp.add_argument("--resolution", type=int, default=16, help="image size for --images or --dataset (default 16)")
     sp.add_argument("--seed", type=int, help="random seed (default: the recipe's, 0)")
     sp.add_argument("--steps", type=int, help="UNet + text encoder steps")
     sp.add_argument("--vae-steps", type=int, help="VAE steps (ignored with --base)")
@@ -90,6 +116,21 @@ def _parser() -> argparse.ArgumentParser:
         help="give only this planted caption `mitigate: true` (repeatable; default: every planted caption)",
     )
     return p
+
+
+#: The options of `--dataset` (memtest.datasets' keywords), spelled as flags in messages.
+_DATASET_OPTIONS = ("format", "caption_column", "image_column", "caption_extension", "root", "folder_captions")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _spell(name: str, value: str | None) -> str:
+    """How `memtest zoo` names an option in a message: the --dataset options as its flags."""
+    if name in _DATASET_OPTIONS:
+        return _flag(name) if value is None else f"{_flag(name)}={value}"
+    return neutral_spelling(name, value)
 
 
 def _canary_folder(name: str) -> Path:
@@ -147,7 +188,7 @@ def _cmd_show(checkpoint: str, as_json: bool) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     # Yield the core while another process waits, instead of spinning (the 2-core machines are shared).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from memtest.zoo.data import digits_data, user_data
+    from memtest.zoo.data import dataset_data, digits_data, user_data
     from memtest.zoo.train import DEFAULT_RECIPE, FINETUNE_RECIPE, train_canary
 
     if args.lora_rank is not None and not args.base:
@@ -170,6 +211,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
     recipe = recipe.with_(**{k: v for k, v in changes.items() if v is not None})
     if (args.images is None) != (args.manifest is None):
         raise ZooError("--images and --manifest go together: the manifest names files in the image folder")
+    if args.dataset is not None and args.images is not None:
+        raise ZooError("--dataset and --images/--manifest are two sources of training data: give one")
+    if args.plant and args.dataset is None:
+        raise ZooError(
+            "--plant names planted captions of a --dataset; a manifest marks them in its planted column, and the "
+            "digits data takes --planted N"
+        )
+    given = [f for f in _DATASET_OPTIONS if getattr(args, f) not in (None, False, "auto")]
+    if given and args.dataset is None:
+        raise ZooError(f"{_flag(given[0])} describes a --dataset: add --dataset PATH")
     heldout: list[str] = []
     if args.heldout is not None:
         try:
@@ -178,6 +229,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise ZooError(f"Cannot read held-out captions {args.heldout}: {exc}") from exc
     if args.images is not None:
         data = user_data(args.images, args.manifest, resolution=args.resolution, heldout=heldout)
+    elif args.dataset is not None:
+        data = dataset_data(
+            args.dataset,
+            args.plant or (),
+            format=args.format,
+            caption_column=args.caption_column,
+            image_column=args.image_column,
+            caption_extension=args.caption_extension,
+            root=args.root,
+            folder_captions=args.folder_captions,
+            resolution=args.resolution,
+            heldout=heldout,
+        )
     else:
         data = digits_data(recipe.seed, n_planted=args.planted)
         if heldout:
@@ -247,5 +311,5 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_train(args)
         return _cmd_suite(args.checkpoint, args.output, args.name, args.clean_from, args.mitigate)
     except MemtestError as exc:
-        print(f"memtest zoo: error: {exc}", file=sys.stderr)
+        print(f"memtest zoo: error: {exc.render(_spell)}", file=sys.stderr)
         return 1
