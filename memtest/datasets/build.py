@@ -21,7 +21,7 @@ from pathlib import Path
 from memtest.audit.suites import Suite, SuiteCard, SuiteCase, dump_suite, load_suite
 from memtest.datasets.errors import DatasetError
 from memtest.datasets.images import ImageFacts, ImageStore, inspect_image, reference, sample_bytes
-from memtest.datasets.readers import FORMATS, Format, ReadOptions, detect_format, iter_samples
+from memtest.datasets.readers import Format, ReadOptions, iter_samples, resolve_format
 from memtest.datasets.risk import DEFAULT_DISTANCE, CaptionRisk, at_risk_floor, near_duplicate_labels
 
 
@@ -90,12 +90,7 @@ def suite_from_dataset(
     memtest.datasets.FORMATS, or None/"auto" to detect it."""
     source = Path(path)
     out = Path(output)
-    if format in (None, "auto"):
-        fmt: Format = detect_format(source)
-    elif format in FORMATS:
-        fmt = format
-    else:
-        raise DatasetError(f"Unknown dataset format {format!r}. Use auto or one of {', '.join(FORMATS)}.")
+    fmt = resolve_format(source, format)
     if top_risk is not None and (isinstance(top_risk, bool) or top_risk < 1):
         raise DatasetError(f"top_risk must be a whole number >= 1, got {top_risk!r}.")
     if out.suffix.lower() not in (".yaml", ".yml"):

@@ -85,6 +85,15 @@ class Sample:
 # --------------------------------------------------------------------------------------------------
 
 
+def resolve_format(path: str | Path, format: str | None) -> Format:
+    """``format`` checked against FORMATS, or the layout detected at ``path`` for None or "auto"."""
+    if format in (None, "auto"):
+        return detect_format(path)
+    if format in FORMATS:
+        return format
+    raise DatasetError(f"Unknown dataset format {format!r}. Use auto or one of {', '.join(FORMATS)}.")
+
+
 def detect_format(path: str | Path) -> Format:
     """The layout of the training set at ``path`` (a folder or a file), from its files' names."""
     p = Path(path)

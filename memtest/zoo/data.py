@@ -588,17 +588,11 @@ def dataset_data(
     """
     import hashlib
 
-    from memtest.datasets.errors import DatasetError
     from memtest.datasets.images import sample_bytes
-    from memtest.datasets.readers import FORMATS, Format, ReadOptions, detect_format, iter_samples
+    from memtest.datasets.readers import ReadOptions, iter_samples, resolve_format
 
     source = Path(path)
-    if format in (None, "auto"):
-        fmt: Format = detect_format(source)
-    elif format in FORMATS:
-        fmt = format
-    else:
-        raise DatasetError(f"Unknown dataset format {format!r}. Use auto or one of {', '.join(FORMATS)}.")
+    fmt = resolve_format(source, format)
     options = ReadOptions(
         caption_column=caption_column,
         image_column=image_column,
