@@ -1,4 +1,4 @@
-"""The `memtest` command: audit, calibrate, merge, report, suite, zoo.
+"""The `memtest` command: audit, calibrate, evaluate, merge, report, suite, zoo.
 
 `memtest audit` is the main job without pytest: it scores the suite on the checkpoint (default: the
 embedded canary), judges every case against the calibrated threshold, and writes the results file and
@@ -33,7 +33,7 @@ def spell(name: str, value: str | None) -> str:
 
     if name == "calibrate":  # a subcommand here, not a flag
         return "`memtest calibrate`"
-    if name in SUITE_FLAGS:  # `memtest suite from-dataset`'s own flags (memtest.datasets' keywords)
+    if name in SUITE_FLAGS or name in EVALUATE_FLAGS:  # subcommands' own flags (the library's keywords)
         return flag(name) if value is None else f"{flag(name)}={value}"
     if name not in OPTION_NAMES:
         return f"`{name}`" if value is None else f"`{name}={value}`"
@@ -45,6 +45,8 @@ def spell(name: str, value: str | None) -> str:
 
 #: The flags of `memtest suite from-dataset`, by the keyword of memtest.datasets.suite_from_dataset they set.
 SUITE_FLAGS = ("format", "caption_column", "image_column", "caption_extension", "root", "folder_captions")
+#: `memtest evaluate`'s flags that are not options of the option table (memtest.evaluate's keywords).
+EVALUATE_FLAGS = ("positive", "negative", "out")
 
 
 def _add_settings(parser: argparse.ArgumentParser) -> None:
@@ -190,6 +192,65 @@ def cmd_suite_from_dataset(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(ns: argparse.Namespace) -> int:
+    from memtest.defaults import DEFAULT_CHECKPOINT, DEFAULT_FPR
+    from memtest.evaluate import evaluate, summary_lines, write_outputs
+    from memtest.threads import apply_threads
+
+    apply_threads(ns.threads)
+    result = evaluate(
+        ns.checkpoint or DEFAULT_CHECKPOINT,
+        positives=ns.positive or (),
+        negatives=ns.negative or (),
+        metrics=ns.metric or "all",
+        ns=ns.n,
+        steps=ns.steps,
+        method=ns.method,
+        seed=ns.seed,
+        batch_size=ns.batch_size,
+        target_fpr=DEFAULT_FPR if ns.fpr is None else ns.fpr,
+        share=not ns.no_share,
+        device=ns.device,
+        dtype=ns.dtype,
+        progress=lambda label: _progress(ns, f"evaluate {label}"),
+    )
+    paths = write_outputs(result, ns.out)
+    print(
+        f"memtest evaluate: {result.positives} positive vs {result.negatives} negative prompts on "
+        f"{result.checkpoint} ({_threads()} torch threads)"
+    )
+    for line in summary_lines(result):
+        print("  " + line)
+    print("\n".join(f"{kind}: {path}" for kind, path in paths.items()))
+    return 0
+
+
+def _add_evaluate(sub: Any) -> None:
+    ev = sub.add_parser(
+        "evaluate",
+        help="compare detectors on labelled prompts: AUC, TPR at 1%% FPR, cost (docs/evaluate.md)",
+    )
+    ev.add_argument("--checkpoint", help="checkpoint folder, zoo:<name> or cached hub id (default zoo:finetuned)")
+    ev.add_argument("--positive", action="append", metavar="SUITE", help="suite whose memorized cases are positives; "
+                    "repeatable (default: the checkpoint's own suite)")  # fmt: skip
+    ev.add_argument("--negative", action="append", metavar="SUITE", help="suite whose clean and reference cases are "
+                    "negatives; repeatable (default: the checkpoint's own suite)")  # fmt: skip
+    ev.add_argument("--metric", action="append", help="'all' (default) or detector names, comma-separated or repeated")
+    ev.add_argument("--n", default="1,4", help="generations per prompt, comma-separated (default %(default)s)")
+    ev.add_argument("--steps", default="1", help="sampling steps the metric averages over (default %(default)s)")
+    ev.add_argument("--method", default="fd", help="Hessian-vector product: fd (default), fd-forward or jvp")
+    ev.add_argument("--seed", type=int, default=0, help="base seed of the initial noises (default 0)")
+    ev.add_argument("--batch-size", type=int, default=8, help="prompts per batch (default 8)")
+    ev.add_argument("--fpr", type=float, help="target FPR of the TPR column (default 0.01)")
+    ev.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
+    ev.add_argument("--dtype", help="model dtype: float32 (default), float16, bfloat16")
+    ev.add_argument("--threads", type=int, help="torch threads (default: OMP_NUM_THREADS, else the usable cores)")
+    ev.add_argument("--no-share", action="store_true", help="score every n separately (default: prefixes of max n)")
+    ev.add_argument("--out", default="memtest-evaluation", type=Path, help="output folder (default %(default)s)")
+    ev.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    ev.set_defaults(func=cmd_evaluate)
+
+
 def _add_suite(sub: Any) -> None:
     suite = sub.add_parser("suite", help="write prompt suites (from a training set)")
     verbs = suite.add_subparsers(dest="suite_command", required=True)
@@ -231,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings(cal)
     cal.add_argument("-o", "--output", default="memtest-calibration.json", help="default %(default)s")
     cal.set_defaults(func=cmd_calibrate)
+    _add_evaluate(sub)
     merge = sub.add_parser("merge", help="combine results files of shards into one")
     merge.add_argument("inputs", nargs="+", type=Path)
     merge.add_argument("-o", "--output", required=True, type=Path)
