@@ -121,7 +121,8 @@ def output_paths(config: pytest.Config) -> tuple[str | None, str | None]:
 def reproduce_command(config: AuditConfig, case: AuditCase) -> str:
     """A pytest command that re-runs exactly this case with the same settings.
 
-    It names every setting that changes the case's score or verdict: the checkpoint and each LoRA
+    It names every setting that changes the case's score or verdict: the checkpoint (and the config folder a
+    single-file checkpoint loads with) and each LoRA
     adapter (PATH[:SCALE], in order) with allow_pickle when it was needed to load them, the
     case's suite, metric, method, n and seed (always, so an ini file cannot change them), steps,
     flow steps, dtype, device and torch threads where not the default (threads and device can change
@@ -138,6 +139,8 @@ def reproduce_command(config: AuditConfig, case: AuditCase) -> str:
         return flag(name) if v is None else f"{flag(name)}={v}"
 
     parts = ["pytest", "--memtest", opt("checkpoint", config.checkpoint)]
+    if config.config:
+        parts.append(opt("config", config.config))
     parts += [opt("lora", lora) for lora in config.loras]
     if config.allow_pickle:
         parts.append(opt("allow_pickle"))

@@ -155,6 +155,7 @@ class Engine:
                 dtype=self.config.dtype,
                 allow_pickle=self.config.allow_pickle,
                 loras=self.config.loras,
+                config=self.config.config,
             )
             self.loads += 1
         return self._checkpoint

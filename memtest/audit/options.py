@@ -43,7 +43,11 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("checkpoint", f"checkpoint folder, zoo:<name> or cached hub id (default {DEFAULT_CHECKPOINT})"),
+    Option(
+        "checkpoint",
+        f"checkpoint folder, single .safetensors file, zoo:<name> or cached hub id (default {DEFAULT_CHECKPOINT})",
+    ),
+    Option("config", "local diffusers folder of the base whose configs a single-file checkpoint uses"),
     Option("suite", "suite name or YAML path; repeatable (default: the checkpoint's own suite)", kind="list"),
     Option("metric", "sharpness (default) or score_norm"),
     Option("method", "Hessian-vector product: fd (default), fd-forward or jvp"),
@@ -125,6 +129,8 @@ class AuditConfig:
     """Effective settings of one audit (either front end), after command line > config file > defaults."""
 
     checkpoint: str = DEFAULT_CHECKPOINT
+    #: the local diffusers folder of the base whose configs a single-file checkpoint loads with
+    config: str | None = None
     suites: tuple[str, ...] = ()
     score: ScoreSettings = field(default_factory=ScoreSettings)
     device: str | None = None
@@ -220,6 +226,7 @@ def config_from_values(values: Mapping[str, Any], **extra: Any) -> AuditConfig:
     cache = v["cache_dir"]
     config = AuditConfig(
         checkpoint=v["checkpoint"] or d.checkpoint,
+        config=v["config"],
         suites=tuple(v["suite"] or ()),
         score=score,
         device=v["device"],

@@ -18,7 +18,7 @@ import torch
 from memtest.errors import CheckpointError, option
 from memtest.models.families import Component, Family, recognise
 from memtest.models.families.base import Checkpoint, component_class, declared
-from memtest.models.locate import WEIGHT_SUFFIXES, fingerprint, resolve_checkpoint
+from memtest.models.locate import WEIGHT_SUFFIXES, fingerprint, is_single_file, resolve_checkpoint
 
 _DTYPES = {
     "float32": torch.float32,
@@ -130,6 +130,7 @@ def load_checkpoint(
     dtype: str | torch.dtype | None = None,
     allow_pickle: bool = False,
     loras: Sequence[str | Path | Any] = (),
+    config: str | Path | None = None,
 ) -> Checkpoint:
     """Load a diffusers text-to-image checkpoint for scoring.
 
@@ -140,11 +141,29 @@ def load_checkpoint(
     `memtest.models.adapters.LoraSpec`) applied in order; they become part of the checkpoint's fingerprint. The
     device defaults to CUDA when available, else CPU; the dtype defaults to float32. Metrics are always
     computed in float32 whatever the model dtype.
+
+    `path_or_id` may also be one original-format weights file (A1111/ComfyUI/kohya `.safetensors`) of a supported
+    family: it loads through diffusers' `from_single_file` with the configs of `config`, a local diffusers folder of
+    its base (else the base's snapshot in the local hub cache), strictly, and is fingerprinted by the file's bytes
+    (memtest.models.single_file).
     """
     name, folder = resolve_checkpoint(path_or_id)
-    index = _read_index(folder)
-    family = recognise(index, str(folder / "model_index.json"))
-    present = _check_folder(folder, family, index, allow_pickle)
+    single = is_single_file(folder)
+    loaded: dict[str, Any] = {}
+    if config is not None and not single:
+        raise CheckpointError(
+            f"{option('config')} is for single-file checkpoints, but '{folder}' is a folder with its own configs. "
+            f"Drop {option('config')}, or pass the single .safetensors file as the checkpoint."
+        )
+    if single:
+        from memtest.models.single_file import load_single_file
+
+        family, loaded, index, _ = load_single_file(folder, config=config, allow_pickle=allow_pickle)
+        present = [c for c in family.components if c.name in loaded]
+    else:
+        index = _read_index(folder)
+        family = recognise(index, str(folder / "model_index.json"))
+        present = _check_folder(folder, family, index, allow_pickle)
     dev = torch.device(device) if device is not None else default_device()
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise CheckpointError(f"Device '{dev}' was requested but CUDA is not available here. Use device='cpu'.")
@@ -157,7 +176,7 @@ def load_checkpoint(
     components: dict[str, Any] = {}
     try:
         for comp in present:
-            components[comp.name] = _load_component(folder, index, comp, allow_pickle)
+            components[comp.name] = loaded[comp.name] if single else _load_component(folder, index, comp, allow_pickle)
     except CheckpointError:
         raise
     except Exception as exc:

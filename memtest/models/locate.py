@@ -143,13 +143,22 @@ def _hashed_files(folder: Path) -> Iterator[tuple[str, Path]]:
         yield rel, p
 
 
+def is_single_file(path: str | Path) -> bool:
+    """Whether `path` is one weights file (a single-file, original-format checkpoint) rather than a folder."""
+    p = Path(path)
+    return p.is_file() and p.suffix.lower() in WEIGHT_SUFFIXES
+
+
 def fingerprint(folder: Path) -> str:
     """sha256 over the relative paths and bytes of every weight and config file, in sorted order.
 
     The value is the same with or without the cache (shipped calibrations store it); the cache only skips
-    re-reading a folder none of whose hashed files changed.
+    re-reading a folder none of whose hashed files changed. A single-file checkpoint's fingerprint is the
+    sha256 of the file's bytes (`file_sha256`).
     """
     folder = Path(folder)
+    if is_single_file(folder):
+        return file_sha256(folder)
     files = list(_hashed_files(folder))
     stat = [[rel, *_stat_key(p.stat())] for rel, p in files]
     key = str(folder.resolve())
@@ -172,7 +181,8 @@ def fingerprint(folder: Path) -> str:
 
 
 def resolve_checkpoint(path_or_id: str | Path) -> tuple[str, Path]:
-    """(display name, folder) for a path, `zoo:<name>` or cached hub id; raises CheckpointError."""
+    """(display name, folder) for a path, `zoo:<name>` or cached hub id; raises CheckpointError. A path to one
+    weights file (a single-file checkpoint) comes back as that file."""
     text = str(path_or_id)
     if text.startswith("zoo:"):
         from memtest.models.canaries import resolve_zoo
@@ -195,7 +205,8 @@ def resolve_checkpoint(path_or_id: str | Path) -> tuple[str, Path]:
     if looks_like_path:
         raise CheckpointError(
             f"Checkpoint folder '{text}' does not exist. Pass the folder that holds model_index.json, "
-            "a shipped canary such as 'zoo:finetuned', or a hub id already in the local cache."
+            "a single-file checkpoint (.safetensors), a shipped canary such as 'zoo:finetuned', or a hub id "
+            "already in the local cache."
         )
     try:
         from huggingface_hub import snapshot_download
