@@ -275,3 +275,25 @@ def test_the_option_reaches_both_front_ends(single: Path, tiny_eps_path: Path) -
     assert cfg.config == str(tiny_eps_path)
     subject = Subject(cfg)
     assert subject.folder == single.resolve() and subject.fingerprint() == file_sha256(single)
+
+
+def test_memtest_audit_gates_a_single_file_like_its_folder(
+    single: Path, gate_env: dict[str, Any], tmp_path: Path
+) -> None:
+    """`memtest audit --checkpoint FILE --config BASE` through the normal path: the folder's calibration (another
+    fingerprint, so accepted as the base's) gives every case the outcome it gives the folder."""
+    import json
+
+    from memtest.cli import main
+    from memtest.models.locate import file_sha256
+
+    out = tmp_path / "results.json"
+    argv = ["audit", "-q", "--checkpoint", str(single), "--config", str(gate_env["checkpoint"]),
+            "--suite", str(gate_env["suite"]), "--calibration", str(gate_env["calibration"]),
+            "--accept-base-calibration", "--n", "1", "--confirm", "off", "--fail-on", "flag", "--cache-dir", "none",
+            "--json", str(out), "--report", str(tmp_path / "report.html")]  # fmt: skip
+    main(argv)
+    cases = {c["id"].split("::")[-1]: c for c in json.loads(out.read_text(encoding="utf-8"))["cases"]}
+    assert {k: c["outcome"] for k, c in cases.items()} == gate_env["expected"]
+    assert {k: c["score"] for k, c in cases.items()} == gate_env["scores"]
+    assert file_sha256(single) in out.read_text(encoding="utf-8")
