@@ -14,7 +14,8 @@ from typing import Any
 
 import torch
 
-from memtest.detection.metrics import fd_step, measure_sharpness, sharpness
+from memtest.detection.detectors.base import Batch, Detector, load_detector
+from memtest.detection.metrics import fd_step, measure_sharpness
 from memtest.detection.noise import derive_seeds, initial_noise
 from memtest.detection.settings import METRICS, ScoreSettings
 from memtest.errors import ScoringError, option
@@ -77,34 +78,28 @@ class Scorer:
         self._null: Cond | None = None
         c, h, w = checkpoint.latent_shape
         self.dim = c * h * w
+        #: the metric's detector (memtest.detection.detectors); it refuses what it cannot score here
+        self.detector: Detector = load_detector(s.metric)
+        self.detector.check(self)
 
     # -- identity ---------------------------------------------------------------------------------
     def identity(self) -> dict[str, Any]:
-        """Every setting that changes a score; calibrations must match it exactly."""
+        """Every setting that changes a score; calibrations must match it exactly. The keys every score shares,
+        and the detector's own (`Detector.identity`)."""
         s = self.settings
         return {
             "metric": s.metric,
-            "method": s.method,
             "n": s.n,
             "seed": s.seed,
             "per_prompt_seeds": s.per_prompt_seeds,
-            "steps": s.steps,
-            "timesteps": list(self.timesteps),
             "num_inference_steps": s.num_inference_steps,
-            # the scale moves the measured points only when the sampler steps with it before or between them
-            "guidance_scale": s.guidance_scale if self._guided_steps() else None,
-            "fd_h": self.fd_h if s.method != "jvp" else None,
-            **self.process.identity(),
+            **self.detector.identity(self),
             "latent_shape": list(self.ckpt.latent_shape),
             "resolution": list(self.ckpt.resolution),
             "dtype": str(self.ckpt.dtype).replace("torch.", ""),
             "fingerprint": self.ckpt.fingerprint,
             **self.family.identity(self.ckpt),
         }
-
-    def _guided_steps(self) -> bool:
-        p = self.process
-        return (self.settings.steps > 1 or len(p.lead_timesteps) > 0) and p.cfg
 
     @property
     def fd_h(self) -> float:
@@ -143,13 +138,15 @@ class Scorer:
         out = self.family.forward(self.ckpt, x.to(self.ckpt.dtype), t, cond)
         return out.to(torch.float32)
 
-    def _outputs(self, x: torch.Tensor, t: int, c_c: Cond, c_0: Cond, x_0: torch.Tensor | None = None) -> torch.Tensor:
+    def outputs(self, x: torch.Tensor, t: Any, c_c: Cond, c_0: Cond, x_0: torch.Tensor | None = None) -> torch.Tensor:
         """Raw model outputs for both branches in one forward, in float32, cond first.
 
         The unconditional branch runs at `x_0` (default: `x`) with `c_0` matching it: (B + len(x_0), ...) rows.
         """
         x_0 = x if x_0 is None else x_0
         return self.forward(torch.cat([x, x_0]), t, cond_cat([c_c, c_0]))
+
+    _outputs = outputs  # the name tests used before detectors were modules
 
     def s_delta_fn(self, t: int, c_c: Cond, c_0: Cond) -> Callable[[torch.Tensor], torch.Tensor]:
         """x -> the field the metrics differentiate at timestep t (s_Δ for DDPM families)."""
@@ -160,7 +157,7 @@ class Scorer:
             # fd stacks probe points as cat([x + hu, x - hu]): tile the conditioning the same way.
             cc = cond_tile(c_c, reps) if reps > 1 else c_c
             c0 = cond_tile(c_0, reps) if reps > 1 else c_0
-            o_c, o_0 = self._outputs(x, t, cc, c0).chunk(2)
+            o_c, o_0 = self.outputs(x, t, cc, c0).chunk(2)
             return process.field(o_c, o_0, x.to(torch.float32), t)
 
         return s_delta
@@ -191,14 +188,16 @@ class Scorer:
             cc = cond_tile(c_c, reps) if reps > 1 else c_c
             c0 = cond_tile(c_0, reps) if reps > 1 else c_0
             for t in steps:
-                o_c, o_0 = self._outputs(x, t, cc, c0).chunk(2)
+                o_c, o_0 = self.outputs(x, t, cc, c0).chunk(2)
                 x = process.step(process.guide(o_c, o_0, scale), t, x.to(torch.float32))
             return x.to(torch.float32)
 
         return walked
 
     # -- scoring ----------------------------------------------------------------------------------
-    def _score_batch(self, prompts: Sequence[str]) -> list[PromptScore]:
+    def batch(self, prompts: Sequence[str]) -> Batch:
+        """What a detector scores: the prompts' seeds, initial noises (one row per generation) and both branches'
+        conditionings (one row per generation)."""
         s = self.settings
         seeds = [self.seeds_for(p) for p in prompts]
         x = (
@@ -207,31 +206,14 @@ class Scorer:
             else self.noise(seeds[0]).repeat(len(prompts), 1, 1, 1)
         )
         c_c = cond_repeat_interleave(self.embed(prompts), s.n)
-        rows = cond_len(c_c)
-        c_0 = self.null(rows)
-        totals = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
-        process = self.process
-        # Flow matching: guided Euler steps from x_1 to the first measured noise level (none for DDPM).
-        for k, t in enumerate(process.lead_timesteps):
-            with torch.inference_mode():
-                o_c, o_0 = self._branches(x, t, c_c, c_0, first=k == 0, prompts=len(prompts))
-                x = process.step(process.guide(o_c, o_0, s.guidance_scale), t, x.to(torch.float32))
-        first = not process.lead_timesteps
-        for k, t in enumerate(self.timesteps):
-            xf = x.to(torch.float32)
-            with torch.inference_mode():
-                o_c, o_0 = self._branches(x, t, c_c, c_0, first=first and k == 0, prompts=len(prompts))
-                if s.metric == "score_norm":
-                    value = process.difference(o_c, o_0, xf, t).flatten(1).norm(dim=1)
-                else:
-                    field_at_x = process.field(o_c, o_0, xf, t)
-            if s.metric != "score_norm":
-                value = self._sharpness(t, c_c, c_0, xf, field_at_x)
-            totals += value.to(torch.float64)
-            if k + 1 < len(self.timesteps):
-                with torch.inference_mode():
-                    x = process.step(process.guide(o_c, o_0, s.guidance_scale), t, xf)
-        per_gen = (totals / len(self.timesteps)).cpu()
+        c_0 = self.null(cond_len(c_c))
+        return Batch(tuple(prompts), tuple(tuple(sd) for sd in seeds), x, c_c, c_0)
+
+    def _score_batch(self, prompts: Sequence[str]) -> list[PromptScore]:
+        s = self.settings
+        batch = self.batch(prompts)
+        seeds = batch.seeds
+        per_gen = self.detector.score(self, batch).to(torch.float64).cpu()
         if not torch.isfinite(per_gen).all():
             bad = list(
                 dict.fromkeys(
@@ -258,35 +240,18 @@ class Scorer:
             )
         return results
 
-    def _branches(
-        self, x: torch.Tensor, t: int, c_c: Cond, c_0: Cond, *, first: bool, prompts: int
+    def branches(
+        self, x: torch.Tensor, t: Any, c_c: Cond, c_0: Cond, *, first: bool, prompts: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Both branches' raw outputs at x, one row per generation (cond, uncond)."""
         n = self.settings.n
         if first and not self.settings.per_prompt_seeds and prompts > 1:
             # Every prompt starts from the same n noises, so the unconditional branch at x_T is the same for
             # all of them: run it once per noise (n rows, not prompts * n).
-            out = self._outputs(x, t, c_c, cond_rows(c_0, slice(0, n)), x_0=x[:n])
+            out = self.outputs(x, t, c_c, cond_rows(c_0, slice(0, n)), x_0=x[:n])
             return out[: x.shape[0]], out[x.shape[0] :].repeat(prompts, 1, 1, 1)
-        o_c, o_0 = self._outputs(x, t, c_c, c_0).chunk(2)
+        o_c, o_0 = self.outputs(x, t, c_c, c_0).chunk(2)
         return o_c, o_0
-
-    def _sharpness(self, t: int, c_c: Cond, c_0: Cond, x: torch.Tensor, s_delta: torch.Tensor) -> torch.Tensor:
-        """‖H_Δ(x) s_Δ(x)‖² (`metrics.sharpness` at the known s_Δ(x)) by the configured method; x, s_delta, c_c
-        and c_0 have one row per generation."""
-        method = self.settings.method
-        if method != "jvp":
-            with torch.inference_mode():
-                s_fn = self.s_delta_fn(t, c_c, c_0)
-                return sharpness(s_fn, x, method=method, h=self.fd_h, s_at_x=s_delta)
-        # Fused SDPA kernels have no forward-mode derivative (pytorch#128971), and the math path holds the
-        # full attention weights and their tangents (GiBs per generation at SD's size); PyTorch's own formulas
-        # also convolve with the weights' zero tangents and unroll normalisation into many small operations.
-        # lean_jvp() keeps the fused kernel and computes the same exact tangents without that waste.
-        from memtest.detection._lean_jvp import lean_jvp
-
-        with lean_jvp():
-            return sharpness(self.s_delta_fn(t, c_c, c_0), x, method="jvp", s_at_x=s_delta)
 
     def score(self, prompts: Sequence[str], progress: Progress | None = None) -> list[PromptScore]:
         prompts = validate_prompts(prompts)
@@ -346,6 +311,7 @@ def score_prompts(
     guidance_scale: float = 7.5,
     fd_h: float | None = None,
     flow_steps: int | None = None,
+    gamma: tuple[float, float] | None = None,
     progress: Progress | None = None,
 ) -> list[PromptScore]:
     """Score each prompt; see `ScoreSettings` for the meaning of each setting."""
@@ -362,6 +328,7 @@ def score_prompts(
         batch_size=batch_size,
         fd_h=fd_h,
         flow_steps=flow_steps,
+        gamma=gamma,
     )
     return Scorer(ckpt, settings).score(prompts, progress=progress)
 

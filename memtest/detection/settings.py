@@ -6,9 +6,11 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from memtest.detection.detectors.registry import DETECTORS
 from memtest.errors import ScoringError
 
-METRICS: tuple[str, ...] = ("sharpness", "score_norm")
+#: The detectors by name (memtest.detection.detectors.registry); the first is the default.
+METRICS: tuple[str, ...] = tuple(DETECTORS)
 #: How the Hessian-vector product is taken (ScoreSettings.method). Not memtest.mitigation's methods.
 HVP_METHODS: tuple[str, ...] = ("jvp", "fd", "fd-forward")
 
@@ -35,6 +37,9 @@ class ScoreSettings:
     #: Flow-matching checkpoints only: Euler steps before measuring (None: DEFAULT_FLOW_STEPS; 0 measures at
     #: s = 1). Setting it for a DDPM-family checkpoint is an error.
     flow_steps: int | None = None
+    #: `anisotropy` only: (γ1, γ2), the weights of the score-difference norm at t ≈ T and of the cosine at t ≈ 0
+    #: (None: the detector's default, Asthana & Belagiannis's SD v1.4 values). Other metrics refuse it.
+    gamma: tuple[float, float] | None = None
 
     def validate(self) -> ScoreSettings:
         if self.metric not in METRICS:
@@ -63,6 +68,14 @@ class ScoreSettings:
             raise ScoringError(f"seed must be a non-negative integer, got {self.seed!r}.")
         if self.fd_h is not None and not (self.fd_h > 0 and math.isfinite(self.fd_h)):
             raise ScoringError(f"fd_h must be a positive finite number, got {self.fd_h!r}.")
+        if self.gamma is not None:
+            g = self.gamma
+            if not (
+                isinstance(g, tuple | list)
+                and len(g) == 2
+                and all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in g)
+            ):
+                raise ScoringError(f"gamma must be a pair of finite numbers (γ1, γ2), got {g!r}.")
         return self
 
     def to_dict(self) -> dict[str, Any]:
