@@ -42,6 +42,8 @@ def ldm_unet(unet: Any) -> dict[str, Any]:
         parts = key.split(".")
         if key.startswith("time_embedding.linear_"):
             new = f"time_embed.{2 * (int(parts[1][-1]) - 1)}.{parts[2]}"
+        elif key.startswith("add_embedding.linear_"):  # SDXL: the pooled text + size/crop embedding
+            new = f"label_emb.0.{2 * (int(parts[1][-1]) - 1)}.{parts[2]}"
         elif parts[0] == "conv_in":
             new = f"input_blocks.0.0.{parts[1]}"
         elif parts[0] == "conv_norm_out":
@@ -119,10 +121,44 @@ def ldm_clip(text_encoder: Any) -> dict[str, Any]:
     return out
 
 
+_OPENCLIP = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj",
+             "self_attn.out_proj": "attn.out_proj"}  # fmt: skip
+
+
+def ldm_openclip(encoder: Any, prefix: str) -> dict[str, Any]:
+    """CLIPTextModelWithProjection -> OpenCLIP's names (SDXL's second encoder): q/k/v stacked into in_proj,
+    the projection stored transposed (width x embed)."""
+    import torch
+
+    state = {k.removeprefix("text_model."): v for k, v in encoder.state_dict().items()}
+    out: dict[str, Any] = {
+        "token_embedding.weight": state.pop("embeddings.token_embedding.weight"),
+        "positional_embedding": state.pop("embeddings.position_embedding.weight"),
+        "ln_final.weight": state.pop("final_layer_norm.weight"),
+        "ln_final.bias": state.pop("final_layer_norm.bias"),
+        "text_projection": state.pop("text_projection.weight").T,
+    }
+    for layer in range(encoder.config.num_hidden_layers):
+        head = f"encoder.layers.{layer}."
+        for leaf in ("weight", "bias"):
+            qkv = [state.pop(f"{head}self_attn.{x}_proj.{leaf}") for x in "qkv"]
+            out[f"transformer.resblocks.{layer}.attn.in_proj_{leaf}"] = torch.cat(qkv)
+        for key in [k for k in state if k.startswith(head)]:
+            out[f"transformer.resblocks.{layer}.{_rename(key[len(head) :], _OPENCLIP)}"] = state.pop(key)
+    assert not state, f"unmapped OpenCLIP keys {sorted(state)}"
+    return {prefix + k: v for k, v in out.items()}
+
+
 def ldm_state(ckpt: Any) -> dict[str, Any]:
     """A loaded tiny SD checkpoint's weights in the original layout (one state dict, as one file holds them)."""
     c = ckpt.components
-    state = {**ldm_unet(c["unet"]), **ldm_vae(c["vae"]), **ldm_clip(c["text_encoder"])}
+    state = {**ldm_unet(c["unet"]), **ldm_vae(c["vae"])}
+    if "text_encoder_2" in c:  # SDXL (sgm's conditioner): CLIP-L as in SD 1.x, the second encoder as OpenCLIP
+        clip = ldm_clip(c["text_encoder"])
+        state.update({k.replace("cond_stage_model.", "conditioner.embedders.0.", 1): v for k, v in clip.items()})
+        state.update(ldm_openclip(c["text_encoder_2"], "conditioner.embedders.1.model."))
+    else:
+        state.update(ldm_clip(c["text_encoder"]))
     return {k: v.detach().contiguous() for k, v in state.items()}
 
 
@@ -204,7 +240,11 @@ def test_a_tensor_too_many_or_too_few_is_refused_with_its_name(
     _refused(no_clip, "holds no weights for the text_encoder", config=tiny_eps_path)
 
 
-def test_the_ldm_noise_schedule_must_be_the_bases(ldm: dict[str, Any], tiny_eps_path: Path, tmp_path: Path) -> None:
+def test_what_an_a1111_file_holds_besides_weights_is_checked_not_dropped(
+    ldm: dict[str, Any], tiny_eps: Any, tiny_eps_path: Path, tmp_path: Path
+) -> None:
+    """A real SD 1.5 file also holds LDM's noise schedule, EMA counters and CLIP's position ids: the schedule must
+    be the base scheduler's, the rest changes no output."""
     import torch
     from diffusers import DDIMScheduler
 
@@ -212,8 +252,15 @@ def test_the_ldm_noise_schedule_must_be_the_bases(ldm: dict[str, Any], tiny_eps_
 
     sched = DDIMScheduler.from_pretrained(tiny_eps_path / "scheduler")
     schedule = {"alphas_cumprod": sched.alphas_cumprod.clone(), "betas": sched.betas.clone()}
-    ok = save({**ldm, **schedule, "model_ema.decay": torch.tensor(0.9999)}, tmp_path / "schedule.safetensors")
-    assert memtest.load_checkpoint(ok, device="cpu", config=tiny_eps_path).family.name == "sd"
+    extras = {
+        "model_ema.decay": torch.tensor(0.9999),
+        "model_ema.num_updates": torch.tensor(1000, dtype=torch.int32),
+        "cond_stage_model.transformer.text_model.embeddings.position_ids": torch.arange(16)[None],
+    }
+    ok = save({**ldm, **schedule, **extras}, tmp_path / "schedule.safetensors")
+    ckpt = memtest.load_checkpoint(ok, device="cpu", config=tiny_eps_path)
+    a, b = tiny_eps.unet.state_dict(), ckpt.unet.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
     other = save({**ldm, "alphas_cumprod": torch.linspace(0.99, 0.01, 1000)}, tmp_path / "other.safetensors")
     _refused(other, "another noise schedule", config=tiny_eps_path)
 
@@ -297,3 +344,68 @@ def test_memtest_audit_gates_a_single_file_like_its_folder(
     assert {k: c["outcome"] for k, c in cases.items()} == gate_env["expected"]
     assert {k: c["score"] for k, c in cases.items()} == gate_env["scores"]
     assert file_sha256(single) in out.read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def tiny_xl(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny SDXL folder whose two text encoders differ in width (as CLIP-L and OpenCLIP-bigG do), which is how
+    diffusers tells them apart in a single file."""
+    import torch
+    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    from memtest.zoo.tiny import (
+        TinyConfig,
+        build_scheduler,
+        build_text_encoder,
+        build_tokenizer,
+        build_vae,
+        save_pipeline,
+    )
+
+    cfg = TinyConfig()
+    torch.manual_seed(0)
+    tokenizer = build_tokenizer(["a photo of a red digit", "zorblax poster of 3"] * 4, cfg.vocab_size, cfg.max_length)
+    text_encoder = build_text_encoder(cfg, tokenizer)
+    wide = {"hidden_size": 48, "intermediate_size": 96, "projection_dim": 40}
+    text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**{**text_encoder.config.to_dict(), **wide}))
+    unet = UNet2DConditionModel(
+        sample_size=cfg.sample_size, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32 + 48, attention_head_dim=8, norm_num_groups=8, addition_embed_type="text_time",
+        addition_time_embed_dim=8, projection_class_embeddings_input_dim=40 + 6 * 8,
+    )  # fmt: skip
+    pipe = StableDiffusionXLPipeline(
+        vae=build_vae(cfg), text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
+        tokenizer_2=tokenizer, unet=unet, scheduler=build_scheduler(cfg), force_zeros_for_empty_prompt=True,
+        add_watermarker=False,
+    )  # fmt: skip
+    return save_pipeline(pipe, tmp_path_factory.mktemp("xl") / "tiny-xl")
+
+
+def test_an_sdxl_single_file_loads_the_same_tensors_and_scores_as_its_folder(tiny_xl: Path, tmp_path: Path) -> None:
+    import torch
+
+    import memtest
+    from memtest.detection.scoring import Scorer, ScoreSettings
+    from memtest.models.single_file import classify
+
+    folder = memtest.load_checkpoint(tiny_xl, device="cpu")
+    state = ldm_state(folder)
+    path = save({**state, "conditioner.embedders.1.model.logit_scale": torch.tensor(4.6)}, tmp_path / "xl.safetensors")
+    assert (classify(path).model_type, classify(path).family) == ("xl_base", "sdxl")
+    ckpt = memtest.load_checkpoint(path, device="cpu", config=tiny_xl)
+    assert ckpt.family.name == "sdxl"
+    for name in ("unet", "text_encoder", "text_encoder_2", "vae"):
+        a, b = folder.components[name].state_dict(), ckpt.components[name].state_dict()
+        assert a.keys() == b.keys(), name
+        assert not [k for k in a if not torch.equal(a[k], b[k])], name
+    prompts = ["a photo of a red digit", "zorblax poster of 3"]
+    settings = ScoreSettings(n=1)
+    assert [r.score for r in Scorer(ckpt, settings).score(prompts)] == [
+        r.score for r in Scorer(folder, settings).score(prompts)
+    ]
+    # The second encoder's layers are all used: one left out is refused by its converted name.
+    dropped = {k: v for k, v in state.items() if k != "conditioner.embedders.1.model.transformer.resblocks.1.ln_2.bias"}
+    text = _refused(save(dropped, tmp_path / "xl-missing.safetensors"), "lacks 1 tensor", config=tiny_xl)
+    assert "text_encoder_2" in text and "layer_norm2.bias" in text

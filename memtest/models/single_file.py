@@ -14,8 +14,9 @@ of its shape, no data read) while tracing which file tensors each converted tens
 - every converted component must match the state dict of its class built from the base's config on `meta`
   (nothing missing, nothing extra, every shape right), and a required component must be in the file;
 - every tensor of the file must have gone into some component, except the LDM noise-schedule buffers
-  (`betas`, `alphas_cumprod`, ...), which are compared with the base's scheduler instead, and two EMA
-  bookkeeping scalars.
+  (`betas`, `alphas_cumprod`, ...), which are compared with the base's scheduler instead, two EMA
+  bookkeeping scalars, and what diffusers leaves out by design because it changes no output
+  (`unused_by_design`: SD 2's last OpenCLIP layer, OpenCLIP's logit scale).
 
 Only then does `from_single_file` load the weights; a parameter it left on `meta` is an error too.
 """
@@ -80,7 +81,20 @@ SCHEDULE_BUFFERS = (
 )
 #: EMA bookkeeping scalars LDM's trainer saves beside the weights (not weights).
 BOOKKEEPING = ("model_ema.decay", "model_ema.num_updates")
+#: OpenCLIP's contrastive temperature, which no text-to-image model uses.
+_LOGIT_SCALES = ("cond_stage_model.model.logit_scale", "conditioner.embedders.1.model.logit_scale")
 
+
+def unused_by_design() -> frozenset[str]:
+    """File tensors diffusers' conversion leaves out on purpose, which change no output: SD 2's last OpenCLIP
+    layer and its projection (SD 2 conditions on the penultimate layer; diffusers' SD 2 text encoder has one
+    layer less) and OpenCLIP's logit scale."""
+    from diffusers.loaders.single_file_utils import SD_2_TEXT_ENCODER_KEYS_TO_IGNORE
+
+    return frozenset([*SD_2_TEXT_ENCODER_KEYS_TO_IGNORE, *_LOGIT_SCALES])
+
+
+_LABEL_EMB = "model.diffusion_model.label_emb.0.0.weight"
 _LORA_MARKERS = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_", ".lora_down.", ".lora_up.", "lora_A", "lora_B")
 _VAE_PREFIXES = ("first_stage_model.", "vae.", "encoder.", "decoder.", "quant_conv.", "post_quant_conv.")
 
@@ -171,6 +185,13 @@ def classify(path: str | Path, allow_pickle: bool = False) -> SingleFile:
         model_type = str(infer_diffusers_model_type(_meta_state(shapes)))
     except Exception:  # a branch that reads values (meta has none) or a layout it half-recognises
         model_type = "unknown"
+    if model_type == "v1":
+        # diffusers tells SDXL by its 10th OpenCLIP layer; a smaller SDXL (a distilled one, a test's) has the same
+        # layout with fewer layers: the pooled-text embedding (label_emb) and the second encoder's OpenCLIP names.
+        if "conditioner.embedders.1.model.positional_embedding" in shapes and _LABEL_EMB in shapes:
+            model_type = "xl_base"
+        elif "conditioner.embedders.0.model.positional_embedding" in shapes and _LABEL_EMB in shapes:
+            model_type = "xl_refiner"
     pickle = path.suffix.lower() in PICKLE_SUFFIXES
     if model_type in REFUSED_TYPES:
         raise CheckpointError(f"'{path}' is {REFUSED_TYPES[model_type]}.")
@@ -493,7 +514,7 @@ def _convert_all(info: SingleFile, family: Any, folder: Path, index: dict[str, A
             )
         consumed |= trace.sources(converted.values())
         load.append(comp.name)
-    accounted = set(SCHEDULE_BUFFERS) | set(BOOKKEEPING)
+    accounted = set(SCHEDULE_BUFFERS) | set(BOOKKEEPING) | unused_by_design()
     unused = sorted(k for k in info.shapes if k not in consumed and k not in accounted)
     if unused:
         raise CheckpointError(
@@ -573,4 +594,5 @@ __all__ = [
     "classify",
     "load_single_file",
     "read_header",
+    "unused_by_design",
 ]
