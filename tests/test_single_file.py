@@ -126,8 +126,8 @@ _OPENCLIP = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "mlp.fc1": "mlp.c_fc"
 
 
 def ldm_openclip(encoder: Any, prefix: str) -> dict[str, Any]:
-    """CLIPTextModelWithProjection -> OpenCLIP's names (SDXL's second encoder): q/k/v stacked into in_proj,
-    the projection stored transposed (width x embed)."""
+    """CLIPTextModel(WithProjection) -> OpenCLIP's names (SD 2's encoder, SDXL's second): q/k/v stacked into
+    in_proj, the projection stored transposed (width x embed)."""
     import torch
 
     state = {k.removeprefix("text_model."): v for k, v in encoder.state_dict().items()}
@@ -136,8 +136,9 @@ def ldm_openclip(encoder: Any, prefix: str) -> dict[str, Any]:
         "positional_embedding": state.pop("embeddings.position_embedding.weight"),
         "ln_final.weight": state.pop("final_layer_norm.weight"),
         "ln_final.bias": state.pop("final_layer_norm.bias"),
-        "text_projection": state.pop("text_projection.weight").T,
     }
+    if "text_projection.weight" in state:
+        out["text_projection"] = state.pop("text_projection.weight").T
     for layer in range(encoder.config.num_hidden_layers):
         head = f"encoder.layers.{layer}."
         for leaf in ("weight", "bias"):
@@ -409,3 +410,28 @@ def test_an_sdxl_single_file_loads_the_same_tensors_and_scores_as_its_folder(tin
     dropped = {k: v for k, v in state.items() if k != "conditioner.embedders.1.model.transformer.resblocks.1.ln_2.bias"}
     text = _refused(save(dropped, tmp_path / "xl-missing.safetensors"), "lacks 1 tensor", config=tiny_xl)
     assert "text_encoder_2" in text and "layer_norm2.bias" in text
+
+
+def test_an_sd2_style_openclip_file_loads_like_its_folder(tiny_v_path: Path, tmp_path: Path) -> None:
+    """SD 2 keeps its text encoder in OpenCLIP's names (`cond_stage_model.model.*`) with a projection and logit
+    scale diffusers leaves out by design: they are accounted for, everything else must be used."""
+    import torch
+
+    import memtest
+
+    folder = memtest.load_checkpoint(tiny_v_path, device="cpu")
+    c = folder.components
+    state = {**ldm_unet(c["unet"]), **ldm_vae(c["vae"]), **ldm_openclip(c["text_encoder"], "cond_stage_model.model.")}
+    unused = {
+        "cond_stage_model.model.text_projection": torch.ones(32, 32),
+        "cond_stage_model.model.logit_scale": torch.tensor(4.6),
+    }
+    path = save({**state, **unused}, tmp_path / "sd2.safetensors")
+    ckpt = memtest.load_checkpoint(path, device="cpu", config=tiny_v_path)
+    for name in ("unet", "text_encoder", "vae"):
+        a, b = c[name].state_dict(), ckpt.components[name].state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    # The same encoder with a layer the base's config does not have is refused, not truncated.
+    extra = {k.replace("resblocks.1.", "resblocks.2."): v.clone() for k, v in state.items() if ".resblocks.1." in k}
+    text = _refused(save({**state, **extra}, tmp_path / "sd2-deeper.safetensors"), "does not use", config=tiny_v_path)
+    assert "encoder.layers.2." in text
