@@ -262,6 +262,9 @@ def test_what_an_a1111_file_holds_besides_weights_is_checked_not_dropped(
     ckpt = memtest.load_checkpoint(ok, device="cpu", config=tiny_eps_path)
     a, b = tiny_eps.unet.state_dict(), ckpt.unet.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # The VAE is optional, as in a folder: a pruned file without one loads without one (never the base's).
+    no_vae = save({k: v for k, v in ldm.items() if not k.startswith("first_stage_model.")}, tmp_path / "nv.safetensors")
+    assert memtest.load_checkpoint(no_vae, device="cpu", config=tiny_eps_path).vae is None
     other = save({**ldm, "alphas_cumprod": torch.linspace(0.99, 0.01, 1000)}, tmp_path / "other.safetensors")
     _refused(other, "another noise schedule", config=tiny_eps_path)
 
