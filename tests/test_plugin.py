@@ -83,6 +83,7 @@ def test_the_default_rule_passes_an_unconfirmed_flag_within_the_budget(
         gate_env,
         f"--memtest-calibration={gate_env['calibration']}",
         "--memtest-json=r.json",
+        "--memtest-attribution",
         fail_on="copy",
         confirm="flagged",
     )
@@ -98,6 +99,15 @@ def test_the_default_rule_passes_an_unconfirmed_flag_within_the_budget(
     }
     evidence = {c["case_id"]: c.get("evidence") for c in doc["cases"]}
     assert evidence["clean-ok"] is None and evidence["clean-bad"]["training_images"] == 0
+    # --memtest-attribution: the flagged cases' words carry their shares (computed on the worker that scored them)
+    attributed = {c["case_id"]: c.get("attribution") for c in doc["cases"]}
+    assert attributed["clean-ok"] is None and attributed["mem-missed"] is None
+    for cid in ("clean-bad", "mem-caught"):
+        case = next(c for c in doc["cases"] if c["case_id"] == cid)
+        words = attributed[cid]["words"]
+        assert [w["word"] for w in words] == case["prompt"].split()
+        total = sum(w["weight"] for w in words) + attributed[cid]["special"] + attributed[cid]["padding"]
+        assert total == pytest.approx(1.0)
     assert evidence["clean-bad"]["agreement"]["mean"] is None  # n=1: nothing to agree with
     assert doc["budget"] == {"clean": 2, "flagged": 1, "allowed": 2, "expected": 0.2, "fpr": 0.1, "n_reference": 14,
                              "confidence": 0.99, "exceeded": False}  # fmt: skip

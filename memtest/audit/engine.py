@@ -21,6 +21,7 @@ from memtest.audit.calibration import Calibration, checkpoint_calibration
 from memtest.audit.options import AuditConfig
 from memtest.audit.records import AuditCase, CaseRecord, MitigationEntry, ScoreRecord
 from memtest.audit.results import RESULTS_SCHEMA
+from memtest.detection.records import AttributionEntry
 from memtest.errors import ScoringError, option
 from memtest.progress import ProgressFn
 
@@ -294,6 +295,13 @@ class Engine:
         except MemtestError:
             return {}
         return dict(cal.copy_thresholds) if not accepted else {}
+
+    def attribute(self, case: AuditCase) -> AttributionEntry:
+        """Each word's share of the case's memorization signal (memtest.detection.attribution), from the
+        detector's own initial noises."""
+        from memtest.detection.attribution import attribute
+
+        return attribute(self.scorer, case.prompt).to_dict()
 
     def confirm(self, case: AuditCase) -> Confirmation:
         """Generate the case's images from the detector's initial noises and compare them with its training

@@ -214,6 +214,8 @@ def run_case(
     ):
         found = engine.confirm(case)
         confirm(record, case, engine.evidence_entry(case, found), found.copied)
+    if engine.config.attribution and record.get("flagged"):
+        record["attribution"] = engine.attribute(case)
     baseline = engine.baseline() if threshold is not None else None
     if baseline is not None:
         baseline.apply(case, record)

@@ -20,7 +20,7 @@ from memtest.defaults import (
     DEFAULT_MITIGATION_STEPS,
     MITIGATION_ITEM_METHODS,
 )
-from memtest.detection.settings import ScoreSettings
+from memtest.detection.settings import METRICS, ScoreSettings
 from memtest.errors import CalibrationError, MemtestError, did_you_mean, option
 
 
@@ -49,7 +49,7 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("config", "local diffusers folder of the base whose configs a single-file checkpoint uses"),
     Option("suite", "suite name or YAML path; repeatable (default: the checkpoint's own suite)", kind="list"),
-    Option("metric", "sharpness (default) or score_norm"),
+    Option("metric", f"detection metric: {', '.join(METRICS)} (default {METRICS[0]}; docs/method.md)"),
     Option("method", "Hessian-vector product: fd (default), fd-forward or jvp"),
     Option("n", "generations per prompt (default 4)", int),
     Option("seed", "base seed of the initial noises (default 0)", int),
@@ -109,6 +109,12 @@ OPTIONS: tuple[Option, ...] = (
         "reported apart",
     ),
     Option("report_images", "images in the report: generated (default), all (with training images) or none"),
+    Option(
+        "attribution",
+        "attribute each flagged case's memorization signal to its prompt's words (per-token gradient "
+        "significance, Wen et al.), in the results and the report",
+        kind="flag",
+    ),
     Option("cache_dir", f"results cache folder (default {DEFAULT_CACHE_DIR}; 'none' disables)"),
     Option("cache_clear", "drop the results cache before the run", kind="flag", ini=False, cli=False),
 )
@@ -160,6 +166,8 @@ class AuditConfig:
     baseline: str | None = None
     #: which images the report shows: "generated", "all" (training images too) or "none"
     report_images: str = "generated"
+    #: attribute flagged cases' memorization signal to their words (memtest.detection.attribution)
+    attribution: bool = False
     #: this process's index among parallel workers (pytest-xdist's gw<i>), which picks its GPU; None alone.
     worker_index: int | None = None
 
@@ -247,6 +255,7 @@ def config_from_values(values: Mapping[str, Any], **extra: Any) -> AuditConfig:
         fail_on=v["fail_on"] or d.fail_on,
         baseline=v["baseline"],
         report_images=v["report_images"] or d.report_images,
+        attribution=bool(v["attribution"]),
     )
     return replace(config, **extra).validate() if extra else config.validate()
 

@@ -11,6 +11,7 @@ from typing import Any, Literal, TypedDict
 from typing_extensions import NotRequired
 
 from memtest.audit.suites import Mitigate
+from memtest.detection.records import AttributionEntry
 
 Outcome = Literal["passed", "failed", "error"]
 #: A detection case's verdict: `copy` (confirmed by comparing generations with training images), `flagged` (above
@@ -69,6 +70,9 @@ class CaseRecord(TypedDict):
     verdict: NotRequired[Verdict | None]
     #: what confirmation measured (memtest.evidence), when it ran
     evidence: NotRequired[dict[str, Any] | None]
+    #: each word's share of the memorization signal (memtest.detection.attribution), flagged cases with the
+    #: attribution option
+    attribution: NotRequired[AttributionEntry | None]
     #: flagged or copied on the baseline (the base model) too: reported apart, not counted
     inherited: NotRequired[bool]
     #: the pytest node that ran it (the plugin's)

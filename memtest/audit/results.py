@@ -178,6 +178,14 @@ def _validate_case(case: object, source: str, where: str) -> None:
         raise _fail(source, f"{where}.inherited", f"must be true or false, got {obj['inherited']!r}")
     if obj.get("evidence") is not None:
         _check_keys(obj["evidence"], (), source, f"{where}.evidence")
+    if obj.get("attribution") is not None:
+        keys = ("signal", "words", "special", "padding")
+        found = _check_keys(obj["attribution"], keys, source, f"{where}.attribution")
+        if not isinstance(found["words"], list) or not all(
+            isinstance(w, Mapping) and isinstance(w.get("word"), str) and _is_number(w.get("weight"))
+            for w in found["words"]
+        ):
+            raise _fail(source, f"{where}.attribution.words", "must be a list of {word, weight} objects")
     if "seeds" in obj and not (
         isinstance(obj["seeds"], list) and all(isinstance(s, int) and not isinstance(s, bool) for s in obj["seeds"])
     ):

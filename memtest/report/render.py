@@ -286,6 +286,42 @@ EVIDENCE_BYTES = 1_500_000
 _VERDICT_ORDER = {"copy": 0, "flagged": 1, "clean": 2}
 
 
+#: Shade levels of a word in the attribution section (classes aw0..aw5 in report.css).
+ATTRIBUTION_LEVELS = 5
+
+
+def _attribution_model(cases: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Cases with an attribution, copies first: each word with its share and a shade level relative to the prompt's
+    largest word share (0 = none, ATTRIBUTION_LEVELS = the largest)."""
+    found = [c for c in cases if c.get("attribution")]
+    found.sort(key=lambda c: (_VERDICT_ORDER.get(str(c.get("verdict")), 3), str(c["id"])))
+    out = []
+    for case in found:
+        att = case["attribution"]
+        words = [(str(w["word"]), float(w["weight"])) for w in att.get("words") or []]
+        top = max((v for _, v in words), default=0.0)
+        out.append(
+            {
+                "id": case["id"],
+                "prompt": case["prompt"],
+                "verdict": case.get("verdict") or "—",
+                "words": [
+                    {
+                        "word": w,
+                        "share": fmt_num(v, 3),
+                        "level": round(ATTRIBUTION_LEVELS * v / top) if top > 0 else 0,
+                    }
+                    for w, v in words
+                ],
+                "top": att.get("top") or "—",
+                "special": fmt_num(float(att.get("special", 0.0)), 3),
+                "padding": fmt_num(float(att.get("padding", 0.0)), 3),
+                "signal": str(att.get("signal", "")),
+            }
+        )
+    return out
+
+
 def _evidence_model(cases: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], int]:
     """Copies first, then unconfirmed flags, then the rest, each with its generations (and, when the run kept
     them, the closest training images), every pair's similarity against the copy threshold. Returns the shown
@@ -403,6 +439,7 @@ def build_context(doc: Mapping[str, Any]) -> dict[str, Any]:
         "evidence": evidence,
         "evidence_left_out": evidence_left_out,
         "evidence_limits": (EVIDENCE_CASES, EVIDENCE_BYTES),
+        "attribution": _attribution_model(cases),
         "summary": summary,
         "checkpoint": checkpoint,
         "config": _kv({k: v for k, v in (checkpoint.get("config") or {}).items() if k != "adapters"}),
