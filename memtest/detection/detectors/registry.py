@@ -10,6 +10,8 @@ from __future__ import annotations
 DETECTORS: dict[str, str] = {
     "sharpness": "memtest.detection.detectors.sharpness",
     "score_norm": "memtest.detection.detectors.score_norm",
+    "tiled_l2": "memtest.detection.detectors.tiled_l2",
+    "anisotropy": "memtest.detection.detectors.anisotropy",
 }
 
 __all__ = ["DETECTORS"]

@@ -1,0 +1,174 @@
+"""Detectors behind one interface (memtest.detection.detectors): the registry is the metric list, each detector
+separates the shipped canary's planted captions from its clean ones, records its settings in the identity, and
+refuses settings it does not read."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytest
+
+#: Cheap settings per detector (the n generations are 16 px; tiled_l2 generates them through the pipeline).
+CHEAP: dict[str, dict[str, Any]] = {
+    "sharpness": {"n": 2},
+    "score_norm": {"n": 2},
+    "tiled_l2": {"n": 2, "num_inference_steps": 10},
+    "anisotropy": {"n": 2},
+}
+
+
+@pytest.fixture(scope="module")
+def finetuned() -> Any:
+    from memtest.models.checkpoint import load_checkpoint
+
+    return load_checkpoint("zoo:finetuned", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def captions() -> tuple[list[str], list[str]]:
+    """Four planted (memorized) and four clean (trained, not planted) captions of zoo:finetuned's own suite."""
+    from memtest.audit.suites import resolve_suite
+
+    cases = resolve_suite("canary-finetuned").cases
+    planted = [c.prompt for c in cases if c.expectation == "memorized"][:4]
+    clean = [c.prompt for c in cases if c.expectation == "clean"][:4]
+    return planted, clean
+
+
+def test_the_registry_is_the_metric_list_and_every_entry_loads() -> None:
+    from memtest.detection.detectors.base import ALWAYS_READ, load_detector
+    from memtest.detection.detectors.registry import DETECTORS
+    from memtest.detection.settings import METRICS, ScoreSettings
+
+    assert tuple(DETECTORS) == METRICS and METRICS[0] == "sharpness" == ScoreSettings().metric
+    assert set(CHEAP) <= set(METRICS)
+    fields = {f.name for f in dataclasses.fields(ScoreSettings)}
+    for name in METRICS:
+        detector = load_detector(name)
+        assert detector.name == name and detector.source
+        assert detector.reads <= fields and not detector.reads & ALWAYS_READ
+    with pytest.raises(Exception, match="Unknown metric 'sharpnes'"):
+        load_detector("sharpnes")
+
+
+@pytest.mark.parametrize("metric", sorted(CHEAP))
+def test_planted_captions_score_higher_than_clean_ones(
+    metric: str, finetuned: Any, captions: tuple[list[str], list[str]], one_torch_thread: None
+) -> None:
+    import memtest
+
+    planted, clean = captions
+    scores = memtest.score_prompts(finetuned, planted + clean, metric=metric, batch_size=8, **CHEAP[metric])
+    assert all(r.settings["metric"] == metric for r in scores)
+    high = sum(r.score for r in scores[:4]) / 4
+    low = sum(r.score for r in scores[4:]) / 4
+    assert high > low, (metric, [r.score for r in scores])
+
+
+def test_each_detector_records_its_settings_in_the_identity(finetuned: Any) -> None:
+    from memtest.detection.detectors.anisotropy import DEFAULT_GAMMA
+    from memtest.detection.scoring import Scorer, ScoreSettings
+
+    sharp = Scorer(finetuned, ScoreSettings()).identity()
+    assert {"method", "fd_h", "steps", "timesteps", "guidance_scale"} <= set(sharp)
+
+    tiled = Scorer(finetuned, ScoreSettings(metric="tiled_l2", guidance_scale=3.0, num_inference_steps=20)).identity()
+    assert tiled["descriptor"]["tiles"] == 4 and tiled["descriptor"]["side"] == finetuned.resolution[0]
+    assert tiled["guidance_scale"] == 3.0 and tiled["num_inference_steps"] == 20 and "mean" in tiled["aggregation"]
+    assert "method" not in tiled and "steps" not in tiled
+
+    default = Scorer(finetuned, ScoreSettings(metric="anisotropy")).identity()
+    assert default["gamma"] == list(DEFAULT_GAMMA) and default["timesteps"] == [981, 41]
+    fitted = Scorer(finetuned, ScoreSettings(metric="anisotropy", gamma=(1.0, 0.5), num_inference_steps=25))
+    assert fitted.identity()["gamma"] == [1.0, 0.5] and fitted.identity()["timesteps"][0] == 961
+    assert "method" not in default and "fd_h" not in default
+
+
+@pytest.mark.parametrize(
+    ("metric", "settings", "message"),
+    [
+        ("tiled_l2", {"steps": 2}, "The tiled_l2 metric does not use the setting `steps` (got 2)"),
+        ("tiled_l2", {"n": 1}, "needs at least two: got n=1"),
+        ("tiled_l2", {"method": "jvp"}, "does not use the setting `method`"),
+        ("anisotropy", {"guidance_scale": 3.0}, "does not use the setting `guidance_scale`"),
+        ("anisotropy", {"num_inference_steps": 2}, "needs at least 3 inference steps"),
+        ("sharpness", {"gamma": (1.0, 2.0)}, "The sharpness metric does not use the setting `gamma`"),
+        ("score_norm", {"gamma": (1.0, 2.0)}, "does not use the setting `gamma`"),
+    ],
+)
+def test_a_setting_the_detector_does_not_read_is_refused(
+    finetuned: Any, metric: str, settings: dict[str, Any], message: str
+) -> None:
+    import memtest
+    from memtest.errors import ScoringError
+
+    with pytest.raises(ScoringError) as info:
+        memtest.score_prompts(finetuned, ["a snapshot of a digit"], metric=metric, **settings)
+    assert message in str(info.value)
+
+
+def test_gamma_must_be_a_pair_of_numbers() -> None:
+    from memtest.detection.settings import ScoreSettings
+    from memtest.errors import ScoringError
+
+    for bad in ((1.0,), (1.0, float("nan")), ("a", 1.0)):
+        with pytest.raises(ScoringError, match="gamma must be a pair"):
+            ScoreSettings(metric="anisotropy", gamma=bad).validate()  # type: ignore[arg-type]
+
+
+def test_anisotropy_is_the_weighted_sum_of_its_two_terms(finetuned: Any, captions: tuple[list[str], list[str]]) -> None:
+    """score = γ1·norm + γ2·cosine per generation; the norm term is score_norm at one step, bit for bit."""
+    import torch
+
+    from memtest.detection.detectors.anisotropy import DETECTOR
+    from memtest.detection.scoring import Scorer, ScoreSettings
+
+    prompts = captions[0][:2] + captions[1][:2]
+    scorer = Scorer(finetuned, ScoreSettings(metric="anisotropy", n=2, gamma=(0.5, -3.0), batch_size=4))
+    norm, cosine = DETECTOR.terms(scorer, scorer.batch(prompts))
+    assert bool(((cosine >= -1) & (cosine <= 1)).all())
+    got = [v for r in scorer.score(prompts) for v in r.values]
+    assert torch.equal(torch.tensor(got, dtype=torch.float64), 0.5 * norm - 3.0 * cosine)
+    norms = Scorer(finetuned, ScoreSettings(metric="score_norm", n=2, batch_size=4)).score(prompts)
+    assert [v for r in norms for v in r.values] == norm.tolist()
+
+
+def test_fit_gamma_finds_the_ratio_that_separates() -> None:
+    from memtest.detection.detectors.anisotropy import fit_gamma
+
+    # the norm alone ranks one memorized prompt below a reference; the cosine separates them all
+    norms = [3.0, 1.0, 2.0, 2.5]
+    cosines = [0.9, 0.8, 0.1, 0.2]
+    labels = [1, 1, 0, 0]
+    gamma, auc = fit_gamma(norms, cosines, labels)
+    assert auc == 1.0 and gamma[0] == 1.0 and gamma[1] > 0
+    assert fit_gamma(norms, cosines, labels, ratios=[0.0])[1] == 0.5
+
+
+@pytest.mark.parametrize("metric", sorted(CHEAP))
+def test_the_plugin_and_the_cli_take_every_metric(metric: str, pytester: pytest.Pytester) -> None:
+    from pytest_memtest.options import read_config
+
+    from memtest.audit import config_from_values
+    from memtest.audit.options import OPTIONS
+
+    assert read_config(pytester.parseconfig("--memtest", f"--memtest-metric={metric}")).score.metric == metric
+    assert config_from_values({"metric": metric}).score.metric == metric
+    assert metric in next(o.help for o in OPTIONS if o.name == "metric")
+
+
+def test_the_gamma_fit_script_and_its_record(load_script: Any, tmp_path: Any) -> None:
+    """scripts/fit_anisotropy.py on two captions a side (seconds), and the shipped record's fit is the best AUC."""
+    import json
+    from pathlib import Path
+
+    script = load_script("fit_anisotropy")
+    out = tmp_path / "gamma.json"
+    assert script.main(["--limit", "2", "--n", "1", "--write", str(out)]) == 0
+    got = json.loads(out.read_text())["finetuned"]
+    assert got["memorized"] == 2 and got["reference"] == 2 and got["settings"]["timesteps"] == [981, 41]
+    assert got["auc"] >= max(got["auc_norm_only"], got["auc_cosine_only"])
+    shipped = json.loads((Path(__file__).parent.parent / "docs/runs/anisotropy-gamma.json").read_text())
+    for record in shipped.values():
+        assert record["auc"] >= max(record["auc_norm_only"], record["auc_paper_sd14_gamma"]) and record["gamma"][0] == 1
