@@ -377,6 +377,78 @@ def _evidence_model(cases: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, 
     return shown, left_out
 
 
+#: The duplication tags `memtest suite from-dataset` puts on a case (docs/datasets.md), and how many at-risk cases the
+#: "Training-data risk" section lists (the rest are counted).
+RISK_TAGS = ("repeats", "images", "dup-cluster", "dup-caption")
+RISK_ROWS = 200
+
+
+def _risk_tags(tags: Sequence[object]) -> tuple[dict[str, int], bool] | None:
+    """A case's duplication counts (`repeats:N`, `images:K`, `dup-cluster:M`, `dup-caption:R`) and whether it is
+    `at-risk`; None when it carries none of these tags (it does not come from a training set)."""
+    counts: dict[str, int] = {}
+    at_risk = False
+    for tag in tags:
+        name, sep, value = str(tag).partition(":")
+        if sep and name in RISK_TAGS and value.isdigit():
+            counts[name] = int(value)
+        elif str(tag) == "at-risk":
+            at_risk = True
+    return (counts, at_risk) if counts or at_risk else None
+
+
+def _risk_model(cases: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """The "Training-data risk" section: the at-risk cases with their duplication counts and verdicts (copies first,
+    then the most exposed), and the verdicts of the at-risk and the other training-set cases; None when no case
+    carries the tags."""
+    found = []
+    for case in cases:
+        risk = _risk_tags(case.get("tags") or [])
+        if risk is not None:
+            found.append((case, *risk))
+    if not found:
+        return None
+
+    def verdicts(rows: Sequence[Mapping[str, Any]]) -> str:
+        counted: dict[str, int] = {}
+        for c in rows:
+            key = str(c.get("verdict") or c["outcome"])
+            counted[key] = counted.get(key, 0) + 1
+        order = sorted(counted, key=lambda k: (_VERDICT_ORDER.get(k, 3), k))
+        return ", ".join(f"{counted[k]} {k}" for k in order) or "none"
+
+    risky = [(c, n) for c, n, at_risk in found if at_risk]
+    risky.sort(
+        key=lambda cn: (
+            _VERDICT_ORDER.get(str(cn[0].get("verdict")), 3),
+            -max(cn[1].get("repeats", 1), cn[1].get("dup-cluster", 1)),
+            -cn[1].get("dup-cluster", 1),
+            str(cn[0]["id"]),
+        )
+    )
+    rows = [
+        {
+            "id": c["id"],
+            "prompt": c["prompt"],
+            "verdict": c.get("verdict") or "—",
+            "outcome": c["outcome"],
+            "repeats": str(n.get("repeats", "—")),
+            "images": str(n.get("images", "—")),
+            "cluster": str(n.get("dup-cluster", "—")),
+            "caption_rows": str(n.get("dup-caption", 1)),
+        }
+        for c, n in risky[:RISK_ROWS]
+    ]
+    return {
+        "cases": len(found),
+        "at_risk": len(risky),
+        "rows": rows,
+        "left_out": max(0, len(risky) - RISK_ROWS),
+        "verdicts_at_risk": verdicts([c for c, _ in risky]),
+        "verdicts_other": verdicts([c for c, _, at_risk in found if not at_risk]),
+    }
+
+
 def _csp(scripts: Sequence[str]) -> str:
     hashes = " ".join(
         "'sha256-" + base64.b64encode(hashlib.sha256(s.encode("utf-8")).digest()).decode("ascii") + "'" for s in scripts
@@ -440,6 +512,7 @@ def build_context(doc: Mapping[str, Any]) -> dict[str, Any]:
         "evidence_left_out": evidence_left_out,
         "evidence_limits": (EVIDENCE_CASES, EVIDENCE_BYTES),
         "attribution": _attribution_model(cases),
+        "risk": _risk_model(cases),
         "summary": summary,
         "checkpoint": checkpoint,
         "config": _kv({k: v for k, v in (checkpoint.get("config") or {}).items() if k != "adapters"}),
