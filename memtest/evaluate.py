@@ -88,7 +88,8 @@ class EvaluationRow:
     #: generation in one batched forward (SPEC.md §2's convention); None for a detector memtest has no formula for.
     model_evaluations: int | None = None
     #: Denoiser rows that actually ran, per prompt (each branch of each generation one row, batch padding and the
-    #: shared unconditional branch at x_T included), in the run this row's scores come from.
+    #: shared unconditional branch at x_T included), counted by a forward hook on the denoiser module in the run
+    #: this row's scores come from (scaled by n/N for a prefix row).
     denoiser_rows: float | None = None
     seconds_per_prompt: float | None = None
     #: "measured" (this n was scored by itself) or "scaled from n=N" (a prefix of the n=N run: its time * n/N).
@@ -294,20 +295,6 @@ class _Run:
     rows: int
 
 
-def _counting_scorer(ckpt: Checkpoint, settings: ScoreSettings) -> Any:
-    """A Scorer that counts the denoiser rows it runs (every model call goes through `Scorer.forward`)."""
-    from memtest.detection.scoring import Scorer
-
-    class CountingScorer(Scorer):
-        rows = 0
-
-        def forward(self, x: Any, t: int, cond: Any) -> Any:
-            self.rows += int(x.shape[0])
-            return super().forward(x, t, cond)
-
-    return CountingScorer(ckpt, settings)
-
-
 def refusal(ckpt: Checkpoint, settings: ScoreSettings) -> str | None:
     """Why the scorer refuses `settings` on `ckpt` (a ScoringError while it is set up: an unsupported
     combination, such as steps for a detector that ignores steps), or None when it accepts them."""
@@ -323,11 +310,26 @@ def refusal(ckpt: Checkpoint, settings: ScoreSettings) -> str | None:
 def _score(ckpt: Checkpoint, settings: ScoreSettings, prompts: Sequence[str], progress: ProgressFn | None) -> _Run:
     """Score `prompts` under `settings` (which `refusal` accepted), counting the denoiser rows that ran. A
     ScoringError here (say, a non-finite score) propagates: a failure of the model, not of the combination."""
-    scorer = _counting_scorer(ckpt, settings)
-    started = time.perf_counter()
-    scores = scorer.score(list(prompts), progress=progress)
-    seconds = time.perf_counter() - started
-    return _Run([s.values for s in scores], seconds, scorer.rows)
+    from memtest.detection.scoring import Scorer
+
+    scorer = Scorer(ckpt, settings)
+    rows = [0]
+
+    def count(_module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], _output: Any) -> None:
+        # every call of the denoiser module, whichever path makes it (the scorer's forward, a JVP, a detector's
+        # own sampling loop): its batch rows, each the cond or the uncond branch of one generation
+        x: Any = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
+        shape = getattr(x, "shape", None)
+        rows[0] += int(shape[0]) if shape else 0
+
+    handle = ckpt.denoiser.register_forward_hook(count, with_kwargs=True)
+    try:
+        started = time.perf_counter()
+        scores = scorer.score(list(prompts), progress=progress)
+        seconds = time.perf_counter() - started
+    finally:
+        handle.remove()
+    return _Run([s.values for s in scores], seconds, rows[0])
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -491,7 +493,7 @@ def _seconds(row: EvaluationRow) -> str:
 def _evaluations(row: EvaluationRow) -> str:
     if row.model_evaluations is not None:
         return str(row.model_evaluations)
-    if row.denoiser_rows is not None:
+    if row.denoiser_rows:  # 0: the detector ran the model outside the denoiser module memtest can watch
         return f"~{row.denoiser_rows / 2:.3g}"  # measured rows, both branches counted as one evaluation
     return "n/a"
 

@@ -64,6 +64,10 @@ def test_the_table_has_a_row_per_metric_steps_and_n(result: Any) -> None:
     # SPEC.md §2's count: score_norm n*steps, sharpness (central difference) 3*n*steps
     assert result.row("score_norm", 2, 4).model_evaluations == 8
     assert result.row("sharpness", 1, 4).model_evaluations == 12
+    # the rows that ran (a hook on the denoiser): at most both branches of every counted evaluation, fewer where the
+    # scorer runs the unconditional branch at x_T once for all prompts of a batch
+    for row in result.rows:
+        assert row.model_evaluations < row.denoiser_rows <= 2 * row.model_evaluations, row.label
 
 
 def test_sharpness_separates_the_planted_captions(result: Any) -> None:
