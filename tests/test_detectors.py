@@ -37,9 +37,9 @@ def captions() -> tuple[list[str], list[str]]:
 
 
 def test_the_registry_is_the_metric_list_and_every_entry_loads() -> None:
-    from memtest.detection.detectors.base import ALWAYS_READ, load_detector
+    from memtest.detection.detectors.base import load_detector
     from memtest.detection.detectors.registry import DETECTORS
-    from memtest.detection.settings import METRICS, ScoreSettings
+    from memtest.detection.settings import ALWAYS_READ, METRICS, ScoreSettings
 
     assert tuple(DETECTORS) == METRICS and METRICS[0] == "sharpness" == ScoreSettings().metric
     assert set(CHEAP) <= set(METRICS)
@@ -89,10 +89,11 @@ def test_each_detector_records_its_settings_in_the_identity(finetuned: Any) -> N
     ("metric", "settings", "message"),
     [
         ("tiled_l2", {"steps": 2}, "The tiled_l2 metric does not use the setting `steps` (got 2)"),
-        ("tiled_l2", {"n": 1}, "needs at least two: got n=1"),
+        ("tiled_l2", {"n": 1}, "needs at least 2: got n=1"),
         ("tiled_l2", {"method": "jvp"}, "does not use the setting `method`"),
         ("anisotropy", {"guidance_scale": 3.0}, "does not use the setting `guidance_scale`"),
         ("anisotropy", {"num_inference_steps": 2}, "needs at least 3 inference steps"),
+        ("tiled_l2", {"n": 1, "steps": 1}, "Score with `n=4` (or more)"),
         ("sharpness", {"gamma": (1.0, 2.0)}, "The sharpness metric does not use the setting `gamma`"),
         ("score_norm", {"gamma": (1.0, 2.0)}, "does not use the setting `gamma`"),
     ],
@@ -101,11 +102,15 @@ def test_a_setting_the_detector_does_not_read_is_refused(
     finetuned: Any, metric: str, settings: dict[str, Any], message: str
 ) -> None:
     import memtest
+    from memtest.detection.settings import ScoreSettings
     from memtest.errors import ScoringError
 
     with pytest.raises(ScoringError) as info:
         memtest.score_prompts(finetuned, ["a snapshot of a digit"], metric=metric, **settings)
     assert message in str(info.value)
+    # refused before anything loads: the plugin and `memtest audit` check settings at start-up
+    with pytest.raises(ScoringError):
+        ScoreSettings(metric=metric, **settings).validate()
 
 
 def test_gamma_must_be_a_pair_of_numbers() -> None:

@@ -370,13 +370,14 @@ class Engine:
     def settings_record(self) -> dict[str, Any]:
         ident = self.identity()
         s = self.config.score
+        timesteps = ident.get("timesteps")  # each detector records its own (tiled_l2 measures finished images)
         return {
             **s.to_dict(),
-            "timestep": ident["timesteps"][0],
-            "timesteps": ident["timesteps"],
+            "timestep": timesteps[0] if timesteps else None,
+            "timesteps": timesteps,
             "resolution": ident["resolution"],
             "dtype": ident["dtype"],
-            "fd_h": ident["fd_h"],
+            "fd_h": ident.get("fd_h"),
             "device": str(self.checkpoint.device),
             "fpr": self.config.fpr,
         }

@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from memtest.detection.detectors.registry import DETECTORS
-from memtest.errors import ScoringError
+from memtest.errors import ScoringError, option
 
 #: The detectors by name (memtest.detection.detectors.registry); the first is the default.
 METRICS: tuple[str, ...] = tuple(DETECTORS)
 #: How the Hessian-vector product is taken (ScoreSettings.method). Not memtest.mitigation's methods.
 HVP_METHODS: tuple[str, ...] = ("jvp", "fd", "fd-forward")
+
+#: Settings every detector reads: which generations (n, seeds) and how they are batched (never a score).
+ALWAYS_READ: frozenset[str] = frozenset({"metric", "n", "seed", "per_prompt_seeds", "batch_size"})
+#: ScoreSettings fields that are options of the option table (messages name them through `option`).
+_OPTION_FIELDS: frozenset[str] = frozenset({"metric", "method", "n", "seed", "steps", "flow_steps", "batch_size"})
+
+
+def setting_name(name: str) -> str:
+    """How a message names the ScoreSettings field `name`: the option when it is one, else the keyword."""
+    return option(name) if name in _OPTION_FIELDS else f"`{name}`"
+
 
 #: Flow-matching checkpoints (SD3, Flux): guided Euler steps taken from x_1 (s = 1) before the metric is
 #: measured. At s = 1 the ideal model's sharpness is zero for every prompt (docs/method.md, flow matching), so
@@ -68,6 +79,7 @@ class ScoreSettings:
             raise ScoringError(f"seed must be a non-negative integer, got {self.seed!r}.")
         if self.fd_h is not None and not (self.fd_h > 0 and math.isfinite(self.fd_h)):
             raise ScoringError(f"fd_h must be a positive finite number, got {self.fd_h!r}.")
+        self.check_detector()
         if self.gamma is not None:
             g = self.gamma
             if not (
@@ -77,6 +89,33 @@ class ScoreSettings:
             ):
                 raise ScoringError(f"gamma must be a pair of finite numbers (γ1, γ2), got {g!r}.")
         return self
+
+    def check_detector(self) -> None:
+        """Refuse a setting the metric's detector does not read when it is not at its default (a number measured
+        under a setting that did nothing must not look as if it had applied), and n or num_inference_steps below
+        what the detector needs."""
+        spec = DETECTORS[self.metric]
+        default = ScoreSettings()
+        for f in fields(self):
+            if f.name in ALWAYS_READ or f.name in spec.reads:
+                continue
+            value = getattr(self, f.name)
+            if value != getattr(default, f.name):
+                raise ScoringError(
+                    f"The {self.metric} metric does not use the setting {setting_name(f.name)} (got {value!r}): its "
+                    f"score would not change with it. Leave it at its default ({getattr(default, f.name)!r}), or "
+                    "choose a metric that reads it."
+                )
+        if self.n < spec.min_n:
+            raise ScoringError(
+                f"The {self.metric} metric compares a prompt's generations with one another, so it needs at least "
+                f"{spec.min_n}: got n={self.n}. Score with {option('n', max(4, spec.min_n))} (or more)."
+            )
+        if self.num_inference_steps < spec.min_inference_steps:
+            raise ScoringError(
+                f"The {self.metric} metric needs at least {spec.min_inference_steps} inference steps, got "
+                f"num_inference_steps={self.num_inference_steps}."
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

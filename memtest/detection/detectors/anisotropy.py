@@ -42,10 +42,8 @@ COSINE_FROM_END = 3
 class Anisotropy(Detector):
     name: ClassVar[str] = "anisotropy"
     source: ClassVar[str] = "Asthana & Belagiannis, ICLR 2026 (rohanasthana/memorization-anisotropy)"
-    reads: ClassVar[frozenset[str]] = frozenset({"num_inference_steps", "gamma"})
 
     def check(self, blocks: Blocks) -> None:
-        super().check(blocks)
         self.timesteps(blocks)
 
     def gamma(self, blocks: Blocks) -> tuple[float, float]:

@@ -2,9 +2,9 @@
 
 A detector decides, and nothing outside its module branches on which detector runs:
 
-- which settings change its score (`reads`; a setting it does not read must stay at its default, or scoring
-  refuses it, naming the setting: a number measured under a setting that did nothing must not look as if the
-  setting had been applied),
+- which settings change its score (`reads`, from its registry entry; a setting it does not read must stay at
+  its default, or `ScoreSettings.validate` refuses it, naming the setting: a number measured under a setting that
+  did nothing must not look as if the setting had been applied),
 - what else it refuses (a family, a noise process, n = 1, ...), with the reason (`check`),
 - the keys it adds to the calibration identity (`identity`; the scorer adds the ones every score shares),
 - how it scores a batch of generations (`score`): given the scorer's building blocks (`Blocks`: noises,
@@ -17,27 +17,17 @@ from __future__ import annotations
 import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from memtest.detection.detectors.registry import DETECTORS
 from memtest.detection.settings import ScoreSettings
-from memtest.errors import ScoringError, option
+from memtest.errors import ScoringError
 
 if TYPE_CHECKING:
     import torch
 
     from memtest.models.families.base import Checkpoint, Cond, Process
-
-#: Settings every detector reads: which generations (n, seeds) and how they are batched (never a score).
-ALWAYS_READ: frozenset[str] = frozenset({"metric", "n", "seed", "per_prompt_seeds", "batch_size"})
-#: ScoreSettings fields that are options of the option table (messages name them through `option`).
-_OPTIONS: frozenset[str] = frozenset({"metric", "method", "n", "seed", "steps", "flow_steps", "batch_size"})
-
-
-def setting_name(name: str) -> str:
-    """How a message names the ScoreSettings field `name`: the option when it is one, else the keyword."""
-    return option(name) if name in _OPTIONS else f"`{name}`"
 
 
 class Blocks(Protocol):
@@ -87,23 +77,17 @@ class Detector(ABC):
     name: ClassVar[str]
     #: Where the metric comes from, one line (records and docs).
     source: ClassVar[str]
-    #: ScoreSettings fields beyond `ALWAYS_READ` that change this detector's score.
-    reads: ClassVar[frozenset[str]]
+
+    @property
+    def reads(self) -> frozenset[str]:
+        """ScoreSettings fields beyond `settings.ALWAYS_READ` that change this detector's score (its registry
+        entry, which `ScoreSettings.validate` enforces before anything loads)."""
+        return DETECTORS[self.name].reads
 
     def check(self, blocks: Blocks) -> None:
-        """Refuse what this detector cannot score: by default, any setting it does not read that is not at its
-        default. Subclasses add their own refusals (and call this)."""
-        s, default = blocks.settings, ScoreSettings()
-        for f in fields(ScoreSettings):
-            if f.name in ALWAYS_READ or f.name in self.reads:
-                continue
-            value = getattr(s, f.name)
-            if value != getattr(default, f.name):
-                raise ScoringError(
-                    f"The {self.name} metric does not use the setting {setting_name(f.name)} (got {value!r}): its "
-                    f"score would not change with it. Leave it at its default ({getattr(default, f.name)!r}), or "
-                    f"choose a metric that reads it."
-                )
+        """Refuse what this detector cannot score on this checkpoint (a family, a missing component), with the
+        reason. Settings were checked already (`ScoreSettings.check_detector`). By default: nothing more."""
+        return None
 
     @abstractmethod
     def identity(self, blocks: Blocks) -> dict[str, Any]:
@@ -118,10 +102,11 @@ def load_detector(name: str) -> Detector:
     """The detector registered as `name` (`registry.DETECTORS`)."""
     if name not in DETECTORS:
         raise ScoringError(f"Unknown metric {name!r}. Choose one of: {', '.join(DETECTORS)}.")
-    found = getattr(importlib.import_module(DETECTORS[name]), "DETECTOR", None)
+    module = DETECTORS[name].module
+    found = getattr(importlib.import_module(module), "DETECTOR", None)
     if not isinstance(found, Detector) or found.name != name:
-        raise ScoringError(f"Module {DETECTORS[name]} does not define the detector {name!r} as DETECTOR.")
+        raise ScoringError(f"Module {module} does not define the detector {name!r} as DETECTOR.")
     return found
 
 
-__all__ = ["ALWAYS_READ", "Batch", "Blocks", "Detector", "load_detector", "setting_name"]
+__all__ = ["Batch", "Blocks", "Detector", "load_detector"]

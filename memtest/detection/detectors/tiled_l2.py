@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from memtest.detection.detectors.base import Batch, Blocks, Detector
-from memtest.errors import ScoringError, option
+from memtest.errors import ScoringError
 from memtest.models.families.base import cond_rows
 
 if TYPE_CHECKING:
@@ -35,15 +35,8 @@ TILES = 4
 class TiledL2(Detector):
     name: ClassVar[str] = "tiled_l2"
     source: ClassVar[str] = "Carlini et al., USENIX Security 2023 (tiled ℓ2 among generations)"
-    reads: ClassVar[frozenset[str]] = frozenset({"num_inference_steps", "guidance_scale"})
 
     def check(self, blocks: Blocks) -> None:
-        super().check(blocks)
-        if blocks.settings.n < 2:
-            raise ScoringError(
-                f"The {self.name} metric compares a prompt's generations with one another, so it needs at least "
-                f"two: got n={blocks.settings.n}. Score with {option('n', 4)} (or more)."
-            )
         if blocks.ckpt.vae is None:
             raise ScoringError(
                 f"The {self.name} metric compares generated images, and checkpoint {blocks.ckpt.name} has no VAE to "

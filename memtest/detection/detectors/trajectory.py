@@ -9,7 +9,7 @@ The per-generation score is the mean over the measured timesteps (accumulated in
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -21,10 +21,6 @@ if TYPE_CHECKING:
 
 class TrajectoryDetector(Detector):
     """A detector that measures at the first `steps` sampling steps (module docstring)."""
-
-    reads: ClassVar[frozenset[str]] = frozenset(
-        {"method", "steps", "num_inference_steps", "guidance_scale", "fd_h", "flow_steps"}
-    )
 
     def identity(self, blocks: Blocks) -> dict[str, Any]:
         s = blocks.settings
