@@ -115,7 +115,7 @@ def memtest_mitigation(memtest_checkpoint: Engine) -> Callable[..., Any]:
     """Mitigate a prompt (a string or a `memtest_case`) on the engine's checkpoint and settings.
 
     `memtest_mitigation(prompt_or_case, method="sail", **options) -> memtest.mitigation.Mitigation`; `method`
-    is one of `memtest.mitigation.METHODS` (sail, resample, rta, rna, embedding).
+    is one of `memtest.mitigation.METHODS` (sail, resample, rta, rna, embedding, attention).
     The threshold defaults to the run's calibration (--memtest-calibration or the checkpoint's own),
     SAIL's step budget to --memtest-mitigation-steps; `options` go to `memtest.mitigation.mitigate`
     (through `memtest.audit.mitigate_prompt`).

@@ -101,6 +101,8 @@ class MemtestSession:
         )
         if a.mitigation_method == "resample":
             lines.append("memtest: mitigation=resample (ordinary x_T below the reference captions' level, 6 steps in)")
+        elif a.mitigation_method == "attention":
+            lines.append("memtest: mitigation=attention (Ren et al.: start-token logit x1.25, padding masked)")
         else:
             lines.append(f"memtest: mitigation=sail steps={a.mitigation_steps}")
         lines.append(f"memtest: torch {audit.describe_threads(a.threads)} in each process, {audit.describe_waits()}")

@@ -12,6 +12,8 @@ Methods, all through `memtest.mitigation.mitigate` (one interface, one acceptanc
 - `rna`: random number addition, 2 random integers below 1000 inserted into the prompt;
 - `embedding`: Adam on the prompt embedding to shrink ||eps_c - eps_0||^2 at the first step (Wen et al., ICLR
   2024), stopped once the sharpness at every original x_T is below the threshold or after 50 steps;
+- `attention`: Ren et al. (ECCV 2024): in every cross-attention layer at every step the start token's logit times
+  1.25 in the conditional branch and the padding after the prompt's end token masked (their released setting);
 - `none`: the unmitigated generations, for reference.
 
 For each: the mean RMSE of the generated images to the caption's memorised training image, how many images are
@@ -54,7 +56,7 @@ from mitigation_proof import (  # a sibling script
     write_json,
 )
 
-METHODS = ("none", "sail", "resample", "rta", "rna", "embedding")
+METHODS = ("none", "sail", "resample", "rta", "rna", "embedding", "attention")
 NOTE = (
     "`none` is the unmitigated generations; the prompt methods take microseconds (the time column is the "
     "method alone, without generating); sharpness after is measured at the x_T each method generates from. "

@@ -231,15 +231,24 @@ def run_cases(engine: Engine, cases: Sequence[AuditCase], progress: ProgressFn |
 
 
 def run_mitigation(engine: Engine, case: AuditCase, suites: Sequence[Suite]) -> tuple[CaseRecord, MitigationEntry]:
-    """A `mitigate` case: the configured method (SAIL or resample) on its prompt at the calibrated threshold,
-    judged by `memtest.mitigation.judge_mitigation`. Returns the case record and the results' mitigation entry."""
-    from memtest.mitigation import judge_mitigation, mitigate_resample, mitigate_sail, reference_captions
+    """A `mitigate` case: the configured method (SAIL, resample or attention) on its prompt at the calibrated
+    threshold, judged by `memtest.mitigation.judge_mitigation`. Returns the case record and the results' mitigation
+    entry."""
+    from memtest.mitigation import (
+        judge_mitigation,
+        mitigate_attention,
+        mitigate_resample,
+        mitigate_sail,
+        reference_captions,
+    )
 
     cal, _ = engine.calibration()
     unmitigated = engine.scores([case.prompt])[case.prompt]["score"]
     if engine.config.mitigation_method == "resample":
         refs = reference_captions(cal, suites)
         result = mitigate_resample(engine.scorer, case.prompt, threshold=cal.threshold, references=refs)
+    elif engine.config.mitigation_method == "attention":
+        result = mitigate_attention(engine.scorer, case.prompt, threshold=cal.threshold)
     else:
         result = mitigate_sail(
             engine.scorer, case.prompt, threshold=cal.threshold, max_steps=engine.config.mitigation_steps

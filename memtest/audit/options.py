@@ -81,8 +81,9 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "mitigation_method",
-        "how `mitigate: true|copy` cases choose x_T: sail (default, moves it to flat noise) or resample (keeps "
-        "ordinary draws whose trajectory is no more text-driven than the calibration's reference captions')",
+        "how `mitigate: true|copy` cases are mitigated: sail (default, moves x_T to flat noise), resample (keeps "
+        "ordinary draws whose trajectory is no more text-driven than the calibration's reference captions') or "
+        "attention (Ren et al.: the start token's cross-attention logit x1.25, padding masked; SD and SDXL)",
     ),
     Option(
         "lora", "LoRA adapter PATH[:SCALE] applied on the checkpoint (safetensors); repeatable, in order", kind="list"

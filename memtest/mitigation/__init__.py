@@ -38,8 +38,9 @@ images before and after through the checkpoint's own pipeline. Trajectory resamp
 trajectory, a few sampler steps in, is no more text-driven than ordinary captions'. Baselines with the same interface:
 random token addition (`rta`) and random number addition (`rna`) to the prompt (Somepalli et al., 2023),
 and prompt-embedding optimisation of the first-step score-difference norm ‖ε_c − ε_0‖ (`embedding`,
-Wen et al., ICLR 2024). This mitigation acts at inference only: it does not change the weights, so it
-does not protect a checkpoint whose weights are released.
+Wen et al., ICLR 2024), and Ren et al.'s cross-attention edit (`attention`, ECCV 2024: the start token's logit
+scaled up in the conditional branch, the padding masked; `memtest.mitigation.attention`). This mitigation acts
+at inference only: it does not change the weights, so it does not protect a checkpoint whose weights are released.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from memtest.audit.records import MitigationEntry
 from memtest.detection.metrics import measure_sharpness
 from memtest.detection.noise import SeedStream, fresh_seed, gaussian_noise
 from memtest.errors import MitigationError
+from memtest.mitigation.attention import DEFAULT_START_SCALE, mitigate_attention
 from memtest.mitigation.baselines import (
     DEFAULT_ADDITIONS,
     DEFAULT_EMBEDDING_LR,
@@ -115,7 +117,7 @@ if TYPE_CHECKING:
     from memtest.detection.scoring import Scorer
     from memtest.models.checkpoint import Checkpoint
 
-METHODS: tuple[str, ...] = ("sail", "resample", "rta", "rna", "embedding")
+METHODS: tuple[str, ...] = ("sail", "resample", "rta", "rna", "embedding", "attention")
 
 _METHODS: dict[str, Callable[..., Mitigation]] = {
     "sail": mitigate_sail,
@@ -123,12 +125,13 @@ _METHODS: dict[str, Callable[..., Mitigation]] = {
     "rta": mitigate_rta,
     "rna": mitigate_rna,
     "embedding": mitigate_embedding,
+    "attention": mitigate_attention,
 }
 
 
 def mitigate(target: Scorer | Checkpoint | str | Path, prompt: str, method: str = "sail", **options: Any) -> Mitigation:
     """Mitigate `prompt` on a checkpoint (or a `Scorer`, whose settings and caches are reused) with `method`:
-    sail (default), resample, rta, rna or embedding; `options` go to `mitigate_<method>`."""
+    sail (default), resample, rta, rna, embedding or attention; `options` go to `mitigate_<method>`."""
     fn = _METHODS.get(method)
     if fn is None:
         raise MitigationError(f"Unknown mitigation method {method!r}. Choose one of: {', '.join(METHODS)}.")
@@ -149,6 +152,7 @@ __all__ = [
     "DEFAULT_QUANTILE",
     "DEFAULT_RESTART_AFTER",
     "DEFAULT_SCREEN",
+    "DEFAULT_START_SCALE",
     "METHODS",
     "THUMBNAIL_SIZE",
     "AcceptedLatent",
@@ -175,6 +179,7 @@ __all__ = [
     "judge_mitigation",
     "measure_sharpness",
     "mitigate",
+    "mitigate_attention",
     "mitigate_embedding",
     "mitigate_resample",
     "mitigate_rna",
