@@ -15,7 +15,10 @@ CHEAP: dict[str, dict[str, Any]] = {
     "score_norm": {"n": 2},
     "tiled_l2": {"n": 2, "num_inference_steps": 10},
     "anisotropy": {"n": 2},
+    "attention_entropy": {"n": 2},
 }
+#: Detectors whose planted captions score higher on zoo:finetuned (attention_entropy's are lower: see its test).
+HIGHER = ("sharpness", "score_norm", "tiled_l2", "anisotropy")
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +55,7 @@ def test_the_registry_is_the_metric_list_and_every_entry_loads() -> None:
         load_detector("sharpnes")
 
 
-@pytest.mark.parametrize("metric", sorted(CHEAP))
+@pytest.mark.parametrize("metric", HIGHER)
 def test_planted_captions_score_higher_than_clean_ones(
     metric: str, finetuned: Any, captions: tuple[list[str], list[str]], one_torch_thread: None
 ) -> None:
@@ -177,3 +180,67 @@ def test_the_gamma_fit_script_and_its_record(load_script: Any, tmp_path: Any) ->
     shipped = json.loads((Path(__file__).parent.parent / "docs/runs/anisotropy-gamma.json").read_text())
     for record in shipped.values():
         assert record["auc"] >= max(record["auc_norm_only"], record["auc_paper_sd14_gamma"]) and record["gamma"][0] == 1
+
+
+def test_attention_is_recorded_without_changing_the_model(finetuned: Any) -> None:
+    """The recording processors leave the outputs bit for bit, record each cross-attention call in the order
+    `cross_attention_layers` names, as probability distributions over the tokens, and are removed afterwards."""
+    import torch
+
+    from memtest.detection.detectors.attention import cross_attention_layers, recording
+    from memtest.detection.scoring import Scorer, ScoreSettings
+
+    scorer = Scorer(finetuned, ScoreSettings(n=2))
+    batch = scorer.batch(["aurora poster of 0", "a snapshot of a digit"])
+    t = scorer.timesteps[0]
+    plain = scorer.outputs(batch.x, t, batch.c_c, batch.c_0)
+    before = dict(finetuned.denoiser.attn_processors)
+    store: list[torch.Tensor] = []
+    calls: list[str] = []
+    with recording(finetuned, store, calls) as names:
+        recorded = scorer.outputs(batch.x, t, batch.c_c, batch.c_0)
+    assert torch.equal(plain, recorded)
+    assert calls == names == cross_attention_layers(finetuned, "x") and len(names) == 4
+    assert names[0].startswith("down_blocks") and names[1].startswith("mid_block")
+    rows, tokens = 2 * 4, finetuned.tokenizer.model_max_length
+    assert all(a.shape == (rows, a.shape[1], tokens) for a in store)
+    assert torch.allclose(store[0].sum(dim=-1), torch.ones(()), atol=1e-5)
+    assert all(before[k] is v for k, v in finetuned.denoiser.attn_processors.items())
+
+
+def test_attention_entropy_on_the_canary_runs_opposite_to_ren_et_al(
+    finetuned: Any, captions: tuple[list[str], list[str]]
+) -> None:
+    """Ren et al. find memorized SD v1.4 prompts' attention *more* dispersed (higher entropy); on zoo:finetuned the
+    planted captions' LE is lower than the clean ones' (AUC 0.16 over 10 planted / 30 clean, n = 2), with every
+    entropy within 2% of the uniform log(16): the tiny canary barely shapes its attention. The test pins both
+    facts, so a change in the recording or the formula shows."""
+    import math
+
+    import memtest
+    from memtest.detection.detectors.attention_entropy import LE_LAYER
+
+    planted, clean = captions
+    scores = memtest.score_prompts(finetuned, planted + clean, metric="attention_entropy", n=2, batch_size=8)
+    values = [v for r in scores for v in r.values]
+    assert all(0.97 * math.log(16) < v <= math.log(16) + 1e-6 for v in values)
+    assert sum(r.score for r in scores[:4]) < sum(r.score for r in scores[4:])
+    assert scores[0].settings["variant"] == "le" and LE_LAYER == 3
+    assert scores[0].settings["layers"] == ["up_blocks.0.attentions.1.transformer_blocks.0.attn2.processor"]
+
+
+def test_attention_entropy_refuses_what_it_cannot_read(finetuned: Any) -> None:
+    import memtest
+    from memtest.errors import ScoringError
+
+    sdxl = memtest.load_checkpoint("zoo:sdxl-finetuned", device="cpu")
+    with pytest.raises(ScoringError, match="reads the cross-attention of an SD-style UNet"):
+        memtest.score_prompts(sdxl, ["a snapshot of a digit"], metric="attention_entropy")
+    with pytest.raises(
+        ScoringError, match=r"Unknown variant 'xe' of the attention_entropy metric\. Choose one of: le, ae"
+    ):
+        memtest.score_prompts(finetuned, ["a snapshot of a digit"], metric="attention_entropy", variant="xe")
+    with pytest.raises(ScoringError, match="needs num_inference_steps > 10"):
+        memtest.score_prompts(finetuned, ["x"], metric="attention_entropy", variant="ae", num_inference_steps=10)
+    with pytest.raises(ScoringError, match="does not use the setting `variant`"):
+        memtest.score_prompts(finetuned, ["x"], metric="sharpness", variant="le")

@@ -312,6 +312,7 @@ def score_prompts(
     fd_h: float | None = None,
     flow_steps: int | None = None,
     gamma: tuple[float, float] | None = None,
+    variant: str | None = None,
     progress: Progress | None = None,
 ) -> list[PromptScore]:
     """Score each prompt; see `ScoreSettings` for the meaning of each setting."""
@@ -329,6 +330,7 @@ def score_prompts(
         fd_h=fd_h,
         flow_steps=flow_steps,
         gamma=gamma,
+        variant=variant,
     )
     return Scorer(ckpt, settings).score(prompts, progress=progress)
 

@@ -51,6 +51,9 @@ class ScoreSettings:
     #: `anisotropy` only: (γ1, γ2), the weights of the score-difference norm at t ≈ T and of the cosine at t ≈ 0
     #: (None: the detector's default, Asthana & Belagiannis's SD v1.4 values). Other metrics refuse it.
     gamma: tuple[float, float] | None = None
+    #: A detector's variant, for detectors that have several (attention_entropy: "le" or "ae"); None: its
+    #: default. Others refuse it.
+    variant: str | None = None
 
     def validate(self) -> ScoreSettings:
         if self.metric not in METRICS:
@@ -106,6 +109,11 @@ class ScoreSettings:
                     f"score would not change with it. Leave it at its default ({getattr(default, f.name)!r}), or "
                     "choose a metric that reads it."
                 )
+        if self.variant is not None and self.variant not in spec.variants:
+            raise ScoringError(
+                f"Unknown variant {self.variant!r} of the {self.metric} metric. "
+                f"Choose one of: {', '.join(spec.variants)}."
+            )
         if self.n < spec.min_n:
             raise ScoringError(
                 f"The {self.metric} metric compares a prompt's generations with one another, so it needs at least "

@@ -19,6 +19,8 @@ class DetectorSpec:
     reads: frozenset[str]
     min_n: int = 1
     min_inference_steps: int = 1
+    #: the values of the `variant` setting it takes, the first the default (none: it has no variants)
+    variants: tuple[str, ...] = ()
 
 
 #: sharpness and score_norm walk the sampler's first `steps` steps (memtest.detection.detectors.trajectory)
@@ -33,6 +35,11 @@ DETECTORS: dict[str, DetectorSpec] = {
     ),
     "anisotropy": DetectorSpec(
         "memtest.detection.detectors.anisotropy", frozenset({"num_inference_steps", "gamma"}), min_inference_steps=3
+    ),
+    "attention_entropy": DetectorSpec(
+        "memtest.detection.detectors.attention_entropy",
+        frozenset({"variant", "num_inference_steps", "guidance_scale"}),
+        variants=("le", "ae"),
     ),
 }
 
