@@ -606,6 +606,10 @@ def to_html(result: EvaluationResult) -> str:
             "shown": [r.label for r in shown],
             "prompt_rows": prompt_rows,
             "notes": [f"{r.label}: not applicable: {r.reason}" for r in result.rows if not r.applicable],
+            "kv": [
+                (k, ", ".join(str(x) for x in v) if isinstance(v, list) else str(v))
+                for k, v in [*result.settings.items(), *result.environment.items()]
+            ],
             "version": __version__,
         }
     )
