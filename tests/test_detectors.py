@@ -16,9 +16,10 @@ CHEAP: dict[str, dict[str, Any]] = {
     "tiled_l2": {"n": 2, "num_inference_steps": 10},
     "anisotropy": {"n": 2},
     "attention_entropy": {"n": 2},
+    "bright_ending": {"n": 2, "num_inference_steps": 10},
 }
 #: Detectors whose planted captions score higher on zoo:finetuned (attention_entropy's are lower: see its test).
-HIGHER = ("sharpness", "score_norm", "tiled_l2", "anisotropy")
+HIGHER = ("sharpness", "score_norm", "tiled_l2", "anisotropy", "bright_ending")
 
 
 @pytest.fixture(scope="module")
@@ -244,3 +245,25 @@ def test_attention_entropy_refuses_what_it_cannot_read(finetuned: Any) -> None:
         memtest.score_prompts(finetuned, ["x"], metric="attention_entropy", variant="ae", num_inference_steps=10)
     with pytest.raises(ScoringError, match="does not use the setting `variant`"):
         memtest.score_prompts(finetuned, ["x"], metric="sharpness", variant="le")
+
+
+def test_bright_ending_records_its_mask_and_steps(finetuned: Any) -> None:
+    """BE's identity names the mask and the magnitude and the steps it averages; it reads `steps` (the first K
+    steps of the trajectory whose final step gives the mask) and refuses families without SD's cross-attention."""
+    import memtest
+    from memtest.detection.scoring import Scorer, ScoreSettings
+    from memtest.errors import ScoringError
+
+    ident = Scorer(finetuned, ScoreSettings(metric="bright_ending", steps=3, num_inference_steps=20)).identity()
+    assert ident["steps"] == 3 and len(ident["timesteps"]) == 3 and ident["guidance_scale"] == 7.5
+    assert "end token" in ident["mask"] and "final step" in ident["mask"] and "mean(mask)" in ident["magnitude"]
+    one, three = (
+        memtest.score_prompts(
+            finetuned, ["aurora poster of 0"], metric="bright_ending", n=1, steps=k, num_inference_steps=10
+        )[0]
+        for k in (1, 3)
+    )
+    assert one.score != three.score and one.settings["timesteps"] == three.settings["timesteps"][:1]
+    sdxl = memtest.load_checkpoint("zoo:sdxl-finetuned", device="cpu")
+    with pytest.raises(ScoringError, match="reads the cross-attention of an SD-style UNet"):
+        memtest.score_prompts(sdxl, ["a snapshot of a digit"], metric="bright_ending")

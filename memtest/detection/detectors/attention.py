@@ -63,11 +63,14 @@ class Recorder:
     """A processor that records a cross-attention layer's probabilities (mean over query positions) and lets
     the wrapped processor compute the output."""
 
-    def __init__(self, inner: Any, store: list[torch.Tensor], name: str = "", calls: list[str] | None = None) -> None:
+    def __init__(
+        self, inner: Any, store: list[torch.Tensor], name: str = "", calls: list[str] | None = None, over: int = 2
+    ) -> None:
         self.inner = inner
         self.store = store
         self.name = name
         self.calls = calls
+        self.over = over
 
     def __call__(
         self,
@@ -79,15 +82,16 @@ class Recorder:
         **kwargs: Any,
     ) -> Any:
         if encoder_hidden_states is not None:
-            self.store.append(probabilities(attn, hidden_states, encoder_hidden_states))
+            self.store.append(probabilities(attn, hidden_states, encoder_hidden_states, self.over))
             if self.calls is not None:
                 self.calls.append(self.name)
         return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kwargs)
 
 
-def probabilities(attn: Any, hidden_states: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-    """softmax(q kᵀ · scale) of one cross-attention call, averaged over the query positions: (rows, heads, tokens)
-    in float32."""
+def probabilities(attn: Any, hidden_states: torch.Tensor, context: torch.Tensor, over: int = 2) -> torch.Tensor:
+    """softmax(q kᵀ · scale) of one cross-attention call in float32, (rows, heads, queries, tokens) averaged over
+    axis `over`: the query positions (2, the default: (rows, heads, tokens)) or the heads (1: (rows, queries,
+    tokens), a map over the image per token)."""
     import torch
 
     x = hidden_states
@@ -103,18 +107,21 @@ def probabilities(attn: Any, hidden_states: torch.Tensor, context: torch.Tensor)
         k = attn.head_to_batch_dim(attn.to_k(context))
         probs: torch.Tensor = attn.get_attention_scores(q, k, None)  # (rows * heads, queries, tokens)
     rows = x.shape[0]
-    return probs.float().view(rows, attn.heads, probs.shape[1], probs.shape[2]).mean(dim=2)
+    return probs.float().view(rows, attn.heads, probs.shape[1], probs.shape[2]).mean(dim=over)
 
 
 @contextlib.contextmanager
-def recording(ckpt: Checkpoint, store: list[torch.Tensor], calls: list[str] | None = None) -> Iterator[list[str]]:
-    """Within the block, every cross-attention call of the denoiser appends its (rows, heads, tokens)
-    probabilities to `store` (and its layer's name to `calls`); yields the layers' names in call order. The
-    original processors are restored afterwards."""
+def recording(
+    ckpt: Checkpoint, store: list[torch.Tensor], calls: list[str] | None = None, over: int = 2
+) -> Iterator[list[str]]:
+    """Within the block, every cross-attention call of the denoiser appends its probabilities to `store` (averaged
+    over axis `over`, see `probabilities`; and its layer's name to `calls`); yields the layers' names in call
+    order. The original processors are restored afterwards."""
     unet = ckpt.denoiser
     original = dict(unet.attn_processors)
     names = call_order([n for n in original if n.endswith(CROSS)])
-    unet.set_attn_processor({n: Recorder(p, store, n, calls) if n.endswith(CROSS) else p for n, p in original.items()})
+    wrapped = {n: Recorder(p, store, n, calls, over) if n.endswith(CROSS) else p for n, p in original.items()}
+    unet.set_attn_processor(wrapped)
     try:
         yield names
     finally:

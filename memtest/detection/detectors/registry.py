@@ -41,6 +41,9 @@ DETECTORS: dict[str, DetectorSpec] = {
         frozenset({"variant", "num_inference_steps", "guidance_scale"}),
         variants=("le", "ae"),
     ),
+    "bright_ending": DetectorSpec(
+        "memtest.detection.detectors.bright_ending", frozenset({"steps", "num_inference_steps", "guidance_scale"})
+    ),
 }
 
 __all__ = ["DETECTORS", "TRAJECTORY_READS", "DetectorSpec"]
