@@ -125,9 +125,9 @@ def reproduce_command(config: AuditConfig, case: AuditCase) -> str:
     single-file checkpoint loads with) and each LoRA
     adapter (PATH[:SCALE], in order) with allow_pickle when it was needed to load them, the
     case's suite, metric, method, n and seed (always, so an ini file cannot change them), steps,
-    flow steps, dtype, device and torch threads where not the default (threads and device can change
-    a score's last bits), the calibration and accept_base_calibration (the verdict), fpr where
-    not the default, calibrate when calibrating and the mitigation step budget (the `-k`
+    flow steps, the metric's variant and gamma, dtype, device and torch threads where not the default
+    (threads and device can change a score's last bits), the calibration and accept_base_calibration
+    (the verdict), fpr where not the default, calibrate when calibrating and the mitigation step budget (the `-k`
     selection also runs the case's `[mitigate]` item). Left out: batch_size (never changes a score, see
     `ScoreSettings`), the results cache (keyed by every setting that does), the shard (the `-k` selection
     replaces it) and output files. `per_prompt_seeds` has no option, so it cannot be named.
@@ -150,6 +150,10 @@ def reproduce_command(config: AuditConfig, case: AuditCase) -> str:
         parts.append(opt("steps", s.steps))
     if s.flow_steps is not None:
         parts.append(opt("flow_steps", s.flow_steps))
+    if s.variant is not None:
+        parts.append(opt("variant", s.variant))
+    if s.gamma is not None:
+        parts.append(opt("gamma", ",".join(repr(float(g)) for g in s.gamma)))
     if config.dtype:
         parts.append(opt("dtype", config.dtype))
     if config.device:

@@ -267,3 +267,26 @@ def test_bright_ending_records_its_mask_and_steps(finetuned: Any) -> None:
     sdxl = memtest.load_checkpoint("zoo:sdxl-finetuned", device="cpu")
     with pytest.raises(ScoringError, match="reads the cross-attention of an SD-style UNet"):
         memtest.score_prompts(sdxl, ["a snapshot of a digit"], metric="bright_ending")
+
+
+def test_variant_and_gamma_are_options_of_both_front_ends(pytester: pytest.Pytester) -> None:
+    """`variant` and `gamma` reach ScoreSettings from the plugin (and its reproduce command names them), and a
+    malformed gamma is a usage error naming the option."""
+    import shlex
+
+    from pytest_memtest.options import read_config, reproduce_command
+
+    from memtest.audit import AuditCase, config_from_values
+    from memtest.errors import MemtestError
+
+    config = read_config(pytester.parseconfig("--memtest", "--memtest-metric=anisotropy", "--memtest-gamma=1,-3.5"))
+    assert config.score.gamma == (1.0, -3.5) and config.score.variant is None
+    assert config_from_values({"metric": "attention_entropy", "variant": "ae"}).score.variant == "ae"
+    case = AuditCase("s", "1", "c1", "a prompt", "clean")
+    argv = shlex.split(reproduce_command(config, case))
+    assert "--memtest-gamma=1.0,-3.5" in argv
+    assert read_config(pytester.parseconfig(*argv[1:-2])).score == config.score
+    with pytest.raises(MemtestError, match="`gamma` must look like G1,G2"):
+        config_from_values({"metric": "anisotropy", "gamma": "1"})
+    with pytest.raises(MemtestError, match="does not use the setting `variant`"):
+        config_from_values({"metric": "sharpness", "variant": "ae"})

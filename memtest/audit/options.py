@@ -51,6 +51,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("suite", "suite name or YAML path; repeatable (default: the checkpoint's own suite)", kind="list"),
     Option("metric", f"detection metric: {', '.join(METRICS)} (default {METRICS[0]}; docs/method.md)"),
     Option("method", "Hessian-vector product: fd (default), fd-forward or jvp"),
+    Option("variant", "the metric's variant where it has several: attention_entropy le (default) or ae"),
+    Option("gamma", "anisotropy's weights G1,G2 of the norm and the cosine (default 1,2: the paper's SD v1.4)"),
     Option("n", "generations per prompt (default 4)", int),
     Option("seed", "base seed of the initial noises (default 0)", int),
     Option("steps", "average the metric over the first K sampling steps (default 1)", int),
@@ -211,6 +213,17 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     return (i, n)
 
 
+def parse_gamma(text: str | None) -> tuple[float, float] | None:
+    """'G1,G2' -> (G1, G2); None or '' -> None (the detector's default)."""
+    if text is None or text == "":
+        return None
+    try:
+        g1, g2 = (float(part) for part in text.split(","))
+    except ValueError:
+        raise MemtestError(f"{option('gamma')} must look like G1,G2 (for example 1,2), got {text!r}.") from None
+    return (g1, g2)
+
+
 def config_from_values(values: Mapping[str, Any], **extra: Any) -> AuditConfig:
     """An `AuditConfig` from option values keyed by `Option.name` (None or missing = not given); `extra`
     sets fields no option names (e.g. `worker_index`)."""
@@ -231,6 +244,8 @@ def config_from_values(values: Mapping[str, Any], **extra: Any) -> AuditConfig:
         steps=pick("steps", d.score.steps),
         flow_steps=v["flow_steps"],
         batch_size=pick("batch_size", d.score.batch_size),
+        variant=v["variant"] or None,
+        gamma=parse_gamma(v["gamma"]),
     )
     cache = v["cache_dir"]
     config = AuditConfig(
@@ -261,4 +276,13 @@ def config_from_values(values: Mapping[str, Any], **extra: Any) -> AuditConfig:
     return replace(config, **extra).validate() if extra else config.validate()
 
 
-__all__ = ["CHOICES", "OPTIONS", "OPTION_NAMES", "AuditConfig", "Option", "config_from_values", "parse_shard"]
+__all__ = [
+    "CHOICES",
+    "OPTIONS",
+    "OPTION_NAMES",
+    "AuditConfig",
+    "Option",
+    "config_from_values",
+    "parse_gamma",
+    "parse_shard",
+]

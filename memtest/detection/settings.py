@@ -17,7 +17,9 @@ HVP_METHODS: tuple[str, ...] = ("jvp", "fd", "fd-forward")
 #: Settings every detector reads: which generations (n, seeds) and how they are batched (never a score).
 ALWAYS_READ: frozenset[str] = frozenset({"metric", "n", "seed", "per_prompt_seeds", "batch_size"})
 #: ScoreSettings fields that are options of the option table (messages name them through `option`).
-_OPTION_FIELDS: frozenset[str] = frozenset({"metric", "method", "n", "seed", "steps", "flow_steps", "batch_size"})
+_OPTION_FIELDS: frozenset[str] = frozenset(
+    {"metric", "method", "n", "seed", "steps", "flow_steps", "batch_size", "variant", "gamma"}
+)
 
 
 def setting_name(name: str) -> str:
