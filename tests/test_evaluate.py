@@ -146,3 +146,20 @@ def test_a_refused_combination_is_reported_not_raised(ckpt: Any) -> None:
     assert refusal(ckpt, ScoreSettings(metric="score_norm", steps=2)) is None
     reason = refusal(ckpt, ScoreSettings(flow_steps=1))
     assert reason is not None and "flow" in reason.lower()
+
+
+def test_the_shipped_record_is_consistent() -> None:
+    """docs/runs/evaluate-finetuned.json: every applicable row's AUC and TPR follow from its stored scores and
+    labels, and each n row's scores are the means of the first n stored per-generation values."""
+    from memtest.evaluate import SCHEMA, roc_numbers
+
+    doc = json.loads((Path(__file__).resolve().parent.parent / "docs/runs/evaluate-finetuned.json").read_text("utf-8"))
+    assert doc["schema"] == SCHEMA and doc["positives"] == 10 and doc["negatives"] == 220
+    labels = [p["label"] for p in doc["prompts"]]
+    applicable = [r for r in doc["rows"] if r["applicable"]]
+    assert {r["metric"] for r in applicable} >= set(CHEAP)
+    for row in applicable:
+        auc, at, _, _ = roc_numbers(row["scores"], labels, doc["target_fpr"])
+        assert (auc, at) == (row["auc"], row["tpr_at_fpr"]), row
+        values = doc["values"][f"{row['metric']}/{row['steps']}"]
+        assert row["scores"] == [sum(v[: row["n"]]) / row["n"] for v in values]
