@@ -290,3 +290,15 @@ def test_variant_and_gamma_are_options_of_both_front_ends(pytester: pytest.Pytes
         config_from_values({"metric": "anisotropy", "gamma": "1"})
     with pytest.raises(MemtestError, match="does not use the setting `variant`"):
         config_from_values({"metric": "sharpness", "variant": "ae"})
+
+
+def test_a_detector_refusing_the_checkpoint_leaves_the_engine_without_a_run_to_describe() -> None:
+    """A checkpoint-level refusal (anisotropy on a flow-matching checkpoint) is the run's error: the engine has no
+    scorer, so the plugin's end-of-run summary does not try to describe a run that never happened."""
+    from memtest import audit
+    from memtest.errors import ScoringError
+
+    engine = audit.Engine(audit.config_from_values({"checkpoint": "zoo:flow-finetuned", "metric": "anisotropy"}))
+    with pytest.raises(ScoringError, match="flow matching"):
+        engine.identity()
+    assert engine.checkpoint is not None and not engine.loaded()

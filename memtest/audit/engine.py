@@ -140,8 +140,9 @@ class Engine:
         self._own_copy: dict[str, Any] | None = None
 
     def loaded(self) -> bool:
-        """Whether this process has loaded the checkpoint (it has scored something)."""
-        return self._checkpoint is not None
+        """Whether this process has a scorer on the loaded checkpoint (so it can describe its run). False too when
+        the checkpoint loaded but the detector refused it: that refusal is the run's error, not its context."""
+        return self._checkpoint is not None and self._scorer is not None
 
     @property
     def checkpoint(self) -> Checkpoint:
