@@ -252,7 +252,7 @@ def _skeleton(cls: Any, sub: Path, library: str) -> Any:
     """The component's module built from its config on the meta device (no memory, no initialisation)."""
     import torch
 
-    with _quiet_libraries(), torch.device("meta"):
+    with quiet_libraries(), torch.device("meta"):
         if library == "diffusers":
             return cls.from_config(cls.load_config(str(sub)))
         config = cls.config_class.from_pretrained(str(sub))
@@ -396,7 +396,7 @@ def mismatch_message(component: str, cls_name: str, weights: Weights, m: Mismatc
 
 # -- loading ------------------------------------------------------------------------------------------
 @contextlib.contextmanager
-def _quiet_libraries() -> Iterator[None]:
+def quiet_libraries() -> Iterator[None]:
     """Silence diffusers' and transformers' load-time warnings and progress bars for one load: every
     problem they would warn about is an error here, reported once."""
     import diffusers
@@ -471,7 +471,7 @@ def load_component(
         # path whether or not accelerate happens to be installed, and no "accelerate was not found" warning.
         kwargs["low_cpu_mem_usage"] = False
     try:
-        with _quiet_libraries():
+        with quiet_libraries():
             model, info = cls.from_pretrained(str(sub), **kwargs)
     except Exception as exc:
         raise CheckpointError(

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from memtest.errors import CheckpointError, option
+from memtest.models.loading import quiet_libraries
 from memtest.models.locate import PICKLE_SUFFIXES
 
 _SHOWN = 5
@@ -370,32 +371,10 @@ def _compare(model: Any, converted: Mapping[str, Any]) -> _Mismatch:
 def _skeleton(cls: Any, folder: Path) -> Any:
     import torch
 
-    with _quiet(), torch.device("meta"):
+    with quiet_libraries(), torch.device("meta"):
         if str(cls.__module__).startswith("diffusers"):
             return cls.from_config(cls.load_config(str(folder)))
         return cls(cls.config_class.from_pretrained(str(folder)))
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """diffusers' and transformers' load-time warnings and progress bars off for one load: every problem they
-    would warn about is an error here."""
-    import diffusers
-    import transformers
-
-    saved = []
-    for lib in (diffusers, transformers):
-        logging = lib.utils.logging
-        saved.append((logging, logging.get_verbosity(), logging.is_progress_bar_enabled()))
-        logging.set_verbosity_error()
-        logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        for logging, verbosity, bars in saved:
-            logging.set_verbosity(verbosity)
-            if bars:
-                logging.enable_progress_bar()
 
 
 @contextlib.contextmanager
@@ -553,7 +532,7 @@ def load_single_file(
     wanted = {c.name for c in family.components}
     overrides: dict[str, Any] = {name: None for name in expected if name not in wanted or name in absent}
     try:
-        with _quiet(), _offline():
+        with quiet_libraries(), _offline():
             pipe = pipeline_cls.from_single_file(str(info.path), config=str(folder), local_files_only=True, **overrides)
     except CheckpointError:
         raise
