@@ -39,6 +39,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 SCHEMA = "memtest.benchmark/1"
 METHODS = ("fd", "fd-forward", "jvp", "score_norm")
+#: The other detectors (memtest.detection.detectors), timed the same way with their defaults: `--methods` may name
+#: them. Their model evaluations per prompt depend on the detector (generation for tiled_l2 and bright_ending), so
+#: the table shows the measured ratio only.
+DETECTORS = ("tiled_l2", "anisotropy", "attention_entropy", "bright_ending")
 #: Model evaluations (batched forwards of 2n rows per prompt, or their equivalent) each method needs.
 EVALUATIONS = {"floor": 2, "fd": 3, "fd-forward": 2, "jvp": 3, "score_norm": 1}
 
@@ -285,8 +289,8 @@ def floor_fn(ckpt: Any, prompts: Sequence[str], n: int) -> Callable[[], None]:
 def settings_for(method: str, n: int, batch: int) -> Any:
     from memtest.detection.scoring import ScoreSettings
 
-    if method == "score_norm":
-        return ScoreSettings(metric="score_norm", n=n, batch_size=batch)
+    if method == "score_norm" or method in DETECTORS:
+        return ScoreSettings(metric=method, n=n, batch_size=batch)
     return ScoreSettings(metric="sharpness", method=method, n=n, batch_size=batch)
 
 
@@ -299,13 +303,21 @@ def measure_config(
     ckpt: Any, prompts: Sequence[str], n: int, methods: Sequence[str], reps: int, mem: Memory, first_call: bool
 ) -> dict[str, Any]:
     from memtest.detection.scoring import Scorer
+    from memtest.errors import ScoringError
 
     P = len(prompts)
+    refused: dict[str, str] = {}
+    for m in list(methods):
+        try:
+            Scorer(ckpt, settings_for(m, n, P))
+        except ScoringError as exc:  # a detector that does not apply here (tiled_l2 at n = 1, attention on SDXL)
+            refused[m] = str(exc)
+    methods = [m for m in methods if m not in refused]
     floor = floor_fn(ckpt, prompts, n)
     scorers = {m: Scorer(ckpt, settings_for(m, n, P)) for m in methods}
     embed_s, _, _ = timed(lambda: Scorer(ckpt, settings_for("fd", n, P)).embed([*prompts, ""]), mem)
     out: dict[str, Any] = {"prompts": P, "n": n, "unet_rows_per_forward": 2 * P * n, "embed_s": embed_s}
-    results: dict[str, dict[str, Any]] = {m: {"evaluations": EVALUATIONS[m]} for m in methods}
+    results: dict[str, dict[str, Any]] = {m: {"evaluations": EVALUATIONS.get(m)} for m in methods}
     values: dict[str, list[float]] = {}
     if first_call:  # warm-up: the floor once, and each method's first call on a fresh Scorer (encodes prompts)
         out["floor_first_s"] = timed(floor, mem)[0]
@@ -357,6 +369,8 @@ def measure_config(
         if first_call:
             results[m]["first_call_ratio"] = results[m]["first_call_s"] / floor_med
     out["methods"] = results
+    if refused:
+        out["not_applicable"] = refused
     if "jvp" in values:
         out["accuracy"] = {m: rel_errors(values[m], values["jvp"]) for m in ("fd", "fd-forward") if m in values}
     return out
@@ -437,18 +451,18 @@ def print_table(report: dict[str, Any]) -> None:
           f"{m['dtype']} on {report['machine']['device']}, {report['machine']['torch_threads']} threads")  # fmt: skip
     if "process_first_call_s" in report:
         print(f"first Scorer.score call in the process: {report['process_first_call_s']:.3f} s")
-    head = f"{'P':>3} {'n':>2} {'method':<11} {'s/prompt':>10} {'ratio':>6} {'first':>7} {'peak GiB':>8} {'err/jvp':>8}"
+    head = f"{'P':>3} {'n':>2} {'method':<17} {'s/prompt':>10} {'ratio':>6} {'first':>7} {'peak GiB':>8} {'err/jvp':>8}"
     print(head)
     print("-" * len(head))
     for c in report["configs"]:
         f = c["floor"]
-        print(f"{c['prompts']:>3} {c['n']:>2} {'floor':<11} {f['per_prompt_s']:>10.4f} {1.0:>6.2f} {'':>7} "
+        print(f"{c['prompts']:>3} {c['n']:>2} {'floor':<17} {f['per_prompt_s']:>10.4f} {1.0:>6.2f} {'':>7} "
               f"{gib(f['peak_memory_bytes']):>8}")  # fmt: skip
         for name, r in c["methods"].items():
             acc = c.get("accuracy", {}).get(name)
             err = f"{acc['max_rel_err_vs_jvp']:.1e}" if acc else ""
             first = f"{r['first_call_ratio']:.2f}" if "first_call_ratio" in r else ""
-            print(f"{'':>3} {'':>2} {name:<11} {r['per_prompt_s']:>10.4f} {r['ratio']:>6.2f} {first:>7} "
+            print(f"{'':>3} {'':>2} {name:<17} {r['per_prompt_s']:>10.4f} {r['ratio']:>6.2f} {first:>7} "
                   f"{gib(r['peak_memory_bytes']):>8} {err:>8}")  # fmt: skip
     print(f"process peak RSS: {gib(report['memory']['process_peak_rss_bytes'])} GiB")
     acc = report.get("canary_accuracy")
@@ -473,9 +487,9 @@ def int_list(text: str) -> list[int]:
 
 def method_list(text: str) -> list[str]:
     values = [v.strip() for v in text.split(",") if v.strip()]
-    bad = [v for v in values if v not in METHODS]
+    bad = [v for v in values if v not in (*METHODS, *DETECTORS)]
     if bad or not values:
-        raise argparse.ArgumentTypeError(f"unknown method(s) {bad}; choose from {', '.join(METHODS)}")
+        raise argparse.ArgumentTypeError(f"unknown method(s) {bad}; choose from {', '.join((*METHODS, *DETECTORS))}")
     return values
 
 
