@@ -302,3 +302,34 @@ def test_a_detector_refusing_the_checkpoint_leaves_the_engine_without_a_run_to_d
     with pytest.raises(ScoringError, match="flow matching"):
         engine.identity()
     assert engine.checkpoint is not None and not engine.loaded()
+
+
+@pytest.mark.parametrize("xdist", [pytest.param(False, id="single"), pytest.param(True, id="xdist")])
+def test_a_new_detector_calibrates_and_gates_through_the_plugin(
+    pytester: pytest.Pytester, gate_env: dict[str, Any], xdist: bool
+) -> None:
+    """anisotropy end to end through `pytest --memtest`: a calibrating run on the suite's references writes a
+    calibration whose identity names the detector and its gamma, and the gate run with it, in one process and with
+    `-n 2`, gives every case the score the library gives it, bit for bit."""
+    import json
+
+    from memtest.detection.scoring import score_prompts
+
+    def run(*extra: str, workers: bool = False) -> pytest.RunResult:
+        args = ["-p", "no:cacheprovider", "--memtest", f"--memtest-checkpoint={gate_env['checkpoint']}",
+                f"--memtest-suite={gate_env['suite']}", "--memtest-n=1", "--memtest-fpr=0.1",
+                "--memtest-metric=anisotropy", "--memtest-fail-on=flag", "--memtest-confirm=off", *extra]  # fmt: skip
+        return pytester.runpytest_subprocess("-n", "2", *args) if workers else pytester.runpytest(*args)
+
+    # The calibrating run in this process (test_plugin's round trip covers calibrating with -n 2).
+    run("--memtest-calibrate", "--memtest-calibration=cal.json").assert_outcomes(passed=14)
+    cal = json.loads((pytester.path / "cal.json").read_text())
+    assert cal["identity"]["metric"] == "anisotropy" and len(cal["identity"]["gamma"]) == 2
+    gate = run("--memtest-calibration=cal.json", "--memtest-json=r.json", workers=xdist)
+    doc = json.loads((pytester.path / "r.json").read_text())
+    cases = {c["prompt"]: c for c in doc["cases"]}
+    assert len(cases) == 4 and all(c["threshold"] == cal["threshold"] for c in cases.values())
+    direct = score_prompts(gate_env["checkpoint"], list(cases), metric="anisotropy", n=1)
+    assert {p.prompt: p.score for p in direct} == {p: c["score"] for p, c in cases.items()}
+    failed = sum(1 for c in cases.values() if c["outcome"] == "failed")
+    gate.assert_outcomes(passed=4 - failed, failed=failed)
