@@ -163,3 +163,25 @@ def test_the_shipped_record_is_consistent() -> None:
         assert (auc, at) == (row["auc"], row["tpr_at_fpr"]), row
         values = doc["values"][f"{row['metric']}/{row['steps']}"]
         assert row["scores"] == [sum(v[: row["n"]]) / row["n"] for v in values]
+
+
+def test_the_shipped_detector_tables_hold_their_own_numbers(load_script: Any, tmp_path: Path) -> None:
+    """scripts/detector_tables.py's records (docs/runs/detectors/): every applicable row's AUC is the one sklearn
+    computes from the scores it recorded with the prompts' labels, and the page rebuilt from them is
+    docs/detectors.md."""
+    from sklearn.metrics import roc_auc_score
+
+    root = Path(__file__).resolve().parent.parent
+    tables = load_script("detector_tables")
+    records = sorted((root / "docs" / "runs" / "detectors").glob("*.json"))
+    assert {p.stem for p in records} == set(tables.CANARIES)
+    for path in records:
+        result = json.loads(path.read_text())["result"]
+        labels = [p["label"] for p in result["prompts"]]
+        rows = [r for r in result["rows"] if r["applicable"]]
+        assert {r["metric"] for r in rows} >= {"sharpness", "score_norm"}
+        for r in rows:
+            assert r["auc"] == pytest.approx(roc_auc_score(labels, r["scores"]), abs=1e-12), (path.stem, r["metric"])
+    page = tmp_path / "detectors.md"
+    assert tables.main(["--page-only", "--write", str(page)]) == 0
+    assert page.read_text() == (root / "docs" / "detectors.md").read_text()
