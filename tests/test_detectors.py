@@ -333,3 +333,99 @@ def test_a_new_detector_calibrates_and_gates_through_the_plugin(
     assert {p.prompt: p.score for p in direct} == {p: c["score"] for p, c in cases.items()}
     failed = sum(1 for c in cases.values() if c["outcome"] == "failed")
     gate.assert_outcomes(passed=4 - failed, failed=failed)
+
+
+def test_tiled_l2_is_one_for_identical_images_and_lower_for_different_ones() -> None:
+    import numpy as np
+
+    from memtest.detection.detectors.tiled_l2 import TILES, similarity_to_others
+    from memtest.errors import ScoringError
+    from memtest.evidence.pixel import PixelDescriptor
+
+    rng = np.random.default_rng(0)
+    a, b = rng.random((16, 16, 3)).astype(np.float32), rng.random((16, 16, 3)).astype(np.float32)
+    shifted = np.roll(a, 3, axis=1)
+    d = PixelDescriptor(side=16, tiles=TILES)
+    assert similarity_to_others(d, [a, a, a]) == [1.0, 1.0, 1.0]
+    va, va2, vb = similarity_to_others(d, [a, a, b])
+    s_ab = float(d.similarity([a], [b])[0, 0])
+    assert va == va2 == pytest.approx((1.0 + s_ab) / 2) and vb == pytest.approx(s_ab) and vb < va
+    assert similarity_to_others(d, [a, shifted])[0] < 1.0
+    with pytest.raises(ScoringError, match="got 1"):
+        similarity_to_others(d, [a])
+
+
+def test_anisotropy_cosine_term_against_closed_form_outputs() -> None:
+    """cos(o_0, o_c - o_0) per position, averaged: orthogonal guidance 0, guidance along o_0 +1, against it -1; a
+    half-and-half latent averages them."""
+    import torch
+
+    from memtest.detection.detectors.anisotropy import channel_cosine
+
+    e1 = torch.zeros(1, 4, 2, 2)
+    e1[:, 0] = 1.0
+    e2 = torch.zeros(1, 4, 2, 2)
+    e2[:, 1] = 2.0
+    assert channel_cosine(e1 + e2, e1).tolist() == [0.0]  # o_c - o_0 = e2, orthogonal to o_0
+    assert channel_cosine(3 * e1, e1).tolist() == pytest.approx([1.0])
+    assert channel_cosine(torch.zeros_like(e1), e1).tolist() == pytest.approx([-1.0])
+    mixed = e1.clone()
+    mixed[..., 0, :] = 3.0 * e1[..., 0, :]  # half the positions along o_0, half against it
+    mixed[..., 1, :] = 0.0
+    assert channel_cosine(mixed, e1).tolist() == pytest.approx([0.0], abs=1e-7)
+
+
+@pytest.fixture(scope="module")
+def family_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    from memtest.models.checkpoint import load_checkpoint
+    from memtest.zoo.tiny import save_pipeline
+    from memtest.zoo.tiny_flow import build_flux_pipeline
+    from memtest.zoo.tiny_pixart import build_pixart_sigma_pipeline
+
+    root = tmp_path_factory.mktemp("families")
+    captions = ["a red digit", "aurora poster of 0"] * 3
+    return {
+        "sd": load_checkpoint("zoo:finetuned", device="cpu"),
+        "sdxl": load_checkpoint("zoo:sdxl-base", device="cpu"),
+        "sd3": load_checkpoint("zoo:flow-base", device="cpu"),
+        "flux": load_checkpoint(save_pipeline(build_flux_pipeline(captions), root / "flux"), device="cpu"),
+        "pixart": load_checkpoint(save_pipeline(build_pixart_sigma_pipeline(captions), root / "pixart"), device="cpu"),
+    }
+
+
+@pytest.mark.parametrize("metric", ["tiled_l2", "anisotropy", "attention_entropy", "bright_ending"])
+def test_each_new_detector_on_every_family_is_finite_deterministic_and_batch_invariant_or_refused(
+    metric: str, family_checkpoints: dict[str, Any]
+) -> None:
+    """On a tiny checkpoint of each family: the detector's scores are finite, the same when scored again, and a
+    prompt's score does not depend on which prompts share its batch; where the detector does not apply, the refusal
+    names the metric and why."""
+    import math
+
+    from memtest.detection.scoring import Scorer
+    from memtest.detection.settings import ScoreSettings
+    from memtest.errors import ScoringError
+
+    prompts = ["aurora poster of 0", "a red digit", "a snapshot of a digit"]
+    settings = ScoreSettings(metric=metric, n=2, num_inference_steps=10, batch_size=4)
+    applies = []
+    for family, ckpt in family_checkpoints.items():
+        try:
+            scorer = Scorer(ckpt, settings)
+        except ScoringError as exc:
+            assert metric in str(exc) and len(str(exc)) > 60, (family, str(exc))
+            continue
+        applies.append(family)
+        first = [s.values for s in scorer.score(prompts)]
+        again = [s.values for s in Scorer(ckpt, settings).score(prompts)]
+        alone = Scorer(ckpt, settings).score([prompts[2], prompts[0]])
+        assert all(math.isfinite(v) for vals in first for v in vals), family
+        assert first == again, family
+        assert [alone[1].values, alone[0].values] == [first[0], first[2]], family
+    expected = {
+        "tiled_l2": {"sd", "sdxl", "sd3", "flux", "pixart"},
+        "anisotropy": {"sd", "sdxl", "pixart"},
+        "attention_entropy": {"sd"},
+        "bright_ending": {"sd"},
+    }[metric]
+    assert set(applies) == expected

@@ -89,13 +89,20 @@ class Anisotropy(Detector):
             o_c, o_0 = blocks.branches(x, t_high, c_c, c_0, first=True, prompts=prompts)
             norm = blocks.process.difference(o_c, o_0, xf, t_high).flatten(1).norm(dim=1)
             o_c, o_0 = blocks.branches(x, t_low, c_c, c_0, first=True, prompts=prompts)
-            cosine = torch.nn.functional.cosine_similarity(o_0, o_c - o_0, dim=1).flatten(1).mean(dim=1)
+            cosine = channel_cosine(o_c, o_0)
         return norm.to(torch.float64), cosine.to(torch.float64)
 
     def score(self, blocks: Blocks, batch: Batch) -> torch.Tensor:
         g1, g2 = self.gamma(blocks)
         norm, cosine = self.terms(blocks, batch)
         return g1 * norm + g2 * cosine
+
+
+def channel_cosine(o_c: torch.Tensor, o_0: torch.Tensor) -> torch.Tensor:
+    """cos(o_0, o_c - o_0) over the channel axis at each position, averaged over positions: one value per row."""
+    import torch
+
+    return torch.nn.functional.cosine_similarity(o_0, o_c - o_0, dim=1).flatten(1).mean(dim=1)
 
 
 def fit_gamma(norms: Any, cosines: Any, labels: Any, ratios: Any = None) -> tuple[tuple[float, float], float]:
@@ -132,4 +139,4 @@ def fit_gamma(norms: Any, cosines: Any, labels: Any, ratios: Any = None) -> tupl
 
 DETECTOR = Anisotropy()
 
-__all__ = ["COSINE_FROM_END", "DEFAULT_GAMMA", "DETECTOR", "Anisotropy", "fit_gamma"]
+__all__ = ["COSINE_FROM_END", "DEFAULT_GAMMA", "DETECTOR", "Anisotropy", "channel_cosine", "fit_gamma"]

@@ -19,6 +19,7 @@ It needs n ≥ 2 and has no `steps`, `method` or `fd_h`: it measures finished im
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from memtest.detection.detectors.base import Batch, Blocks, Detector
@@ -67,7 +68,6 @@ class TiledL2(Detector):
         }
 
     def score(self, blocks: Blocks, batch: Batch) -> torch.Tensor:
-        import numpy as np
         import torch
 
         from memtest.evidence.pixel import PixelDescriptor
@@ -89,14 +89,25 @@ class TiledL2(Detector):
                     guidance_scale=s.guidance_scale,
                     num_inference_steps=s.num_inference_steps,
                 )
-                features = descriptor.embed(list(images))
-                sims = descriptor.compare(features, features)
-                off = ~np.eye(n, dtype=bool)
-                done[key] = [float(sims[r][off[r]].mean()) for r in range(n)]
+                done[key] = similarity_to_others(descriptor, list(images))
             values.extend(done[key])
         return torch.tensor(values, dtype=torch.float64)
 
 
+def similarity_to_others(descriptor: Any, images: Sequence[Any]) -> list[float]:
+    """Each image's mean similarity (1 - tiled l2, by `descriptor`) to the other images: 1.0 each for identical
+    images. Needs at least two."""
+    import numpy as np
+
+    n = len(images)
+    if n < 2:
+        raise ScoringError(f"tiled l2 compares images with one another: got {n}.")
+    features = descriptor.embed(list(images))
+    sims = descriptor.compare(features, features)
+    off = ~np.eye(n, dtype=bool)
+    return [float(sims[r][off[r]].mean()) for r in range(n)]
+
+
 DETECTOR = TiledL2()
 
-__all__ = ["DETECTOR", "TILES", "TiledL2"]
+__all__ = ["DETECTOR", "TILES", "TiledL2", "similarity_to_others"]
