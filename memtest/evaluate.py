@@ -310,9 +310,27 @@ def refusal(ckpt: Checkpoint, settings: ScoreSettings) -> str | None:
 def _score(ckpt: Checkpoint, settings: ScoreSettings, prompts: Sequence[str], progress: ProgressFn | None) -> _Run:
     """Score `prompts` under `settings` (which `refusal` accepted), counting the denoiser rows that ran. A
     ScoringError here (say, a non-finite score) propagates: a failure of the model, not of the combination."""
-    from memtest.detection.scoring import Scorer
 
-    scorer = Scorer(ckpt, settings)
+    return _score_many(ckpt, [settings], prompts, progress)[0]
+
+
+def shares_walk(metric: str) -> bool:
+    """Whether `metric`'s detector measures along the sampler's trajectory (`Detector.shares_walk`), so that it
+    can be scored on one walk with the others that do."""
+    from memtest.detection.detectors.base import load_detector
+
+    return load_detector(metric).shares_walk
+
+
+def _score_many(
+    ckpt: Checkpoint, settings: Sequence[ScoreSettings], prompts: Sequence[str], progress: ProgressFn | None
+) -> list[_Run]:
+    """`_score` for several settings that differ only in the metric, on one walk of the trajectory when there are
+    several (`memtest.detection.scoring.score_together`: each metric's values as its own run gives them): every
+    run carries the walk's time and denoiser rows, which it shared."""
+    from memtest.detection.scoring import Scorer, score_together
+
+    scorers = [Scorer(ckpt, s) for s in settings]
     rows = [0]
 
     def count(_module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], _output: Any) -> None:
@@ -325,11 +343,14 @@ def _score(ckpt: Checkpoint, settings: ScoreSettings, prompts: Sequence[str], pr
     handle = ckpt.denoiser.register_forward_hook(count, with_kwargs=True)
     try:
         started = time.perf_counter()
-        scores = scorer.score(list(prompts), progress=progress)
+        if len(scorers) == 1:
+            each = [scorers[0].score(list(prompts), progress=progress)]
+        else:
+            each = score_together(scorers, list(prompts), progress=progress)
         seconds = time.perf_counter() - started
     finally:
         handle.remove()
-    return _Run([s.values for s in scores], seconds, rows[0])
+    return [_Run([s.values for s in scores], seconds, rows[0]) for scores in each]
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -401,6 +422,25 @@ def evaluate(
     )
     rows: list[EvaluationRow] = []
     values: dict[str, list[list[float]]] = {}
+    # Metrics that measure along the trajectory share one walk per steps (their largest n): the forwards run once.
+    walked: dict[tuple[str, int], tuple[_Run, tuple[str, ...]]] = {}
+    if share:
+        top_n = max(n_values)
+        for k in step_values:
+            group = [
+                m
+                for m in metric_names
+                if shares_walk(m) and refusal(ckpt, replace(base, metric=m, steps=k, n=top_n)) is None
+            ]
+            if len(group) > 1:
+                label = f"{'+'.join(group)} steps={k} n={top_n}"
+                runs_k = _score_many(
+                    ckpt,
+                    [replace(base, metric=m, steps=k, n=top_n) for m in group],
+                    prompts,
+                    progress(label) if progress else None,
+                )
+                walked.update({(m, k): (run, tuple(group)) for m, run in zip(group, runs_k, strict=True)})
     for metric in metric_names:
         for k in step_values:
             combos = {n: replace(base, metric=metric, steps=k, n=n) for n in n_values}
@@ -412,7 +452,10 @@ def evaluate(
             if usable:
                 top = max(usable)
                 runs: dict[int, _Run] = {}
-                for n in [top] if share else usable:
+                together = walked.get((metric, k)) if top == max(n_values) else None
+                if together is not None:
+                    runs[top] = together[0]
+                for n in [] if together is not None else [top] if share else usable:
                     label = f"{metric} steps={k} n={n}"
                     runs[n] = _score(ckpt, combos[n], prompts, progress(label) if progress else None)
                 values[f"{metric}/{k}"] = [list(v) for v in runs[top].values]
@@ -431,7 +474,10 @@ def evaluate(
                         model_evaluations=model_evaluations(metric, k, n, method),
                         denoiser_rows=run.rows * scale / len(prompts),
                         seconds_per_prompt=run.seconds * scale / len(prompts),
-                        timing="measured" if n in runs else f"scaled from n={top}",
+                        timing=(
+                            ("measured" if n in runs else f"scaled from n={top}")
+                            + (f", one walk shared by {', '.join(together[1])}" if together is not None else "")
+                        ),
                         source="run" if n in runs else f"prefix of n={top}",
                         scores=tuple(scores),
                         fpr=tuple(fpr),
@@ -486,7 +532,7 @@ def _num(value: float | None, digits: int = 3) -> str:
 def _seconds(row: EvaluationRow) -> str:
     if row.seconds_per_prompt is None:
         return "n/a"
-    mark = "" if row.timing == "measured" else "*"
+    mark = ("*" if row.timing.startswith("scaled") else "") + ("†" if "shared" in row.timing else "")
     return f"{row.seconds_per_prompt:.3g}{mark}"
 
 
@@ -542,7 +588,13 @@ def to_markdown(result: EvaluationResult) -> str:
         "Model evaluations per prompt count both classifier-free-guidance branches of one generation as one "
         "(batched) denoiser evaluation; `~` marks a count measured from the rows that ran."
     ]
-    if any(r.timing != "measured" for r in result.rows):
+    shared = sorted({r.timing.split("shared by ", 1)[1] for r in result.rows if "shared by " in r.timing})
+    if shared:
+        notes.append(
+            f"`†` one walk of the sampler's trajectory served {'; '.join(shared)}: their forwards ran once, and each "
+            "row shows that walk's time and model rows (its own run would cost its count of evaluations)."
+        )
+    if any(r.timing.startswith("scaled") for r in result.rows):
         notes.append(
             f"`*` seconds scaled from the n={max(s.get('n') or [1])} run (n/N of its time): those rows are prefixes "
             "of its generations, not separate runs."

@@ -65,9 +65,11 @@ def test_the_table_has_a_row_per_metric_steps_and_n(result: Any) -> None:
     assert result.row("score_norm", 2, 4).model_evaluations == 8
     assert result.row("sharpness", 1, 4).model_evaluations == 12
     # the rows that ran (a hook on the denoiser): at most both branches of every counted evaluation, fewer where the
-    # scorer runs the unconditional branch at x_T once for all prompts of a batch
+    # scorer runs the unconditional branch at x_T once for all prompts of a batch. sharpness and score_norm share one
+    # walk, so the rows that ran for both are sharpness's alone: score_norm's forwards are the walk's own.
     for row in result.rows:
-        assert row.model_evaluations < row.denoiser_rows <= 2 * row.model_evaluations, row.label
+        counted = result.row("sharpness", row.steps, row.n) if "shared by" in row.timing else row
+        assert counted.model_evaluations < row.denoiser_rows <= 2 * counted.model_evaluations, row.label
 
 
 def test_sharpness_separates_the_planted_captions(result: Any) -> None:
@@ -185,3 +187,30 @@ def test_the_shipped_detector_tables_hold_their_own_numbers(load_script: Any, tm
     page = tmp_path / "detectors.md"
     assert tables.main(["--page-only", "--write", str(page)]) == 0
     assert page.read_text() == (root / "docs" / "detectors.md").read_text()
+
+
+def test_trajectory_detectors_share_one_walk_with_their_own_scores(ckpt: Any, subset: Suite, result: Any) -> None:
+    """sharpness and score_norm scored together walk the trajectory once: each gets the scores its own run gives,
+    bit for bit, on a DDPM canary and on a flow-matching one (lead Euler steps), and evaluate's rows say they
+    shared it; a detector that does not walk the trajectory is refused."""
+    from memtest.detection.scoring import Scorer, score_together
+    from memtest.models.checkpoint import load_checkpoint
+
+    prompts = [c.prompt for c in subset.cases][:5]
+    for model in (ckpt, load_checkpoint("zoo:flow-base", device="cpu")):
+        settings = ScoreSettings(n=2, steps=2, batch_size=4)
+        scorers = [Scorer(model, dataclasses.replace(settings, metric=m)) for m in CHEAP]
+        together = score_together(scorers, prompts)
+        alone = [Scorer(model, dataclasses.replace(settings, metric=m)).score(prompts) for m in CHEAP]
+        assert [[(p.values, p.settings) for p in r] for r in together] == [
+            [(p.values, p.settings) for p in r] for r in alone
+        ]
+    tiled = Scorer(ckpt, ScoreSettings(metric="tiled_l2", n=2, batch_size=4))
+    with pytest.raises(ScoringError, match="cannot share a walk"):
+        score_together([Scorer(ckpt, ScoreSettings(n=2, batch_size=4)), tiled], prompts)
+    top = [r for r in result.rows if r.n == max(NS)]
+    assert all("one walk shared by sharpness, score_norm" in r.timing for r in top)
+    by = {(r.metric, r.steps): r for r in top}
+    for k in STEPS:  # one walk: the same time and model rows on both rows
+        assert by[("sharpness", k)].seconds_per_prompt == by[("score_norm", k)].seconds_per_prompt
+        assert by[("sharpness", k)].denoiser_rows == by[("score_norm", k)].denoiser_rows

@@ -7,7 +7,7 @@ seeds derived from a base seed, and every setting that changes a score is record
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -210,10 +210,14 @@ class Scorer:
         return Batch(tuple(prompts), tuple(tuple(sd) for sd in seeds), x, c_c, c_0)
 
     def _score_batch(self, prompts: Sequence[str]) -> list[PromptScore]:
-        s = self.settings
         batch = self.batch(prompts)
+        return self._results(prompts, batch, self.detector.score(self, batch))
+
+    def _results(self, prompts: Sequence[str], batch: Batch, values: torch.Tensor) -> list[PromptScore]:
+        """The prompts' scores from the detector's per-generation values on `batch`; a non-finite one is an error."""
+        s = self.settings
         seeds = batch.seeds
-        per_gen = self.detector.score(self, batch).to(torch.float64).cpu()
+        per_gen = values.to(torch.float64).cpu()
         if not torch.isfinite(per_gen).all():
             bad = list(
                 dict.fromkeys(
@@ -256,17 +260,57 @@ class Scorer:
     def score(self, prompts: Sequence[str], progress: Progress | None = None) -> list[PromptScore]:
         prompts = validate_prompts(prompts)
         results: list[PromptScore] = []
-        bs = self.settings.batch_size
-        for start in range(0, len(prompts), bs):
-            chunk = prompts[start : start + bs]
-            # CPU kernels pick their algorithm by batch shape, and finite differences amplify the
-            # last-bit differences that follow. Padding every batch to the same shape makes a prompt's
-            # score independent of which prompts share its batch (and of how xdist splits a suite).
-            padded = chunk + [chunk[-1]] * (bs - len(chunk))
+        for chunk, padded in padded_batches(prompts, self.settings.batch_size):
             results.extend(self._score_batch(padded)[: len(chunk)])
             if progress is not None:
                 progress(len(results), len(prompts))
         return results
+
+
+def padded_batches(prompts: list[str], size: int) -> Iterator[tuple[list[str], list[str]]]:
+    """(chunk, the chunk padded to `size` with repeats of its last prompt) for every batch of `prompts`.
+
+    CPU kernels pick their algorithm by batch shape, and finite differences amplify the last-bit differences that
+    follow. Padding every batch to the same shape makes a prompt's score independent of which prompts share its
+    batch (and of how xdist splits a suite)."""
+    for start in range(0, len(prompts), size):
+        chunk = prompts[start : start + size]
+        yield chunk, chunk + [chunk[-1]] * (size - len(chunk))
+
+
+def score_together(
+    scorers: Sequence[Scorer], prompts: Sequence[str], progress: Progress | None = None
+) -> list[list[PromptScore]]:
+    """`[s.score(prompts) for s in scorers]`, with the model's forwards along the trajectory run once for all of
+    them: the scorers must be on one checkpoint, with the same settings apart from the metric, and their detectors
+    must measure along the sampler's trajectory (`Detector.shares_walk`: sharpness, score_norm). Each scorer's
+    results equal its own `score`'s, bit for bit."""
+    from dataclasses import replace
+
+    from memtest.detection.detectors.trajectory import TrajectoryDetector, walk
+
+    if not scorers:
+        return []
+    lead = scorers[0]
+    detectors: list[TrajectoryDetector] = []
+    for sc in scorers:
+        if sc.ckpt is not lead.ckpt or replace(sc.settings, metric=lead.settings.metric) != lead.settings:
+            raise ScoringError("score_together takes scorers of one checkpoint whose settings differ only in metric.")
+        if not (sc.detector.shares_walk and isinstance(sc.detector, TrajectoryDetector)):
+            raise ScoringError(
+                f"The {sc.settings.metric} metric does not measure along the sampler's trajectory, so it cannot share "
+                "a walk with other metrics; score it on its own."
+            )
+        detectors.append(sc.detector)
+    prompts = validate_prompts(prompts)
+    results: list[list[PromptScore]] = [[] for _ in scorers]
+    for chunk, padded in padded_batches(prompts, lead.settings.batch_size):
+        batch = lead.batch(padded)
+        for sc, out, values in zip(scorers, results, walk(lead, batch, detectors), strict=True):
+            out.extend(sc._results(padded, batch, values)[: len(chunk)])
+        if progress is not None:
+            progress(len(results[0]), len(prompts))
+    return results
 
 
 def start_point(scorer: Scorer, c_c: Cond, c_0: Cond, x: torch.Tensor) -> torch.Tensor:
@@ -343,5 +387,6 @@ __all__ = [
     "derive_seeds",
     "detector_sharpness",
     "score_prompts",
+    "score_together",
     "start_point",
 ]

@@ -77,6 +77,9 @@ class Detector(ABC):
     name: ClassVar[str]
     #: Where the metric comes from, one line (records and docs).
     source: ClassVar[str]
+    #: Whether it measures along the sampler's trajectory like the others that do, so several can be measured on
+    #: one walk (`trajectory.walk`; `memtest.detection.scoring.score_together`).
+    shares_walk: ClassVar[bool] = False
 
     @property
     def reads(self) -> frozenset[str]:

@@ -4,12 +4,17 @@ The walk is shared: flow-matching checkpoints first take the guided Euler steps 
 `lead_timesteps` without measuring; then at each of the `steps` measured timesteps both branches run in one
 forward, the detector measures one value per generation, and the sampler takes its guided step to the next.
 The per-generation score is the mean over the measured timesteps (accumulated in float64).
+
+Several trajectory detectors under the same settings walk the same points, so `walk` measures them all on one
+walk (`memtest.detection.scoring.score_together`): the branches' forwards run once for all of them, and each
+detector's values are the ones its own walk gives, bit for bit (the same operations on the same tensors).
 """
 
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
@@ -21,6 +26,8 @@ if TYPE_CHECKING:
 
 class TrajectoryDetector(Detector):
     """A detector that measures at the first `steps` sampling steps (module docstring)."""
+
+    shares_walk: ClassVar[bool] = True
 
     def identity(self, blocks: Blocks) -> dict[str, Any]:
         s = blocks.settings
@@ -54,29 +61,35 @@ class TrajectoryDetector(Detector):
         return measured
 
     def score(self, blocks: Blocks, batch: Batch) -> torch.Tensor:
-        s = blocks.settings
-        x, c_c, c_0 = batch.x, batch.c_c, batch.c_0
-        prompts = len(batch.prompts)
-        totals = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
-        process = blocks.process
-        # Flow matching: guided Euler steps from x_1 to the first measured noise level (none for DDPM).
-        for k, t in enumerate(process.lead_timesteps):
-            with torch.inference_mode():
-                o_c, o_0 = blocks.branches(x, t, c_c, c_0, first=k == 0, prompts=prompts)
-                x = process.step(process.guide(o_c, o_0, s.guidance_scale), t, x.to(torch.float32))
-        first = not process.lead_timesteps
-        timesteps = blocks.timesteps
-        for k, t in enumerate(timesteps):
-            xf = x.to(torch.float32)
-            with torch.inference_mode():
-                o_c, o_0 = blocks.branches(x, t, c_c, c_0, first=first and k == 0, prompts=prompts)
-                measured = self.measure(blocks, t, c_c, c_0, xf, o_c, o_0)
-            value = self.after(blocks, t, c_c, c_0, xf, measured)
-            totals += value.to(torch.float64)
-            if k + 1 < len(timesteps):
-                with torch.inference_mode():
-                    x = process.step(process.guide(o_c, o_0, s.guidance_scale), t, xf)
-        return totals / len(timesteps)
+        return walk(blocks, batch, [self])[0]
 
 
-__all__ = ["TrajectoryDetector"]
+def walk(blocks: Blocks, batch: Batch, detectors: Sequence[TrajectoryDetector]) -> list[torch.Tensor]:
+    """Each detector's per-generation values (float64) on one walk of the sampler's trajectory from the batch's
+    initial noises under `blocks`' settings (module docstring)."""
+    s = blocks.settings
+    x, c_c, c_0 = batch.x, batch.c_c, batch.c_0
+    prompts = len(batch.prompts)
+    totals = [torch.zeros(x.shape[0], dtype=torch.float64, device=x.device) for _ in detectors]
+    process = blocks.process
+    # Flow matching: guided Euler steps from x_1 to the first measured noise level (none for DDPM).
+    for k, t in enumerate(process.lead_timesteps):
+        with torch.inference_mode():
+            o_c, o_0 = blocks.branches(x, t, c_c, c_0, first=k == 0, prompts=prompts)
+            x = process.step(process.guide(o_c, o_0, s.guidance_scale), t, x.to(torch.float32))
+    first = not process.lead_timesteps
+    timesteps = blocks.timesteps
+    for k, t in enumerate(timesteps):
+        xf = x.to(torch.float32)
+        with torch.inference_mode():
+            o_c, o_0 = blocks.branches(x, t, c_c, c_0, first=first and k == 0, prompts=prompts)
+            measured = [d.measure(blocks, t, c_c, c_0, xf, o_c, o_0) for d in detectors]
+        for total, d, m in zip(totals, detectors, measured, strict=True):
+            total += d.after(blocks, t, c_c, c_0, xf, m).to(torch.float64)
+        if k + 1 < len(timesteps):
+            with torch.inference_mode():
+                x = process.step(process.guide(o_c, o_0, s.guidance_scale), t, xf)
+    return [total / len(timesteps) for total in totals]
+
+
+__all__ = ["TrajectoryDetector", "walk"]
