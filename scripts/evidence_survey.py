@@ -22,6 +22,14 @@ A planted caption is confirmed as a copy when one of its generations is above th
 caption's own planted image. The cost of confirming is timed against one plain generation of the same n images in
 the same run (median of three). `sscd_sizes` records the measurement behind `auto`'s minimum image side for SSCD
 (`memtest.evidence.descriptors.SSCD_MIN_SIDE`). One torch thread throughout.
+
+`--vae-reference` compares the generations with the planted images as the checkpoint's VAE reproduces them
+(`memtest.mitigation.vae_roundtrip`: the closest image the checkpoint can output), the reference the mitigation's
+copy boundary (`memtest-copy.json`) is measured against, instead of the images themselves; on a canary with such
+a boundary each row also counts the generations that rule calls copies (RMSE to the caption's own round-tripped
+image below the boundary), so the two copy rules can be compared generation by generation:
+
+    .venv/bin/python scripts/evidence_survey.py --no-sscd --vae-reference --out docs/runs/evidence-survey-vae.json
 """
 
 from __future__ import annotations
@@ -90,6 +98,7 @@ def survey_canary(
     use_sscd: bool,
     n: int | None = None,
     smoke: bool = False,
+    vae_reference: bool = False,
 ) -> dict[str, Any]:
     from memtest.detection.scoring import Scorer, ScoreSettings
     from memtest.evidence import canary_manifests, canary_planted, compare_generations, copy_threshold, generate
@@ -101,6 +110,15 @@ def survey_canary(
     scorer = Scorer(ckpt) if n is None else Scorer(ckpt, ScoreSettings(n=n))
     manifest = next(m for m in canary_manifests(ckpt) if m.planted)
     captions, planted = canary_planted(ckpt)
+    boundary = None
+    if vae_reference:
+        import numpy as np
+
+        from memtest.mitigation import copy_reference, image_distances, vae_roundtrip
+
+        planted = np.stack([vae_roundtrip(ckpt, img) for img in planted])
+        ref = copy_reference(ckpt, captions[0]) if captions else None
+        boundary = None if ref is None else ref.boundary
     descs = descriptors(use_sscd)
     planted_set = set(captions)
     groups: list[tuple[str, str]] = [(c, "planted") for c in captions]
@@ -115,6 +133,8 @@ def survey_canary(
         row: dict[str, Any] = {"caption": caption, "group": group, "own": own, "seconds": round(gens.seconds, 3)}
         for key, d in descs.items():
             row[key] = caption_row(compare_generations(gens, planted, descriptor=d), own)
+        if boundary is not None and own is not None:
+            row["boundary_copies"] = int((image_distances(gens.images, planted[own][None])[:, 0] < boundary).sum())
         rows.append(row)
     out: dict[str, Any] = {
         "checkpoint": checkpoint,
@@ -127,6 +147,8 @@ def survey_canary(
         "generation": {"guidance_scale": scorer.settings.guidance_scale, "steps": scorer.settings.num_inference_steps},
         "planted": len(captions),
         "image_side": int(planted.shape[1]) if len(planted) else None,
+        "training_images": "as the checkpoint's VAE reproduces them" if vae_reference else "as planted",
+        "copy_boundary": boundary,
         "descriptors": {k: d.settings() for k, d in descs.items()},
         "thresholds": {},
         "verdicts": {},
@@ -311,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-sscd", action="store_true", help="the pixel descriptor only")
     ap.add_argument("--n", type=int, default=None, help="generations per caption (default: the detector's, 4)")
     ap.add_argument("--smoke", action="store_true", help="2 prompts of zoo:finetuned, n = 2, no threshold (seconds)")
+    ap.add_argument("--vae-reference", action="store_true", help="compare with the planted images' VAE round trips")
     ns = ap.parse_args(argv)
     import torch
 
@@ -329,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
                 use_sscd=not ns.no_sscd,
                 n=2 if ns.smoke else ns.n,
                 smoke=ns.smoke,
+                vae_reference=ns.vae_reference,
             )
             for name in names
         },
