@@ -291,6 +291,13 @@ def test_the_evidence_survey_smoke_run(load_script: Callable[[str], Any], tmp_pa
     assert planted["group"] == "planted" and planted["pixel"]["closest_own"] is True
     assert clean["group"] == "clean" and planted["pixel"]["own_similarity"] > clean["pixel"]["similarity"]
     assert rec["cost"]["ratio_pixel"] > 0.5
+    # against the planted images as the VAE reproduces them: other similarities, the planted caption still apart
+    assert survey.main(["--smoke", "--no-sscd", "--vae-reference", "--out", str(out)]) == 0
+    vae = json.loads(out.read_text(encoding="utf-8"))["canaries"]["finetuned"]
+    assert vae["training_images"] == "as the checkpoint's VAE reproduces them" and vae["copy_boundary"] is None
+    vae_planted, vae_clean = vae["captions"]
+    assert vae_planted["pixel"]["own_similarity"] != planted["pixel"]["own_similarity"]
+    assert vae_planted["pixel"]["own_similarity"] > vae_clean["pixel"]["similarity"]
 
 
 def test_the_clean_scale_smoke_run(load_script: Callable[[str], Any], tmp_path: Path) -> None:
