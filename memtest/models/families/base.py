@@ -349,8 +349,13 @@ class Family:
 
     def pipeline(self, ckpt: Checkpoint) -> Any:
         """The family's diffusers pipeline over the loaded components (for generation and adapters)."""
+        from memtest.models.loading import quiet_libraries
+
         parts = {c.name: ckpt.components.get(c.name) for c in self.components}
-        pipe = self.pipeline_class()(**parts, **self.pipeline_options(ckpt))
+        # Importing a pipeline class makes transformers warn that its image processors fall back from
+        # torchvision to PIL; memtest uses none of them, so the warning is noise on every run.
+        with quiet_libraries():
+            pipe = self.pipeline_class()(**parts, **self.pipeline_options(ckpt))
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
