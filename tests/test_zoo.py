@@ -372,7 +372,11 @@ def test_sd_training_is_bit_identical_to_before_the_family_interface(tmp_path: P
     finally:
         torch.set_num_threads(threads)
     # One record per kernel summation order; a change to training would match none of them.
-    assert got in [SD_TRAINING_REFERENCE, *SD_TRAINING_REFERENCE_BY_MACHINE.values()]
+    assert got in [SD_TRAINING_REFERENCE, *SD_TRAINING_REFERENCE_BY_MACHINE.values()], (
+        "equal to no record of any kind of CPU: a change moved the weights, or this CPU sums in an order "
+        "not recorded yet (docs/CONVENTIONS.md says how to record one)",
+        got,
+    )
 
 
 # --- bad input ---------------------------------------------------------------------------------------------
