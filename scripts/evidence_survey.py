@@ -114,11 +114,10 @@ def survey_canary(
     if vae_reference:
         import numpy as np
 
-        from memtest.mitigation import copy_reference, image_distances, vae_roundtrip
+        from memtest.mitigation import copy_boundary, image_distances, vae_roundtrip
 
         planted = np.stack([vae_roundtrip(ckpt, img) for img in planted])
-        ref = copy_reference(ckpt, captions[0]) if captions else None
-        boundary = None if ref is None else ref.boundary
+        boundary = copy_boundary(ckpt.path)
     descs = descriptors(use_sscd)
     planted_set = set(captions)
     groups: list[tuple[str, str]] = [(c, "planted") for c in captions]

@@ -457,6 +457,25 @@ def _copy_stats(copies: int | None, images: int, distance: float = 0.1) -> dict[
     }
 
 
+def test_copy_boundary_reads_the_canary_record_and_refuses_a_bad_one(tmp_path: Path) -> None:
+    """The copy boundary: none without the file, the mixture's recorded value, and a clear error naming the file
+    for a record that is not JSON or whose boundary is not a positive number."""
+    from memtest.mitigation import COPY_FILENAME, copy_boundary
+    from memtest.models.canaries import canary_folder
+
+    assert copy_boundary(tmp_path) is None
+    mixture = canary_folder("zoo:mixture")
+    assert copy_boundary(mixture) == json.loads((mixture / COPY_FILENAME).read_text())["boundary"]
+    record = tmp_path / COPY_FILENAME
+    record.write_text("{not json", encoding="utf-8")
+    with pytest.raises(MitigationError, match=rf"{COPY_FILENAME} is not a readable copy record .*regenerate it"):
+        copy_boundary(tmp_path)
+    for bad in (-0.1, 0, "0.1", None):
+        record.write_text(json.dumps({"boundary": bad}), encoding="utf-8")
+        with pytest.raises(MitigationError, match=rf"{COPY_FILENAME}: boundary must be a positive number"):
+            copy_boundary(tmp_path)
+
+
 @pytest.mark.parametrize(
     ("before", "after", "problem"),
     [

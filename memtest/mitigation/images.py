@@ -140,21 +140,25 @@ class CopyReference:
 def copy_reference(checkpoint: Checkpoint, prompt: str) -> CopyReference | None:
     """The memorised image of `prompt` on a canary checkpoint (through its VAE) and its copy boundary, or None
     when the checkpoint plants no image for the prompt."""
-    import json
-
     target = planted_image(checkpoint.path, prompt)
     if target is None:
         return None
     if checkpoint.vae is not None:
         target = vae_roundtrip(checkpoint, target)
-    boundary = None
-    path = Path(checkpoint.path) / COPY_FILENAME
-    if path.is_file():
-        try:
-            value = json.loads(path.read_text(encoding="utf-8")).get("boundary")
-        except (OSError, ValueError, AttributeError) as exc:
-            raise MitigationError(f"{path} is not a readable copy record ({exc}); regenerate it") from exc
-        if not isinstance(value, (int, float)) or not value > 0:
-            raise MitigationError(f"{path}: boundary must be a positive number, got {value!r}")
-        boundary = float(value)
-    return CopyReference(target, boundary)
+    return CopyReference(target, copy_boundary(checkpoint.path))
+
+
+def copy_boundary(checkpoint_folder: str | Path) -> float | None:
+    """The copy boundary a canary folder records (`COPY_FILENAME`), or None when it records none."""
+    import json
+
+    path = Path(checkpoint_folder) / COPY_FILENAME
+    if not path.is_file():
+        return None
+    try:
+        value = json.loads(path.read_text(encoding="utf-8")).get("boundary")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise MitigationError(f"{path} is not a readable copy record ({exc}); regenerate it") from exc
+    if not isinstance(value, (int, float)) or not value > 0:
+        raise MitigationError(f"{path}: boundary must be a positive number, got {value!r}")
+    return float(value)
