@@ -40,8 +40,9 @@ def test_sd_scores_bit_identical_to_before_the_family_layer(checkpoint: str) -> 
     torch.set_num_threads(1)  # the reference was recorded on one thread
     try:
         ckpt = memtest.load_checkpoint(checkpoint, device="cpu")
+        records = _references()
         got: dict[str, dict[str, list[str]]] = {}
-        for key, ref in _references()[0].items():
+        for key, ref in records[0].items():
             name, metric, method, steps = key.split("|")
             if name != checkpoint:
                 continue
@@ -49,7 +50,7 @@ def test_sd_scores_bit_identical_to_before_the_family_layer(checkpoint: str) -> 
             got[key] = {r.prompt: [float(v).hex() for v in r.values] for r in scorer.score(list(ref["values"]))}
             assert scorer.identity() == ref["identity"], key
         assert len(got) == 5
-        matching = [r for r in _references() if all(r[key]["values"] == values for key, values in got.items())]
+        matching = [r for r in records if all(r[key]["values"] == values for key, values in got.items())]
         assert matching, (
             "equal to no record of any kind of CPU: a change moved the scores, or this CPU sums in an order "
             "not recorded yet (docs/CONVENTIONS.md says how to record one)",
