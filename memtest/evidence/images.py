@@ -7,6 +7,8 @@ Images come back like every image in memtest: float32 arrays (H, W, 3) in [0, 1]
 
 from __future__ import annotations
 
+import base64
+import io
 import os
 import warnings
 from collections.abc import Sequence
@@ -102,4 +104,50 @@ def as_images(images: np.ndarray | Sequence[np.ndarray], what: str = "images") -
     return out
 
 
-__all__ = ["FORMATS", "MAX_BYTES", "MAX_PIXELS", "as_images", "load_image", "load_images"]
+def resize_to(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(H, W, 3) in [0, 1] -> (height, width, 3) float64, bilinear per channel in float (no 8-bit rounding;
+    antialiased when shrinking); an image already that size is returned as it is."""
+    from PIL import Image
+
+    arr = np.asarray(image, dtype=np.float32)
+    if arr.shape[0] == height and arr.shape[1] == width:
+        return arr.astype(np.float64)
+    channels = [
+        np.asarray(
+            Image.fromarray(np.ascontiguousarray(arr[:, :, c])).resize((width, height), Image.Resampling.BILINEAR)
+        )
+        for c in range(3)
+    ]
+    return np.clip(np.stack(channels, axis=-1).astype(np.float64), 0.0, 1.0)
+
+
+#: Longest side of the thumbnails stored in results records.
+THUMBNAIL_SIZE = 64
+
+
+def png_thumbnails(images: np.ndarray, size: int = THUMBNAIL_SIZE) -> list[str]:
+    """(N, H, W, 3) in [0, 1] -> base64 PNGs (no data: prefix), shrunk so the longer side is <= size."""
+    from PIL import Image
+
+    out = []
+    for img in np.asarray(images, dtype=np.float32):
+        pil = Image.fromarray(np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8), mode="RGB")
+        if max(pil.size) > size:
+            pil.thumbnail((size, size))
+        buf = io.BytesIO()
+        pil.save(buf, format="PNG", optimize=True)
+        out.append(base64.b64encode(buf.getvalue()).decode("ascii"))
+    return out
+
+
+__all__ = [
+    "FORMATS",
+    "MAX_BYTES",
+    "MAX_PIXELS",
+    "THUMBNAIL_SIZE",
+    "as_images",
+    "load_image",
+    "load_images",
+    "png_thumbnails",
+    "resize_to",
+]

@@ -25,7 +25,7 @@ import numpy as np
 
 from memtest.evidence.base import Descriptor
 from memtest.evidence.errors import EvidenceError
-from memtest.evidence.images import as_images
+from memtest.evidence.images import as_images, resize_to
 
 #: Default side the images are resized to (a 16 px canary upscaled 4x, a 512 px image shrunk 8x), and the default
 #: tile grid, 2 x 2. Carlini et al. used 4 x 4 tiles of 128 px on 512 px images; on the 16 px canaries a 4 x 4 grid
@@ -41,17 +41,8 @@ _BLOCK = 1 << 23
 
 
 def resize(image: np.ndarray, side: int) -> np.ndarray:
-    """(H, W, 3) in [0, 1] -> (side, side, 3) float64, bilinear per channel in float (no 8-bit rounding)."""
-    from PIL import Image
-
-    arr = np.asarray(image, dtype=np.float32)
-    if arr.shape[0] == side and arr.shape[1] == side:
-        return arr.astype(np.float64)
-    channels = [
-        np.asarray(Image.fromarray(np.ascontiguousarray(arr[:, :, c])).resize((side, side), Image.Resampling.BILINEAR))
-        for c in range(3)
-    ]
-    return np.clip(np.stack(channels, axis=-1).astype(np.float64), 0.0, 1.0)
+    """(H, W, 3) in [0, 1] -> (side, side, 3) float64 (`memtest.evidence.images.resize_to`)."""
+    return resize_to(image, side, side)
 
 
 class PixelDescriptor(Descriptor):

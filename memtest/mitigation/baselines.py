@@ -16,7 +16,7 @@ from memtest.detection.metrics import measure_sharpness
 from memtest.detection.noise import edit_rng
 from memtest.detection.scoring import detector_sharpness, start_point
 from memtest.errors import MitigationError
-from memtest.mitigation.images import generate_images
+from memtest.evidence.generation import generate_images
 from memtest.mitigation.outcome import Mitigation
 from memtest.mitigation.target import as_scorer, first_step, resolve_threshold, seed_images
 from memtest.models.families.base import Cond, cond_expand

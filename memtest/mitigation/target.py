@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from memtest.errors import MitigationError, option
-from memtest.mitigation.images import generate_images
+from memtest.evidence.generation import generate_images
 from memtest.models.families.base import Cond
 
 if TYPE_CHECKING:

@@ -427,6 +427,22 @@ class Family:
             )
         return np.asarray(out.images, dtype=np.float32)
 
+    def reproduce(self, ckpt: Checkpoint, images: np.ndarray) -> np.ndarray:
+        """Images (k, H, W, 3) in [0, 1] as the checkpoint can output them: decode(encode(x)) through its VAE with
+        the posterior mean, one image at a time (so a batch gives what each image alone gives). A latent model can
+        only output decoded latents, so a perfect copy of a training image is its round trip, not the image."""
+        need_vae(ckpt)
+        vae = ckpt.vae
+        assert vae is not None  # need_vae
+        out = []
+        for image in np.asarray(images, dtype=np.float32):
+            arr = np.ascontiguousarray(image.transpose(2, 0, 1))[None] * 2.0 - 1.0
+            x = torch.from_numpy(arr).to(ckpt.device, ckpt.dtype)
+            with torch.no_grad():
+                rec = vae.decode(vae.encode(x).latent_dist.mean).sample
+            out.append(np.clip((rec[0].float().cpu().numpy().transpose(1, 2, 0) + 1.0) / 2.0, 0.0, 1.0))
+        return np.asarray(out, dtype=np.float32).reshape(len(out), *np.shape(images)[1:])
+
 
 def need_vae(ckpt: Checkpoint) -> None:
     if ckpt.vae is None:
