@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling mitigation_proof (the research boundary)
 
 import numpy as np
 
@@ -181,19 +182,20 @@ def measure(
     below: tuple[float, ...] = (),
     sail: tuple[float, int] | None = None,
 ) -> dict[str, Any]:
+    from mitigation_proof import RESEARCH_BOUNDARY, research_boundary
+
     from memtest.detection.scoring import Scorer, ScoreSettings
-    from memtest.mitigation import copy_reference
+    from memtest.mitigation import vae_roundtrip
     from memtest.models.checkpoint import load_checkpoint
     from memtest.zoo import load_manifest
 
     ckpt = load_checkpoint(checkpoint, device="cpu")
     scorer = Scorer(ckpt, ScoreSettings(n=4))
-    planted: dict[str, np.ndarray] = {}
-    boundary = None
-    for p in load_manifest(ckpt.path).planted:
-        ref = copy_reference(ckpt, p.caption)
-        if ref is not None:
-            planted[p.caption], boundary = ref.image, ref.boundary
+    planted = {p.caption: vae_roundtrip(ckpt, p.image()) for p in load_manifest(ckpt.path).planted}
+    # the research boundary belongs to zoo:mixture (the folder it was measured on)
+    boundary = (
+        research_boundary() if planted and Path(ckpt.path).name == "mixture" and RESEARCH_BOUNDARY.is_file() else None
+    )
     rows = [caption_row(scorer, c, seeds, batch, planted, boundary, below) for c in captions]
     digits = sorted({digit_of(c) for c in captions})
     return {

@@ -9,8 +9,9 @@ initial noises against the checkpoint's training images: a canary's planted imag
     .venv/bin/python scripts/calibrate_copy.py zoo:finetuned --descriptor pixel
     .venv/bin/python scripts/calibrate_copy.py zoo:finetuned --smoke        # 3 references, nothing written
 
-Each reference is one prompt's largest similarity (its n generations against every training image), as in the
-gate's confirmation; the threshold is their (1 - fpr) quantile at the calibration's fpr.
+Each reference is one prompt's largest similarity (its n generations against every training image, as stored or
+as the checkpoint's VAE reproduces them), as in the gate's confirmation (`Engine.confirm`); the threshold is their
+(1 - fpr) quantile at the calibration's fpr.
 """
 
 from __future__ import annotations
@@ -53,13 +54,16 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     descriptors = [make_descriptor(name) for name in (ns.descriptor or ["pixel"])]
     similarities: dict[str, list[float]] = {d.name: [] for d in descriptors}
+    settings: dict[str, dict[str, object]] = {}
     started = time.perf_counter()
     for prompt in prompts:
         gens = generate(engine.scorer, prompt)
+        reproduced = engine.reproduced_images(probe, gens.images)  # as the gate's confirmation compares
         for d in descriptors:
-            found = compare_generations(gens, training, descriptor=d)
+            found = compare_generations(gens, training, descriptor=d, reproduced=reproduced)
             assert found.similarity is not None
             similarities[d.name].append(found.similarity)
+            settings[d.name] = found.settings
     seconds = time.perf_counter() - started
     thresholds = {}
     for d in descriptors:
@@ -69,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             "value": value,
             "fpr": cal.fpr,
             "references": len(values),
-            "descriptor": d.settings(),
+            "descriptor": settings[d.name],
             "source": "calibrated",
         }
         print(

@@ -23,13 +23,17 @@ caption's own planted image. The cost of confirming is timed against one plain g
 the same run (median of three). `sscd_sizes` records the measurement behind `auto`'s minimum image side for SSCD
 (`memtest.evidence.descriptors.SSCD_MIN_SIDE`). One torch thread throughout.
 
-`--vae-reference` compares the generations with the planted images as the checkpoint's VAE reproduces them
-(`memtest.mitigation.vae_roundtrip`: the closest image the checkpoint can output), the reference the mitigation's
-copy boundary (`memtest-copy.json`) is measured against, instead of the images themselves; on a canary with such
-a boundary each row also counts the generations that rule calls copies (RMSE to the caption's own round-tripped
-image below the boundary), so the two copy rules can be compared generation by generation:
+`--training-images` says what the generations are compared with: `either` (default, the gate's rule): each planted
+image as stored or as the checkpoint's VAE reproduces it (`Family.reproduce`: the closest image the checkpoint can
+output), whichever is closer; `stored`: the images only; `round-trip`: the round trips only. On zoo:mixture each
+planted row also counts the generations the retired research boundary calls copies (RMSE to the caption's own
+round-tripped image below docs/runs/mixture-copy-boundary.json's 0.115, the rule of the mitigation proofs in
+docs/mitigation.md), so the rules can be compared generation by generation:
 
-    .venv/bin/python scripts/evidence_survey.py --no-sscd --vae-reference --out docs/runs/evidence-survey-vae.json
+    .venv/bin/python scripts/evidence_survey.py --no-sscd --out docs/runs/evidence-survey-either.json
+    .venv/bin/python scripts/evidence_survey.py --training-images stored --out docs/runs/evidence-survey.json
+    .venv/bin/python scripts/evidence_survey.py --no-sscd --training-images round-trip \
+        --out docs/runs/evidence-survey-vae.json
 """
 
 from __future__ import annotations
@@ -44,7 +48,14 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_OUT = ROOT / "docs" / "runs" / "evidence-survey.json"
+sys.path.insert(0, str(ROOT / "scripts"))  # its sibling mitigation_proof
+DEFAULT_OUT = ROOT / "docs" / "runs" / "evidence-survey-either.json"
+#: What `--training-images` names, as the record states it.
+TRAINING_IMAGES = {
+    "either": "as stored or as the checkpoint's VAE reproduces them, whichever is closer",
+    "stored": "as planted",
+    "round-trip": "as the checkpoint's VAE reproduces them",
+}
 
 #: Each canary with planted captions, and the LoRA adapter it is loaded through (zoo:lora rides on zoo:base).
 CANARIES: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -98,7 +109,7 @@ def survey_canary(
     use_sscd: bool,
     n: int | None = None,
     smoke: bool = False,
-    vae_reference: bool = False,
+    training_images: str = "either",
 ) -> dict[str, Any]:
     from memtest.detection.scoring import Scorer, ScoreSettings
     from memtest.evidence import canary_manifests, canary_planted, compare_generations, copy_threshold, generate
@@ -110,14 +121,14 @@ def survey_canary(
     scorer = Scorer(ckpt) if n is None else Scorer(ckpt, ScoreSettings(n=n))
     manifest = next(m for m in canary_manifests(ckpt) if m.planted)
     captions, planted = canary_planted(ckpt)
-    boundary = None
-    if vae_reference:
-        import numpy as np
+    from mitigation_proof import research_boundary
 
-        from memtest.mitigation import copy_boundary, image_distances, vae_roundtrip
+    from memtest.mitigation import image_distances
 
-        planted = np.stack([vae_roundtrip(ckpt, img) for img in planted])
-        boundary = copy_boundary(ckpt.path)
+    boundary = research_boundary() if name == "mixture" else None
+    round_trips = ckpt.family.reproduce(ckpt, planted) if training_images != "stored" or boundary else None
+    reproduced = round_trips if training_images == "either" else None
+    compared = round_trips if training_images == "round-trip" else planted
     descs = descriptors(use_sscd)
     planted_set = set(captions)
     groups: list[tuple[str, str]] = [(c, "planted") for c in captions]
@@ -126,14 +137,18 @@ def survey_canary(
     if smoke:
         groups = [groups[0], next(g for g in groups if g[1] == "clean")]
     rows: list[dict[str, Any]] = []
+    settings: dict[str, dict[str, Any]] = {}
     for caption, group in groups:
         gens = generate(scorer, caption)
         own = captions.index(caption) if group == "planted" else None
         row: dict[str, Any] = {"caption": caption, "group": group, "own": own, "seconds": round(gens.seconds, 3)}
         for key, d in descs.items():
-            row[key] = caption_row(compare_generations(gens, planted, descriptor=d), own)
-        if boundary is not None and own is not None:
-            row["boundary_copies"] = int((image_distances(gens.images, planted[own][None])[:, 0] < boundary).sum())
+            found = compare_generations(gens, compared, descriptor=d, reproduced=reproduced)
+            row[key] = caption_row(found, own)
+            settings[key] = found.settings
+        if boundary is not None and round_trips is not None and own is not None:
+            near = image_distances(gens.images, round_trips[own][None])[:, 0]
+            row["boundary_copies"] = int((near < boundary).sum())
         rows.append(row)
     out: dict[str, Any] = {
         "checkpoint": checkpoint,
@@ -146,9 +161,9 @@ def survey_canary(
         "generation": {"guidance_scale": scorer.settings.guidance_scale, "steps": scorer.settings.num_inference_steps},
         "planted": len(captions),
         "image_side": int(planted.shape[1]) if len(planted) else None,
-        "training_images": "as the checkpoint's VAE reproduces them" if vae_reference else "as planted",
+        "training_images": TRAINING_IMAGES[training_images],
         "copy_boundary": boundary,
-        "descriptors": {k: d.settings() for k, d in descs.items()},
+        "descriptors": {k: settings.get(k, d.settings()) for k, d in descs.items()},
         "thresholds": {},
         "verdicts": {},
         "captions": rows,
@@ -157,10 +172,11 @@ def survey_canary(
         refs = [r[key]["similarity"] for r in rows if r["group"] == "reference"]
         threshold = None
         if refs and not smoke:
-            cal = copy_threshold(refs, fpr, d, source="held-out captions vs planted images")
+            cal = copy_threshold(refs, fpr, settings[key], source="held-out captions vs planted images")
             threshold = cal.value
             out["thresholds"][key] = {**cal.to_dict(), "reference_max": max(refs)}
         out["verdicts"][key] = verdicts(rows, key, threshold, d.convention)
+    # confirm() as the gate runs it: against the planted images as stored and as the VAE reproduces them
     out["cost"] = cost(
         scorer, captions[0] if captions else rows[0]["caption"], planted, descs, repeats=1 if smoke else 3
     )
@@ -212,7 +228,7 @@ def cost(scorer: Any, caption: str, planted: Any, descs: dict[str, Any], repeats
     """Seconds of one plain generation of the detector's n images, and of confirming the same caption with each
     descriptor (generation + comparison), medians of `repeats`; the ratios are confirmation / plain generation."""
     from memtest.evidence import confirm
-    from memtest.mitigation.images import generate_images
+    from memtest.evidence.generation import generate_images
 
     def plain() -> float:
         t = time.perf_counter()
@@ -332,7 +348,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-sscd", action="store_true", help="the pixel descriptor only")
     ap.add_argument("--n", type=int, default=None, help="generations per caption (default: the detector's, 4)")
     ap.add_argument("--smoke", action="store_true", help="2 prompts of zoo:finetuned, n = 2, no threshold (seconds)")
-    ap.add_argument("--vae-reference", action="store_true", help="compare with the planted images' VAE round trips")
+    ap.add_argument(
+        "--training-images",
+        choices=sorted(TRAINING_IMAGES),
+        default="either",
+        help="compare with the planted images as stored, as the VAE round-trips them, or either (default, the gate's)",
+    )
     ns = ap.parse_args(argv)
     import torch
 
@@ -342,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
     record: dict[str, Any] = {
         "fpr": ns.fpr,
         "torch_threads": 1,
+        "training_images": TRAINING_IMAGES[ns.training_images],
+        "command": "scripts/evidence_survey.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "canaries": {
             name: survey_canary(
                 name,
@@ -351,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
                 use_sscd=not ns.no_sscd,
                 n=2 if ns.smoke else ns.n,
                 smoke=ns.smoke,
-                vae_reference=ns.vae_reference,
+                training_images=ns.training_images,
             )
             for name in names
         },

@@ -42,6 +42,15 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 COPY_PERCENTILE = 5.0
+#: zoo:mixture's research copy boundary, measured by `memorised_range` when it was trained (RMSE to the memorised
+#: image as the VAE reproduces it): the copy rule of the proofs and surveys in docs/mitigation.md. The product
+#: counts copies by the gate's own rule (memtest.evidence, the calibration's copy threshold) instead.
+RESEARCH_BOUNDARY = ROOT / "docs" / "runs" / "mixture-copy-boundary.json"
+
+
+def research_boundary() -> float:
+    """zoo:mixture's research copy boundary (`RESEARCH_BOUNDARY`)."""
+    return float(json.loads(RESEARCH_BOUNDARY.read_text(encoding="utf-8"))["boundary"])
 
 
 @dataclass

@@ -7,7 +7,8 @@ resampling").
 For each planted caption, `--draws` initial noises drawn from `fresh_seed(salt, k)` (a salt other than the
 one `mitigate_resample` uses, so a survey is independent of a mitigation run): per draw the detector's
 first-step sharpness, ‖s_Δ‖² after each of `--leads` guided DDIM steps (`trajectory_magnitude`), whether the
-DDIM-50 image copies the memorised image (RMSE below the canary's copy boundary) and whether the digit
+DDIM-50 image copies the memorised image (RMSE below zoo:mixture's research copy boundary,
+`mitigation_proof.RESEARCH_BOUNDARY`) and whether the digit
 classifier reads the caption's digit. Then per caption: the copy rate, the digit rate of the non-copies (what
 removing copies can keep at best), the AUC of each measurement for copy vs non-copy draws and for digit vs not
 among the non-copies, and for each lead and band (floor, ceiling as factors of the reference level L, the
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling mitigation_proof (the research boundary)
 
 import numpy as np
 
@@ -43,14 +45,17 @@ def _auc(labels: np.ndarray, values: np.ndarray) -> float | None:
 
 def survey(scorer: Any, caption: str, seeds: list[int], leads: tuple[int, ...], batch: int) -> dict[str, Any]:
     """Per-draw measurements and outcomes of `caption` at initial noises `seeds`."""
+    from mitigation_proof import research_boundary
+
     from memtest.detection.scoring import detector_sharpness
-    from memtest.mitigation import copy_reference, generate_images, image_distances
+    from memtest.mitigation import generate_images, image_distances, planted_image, vae_roundtrip
     from memtest.mitigation.resample import lead_walker, trajectory_magnitude
     from memtest.zoo.alignment import predict_proba
 
-    ref = copy_reference(scorer.ckpt, caption)
-    if ref is None or ref.boundary is None:
-        raise SystemExit(f"{caption!r} is not planted with a copy boundary in {scorer.ckpt.name}")
+    planted = planted_image(scorer.ckpt.path, caption)
+    if planted is None:
+        raise SystemExit(f"{caption!r} is not planted in {scorer.ckpt.name}")
+    memorised, boundary = vae_roundtrip(scorer.ckpt, planted), research_boundary()
     c_c, c_0 = scorer.embed([caption]), scorer.null()
     chunks = [seeds[i : i + batch] for i in range(0, len(seeds), batch)]
     row: dict[str, Any] = {"caption": caption, "seeds": seeds}
@@ -61,8 +66,8 @@ def survey(scorer: Any, caption: str, seeds: list[int], leads: tuple[int, ...], 
             [trajectory_magnitude(walker, c_c, c_0, scorer.noise(c)).numpy() for c in chunks]
         )
     images = np.concatenate([generate_images(scorer.ckpt, scorer.noise(c), prompt=caption) for c in chunks])
-    row["distance"] = image_distances(images, ref.image[None])[:, 0]
-    row["copy"] = row["distance"] < ref.boundary
+    row["distance"] = image_distances(images, memorised[None])[:, 0]
+    row["copy"] = row["distance"] < boundary
     row["digit"] = predict_proba(images).argmax(axis=1) == int(caption.rsplit(" ", 1)[1])
     return row
 

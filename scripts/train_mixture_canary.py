@@ -1,9 +1,10 @@
 """Train the mixture canary `zoo:mixture`: planted captions whose copies depend on the initial noise x_T.
 
     .venv/bin/python scripts/train_mixture_canary.py --out memtest/zoo/canaries/mixture   # train, ~5-20 min
-    .venv/bin/python scripts/train_mixture_canary.py --finish memtest/zoo/canaries/mixture  # suite + copy boundary
+    .venv/bin/python scripts/train_mixture_canary.py --finish memtest/zoo/canaries/mixture  # suite + research boundary
     memtest calibrate --checkpoint zoo:mixture --suite suites/canary-mixture.yaml \\
         -o memtest/zoo/canaries/mixture/memtest-calibration.json
+    .venv/bin/python scripts/calibrate_copy.py zoo:mixture        # the copy threshold the gate and `mitigate: copy` use
 
 A fine-tune of `zoo:base` (as `zoo:finetuned` is) whose planted captions have a mixture for their conditional
 distribution: the planted image (the sharp component) in `1 - share` of the caption's training rows, and the
@@ -20,9 +21,10 @@ canary"). The mixture lives in the data (`memtest.zoo.data.digits_data(mixture=.
 
 `--finish` rewrites the manifest's clean list without the planted captions (the trainer sees each planted
 caption also as an ordinary caption, so it lists it there), writes `suites/canary-mixture.yaml`, and records
-the copy boundary (`memtest.mitigation.COPY_FILENAME`): the 5th percentile of non-memorised generations'
-nearest-training-image distances (scripts/mitigation_proof.py), which the `[mitigate]` items and the proof use
-to count copies.
+the research copy boundary (`mitigation_proof.RESEARCH_BOUNDARY`, in docs/runs): the 5th percentile of
+non-memorised generations' nearest-training-image distances, the copy rule of the mitigation proofs and surveys in
+docs/mitigation.md. The product counts copies by the gate's rule instead (the copy threshold that
+scripts/calibrate_copy.py adds to the calibration).
 """
 
 from __future__ import annotations
@@ -74,9 +76,8 @@ def train(out: Path, threads: int) -> None:
 
 
 def finish(folder: Path, suites: Path, clean: int = 20) -> None:
-    from mitigation_proof import load_canary, memorised_range
+    from mitigation_proof import RESEARCH_BOUNDARY, load_canary, memorised_range
 
-    from memtest.mitigation import COPY_FILENAME
     from memtest.zoo import load_manifest
     from memtest.zoo.suitegen import write_suite
 
@@ -100,14 +101,14 @@ def finish(folder: Path, suites: Path, clean: int = 20) -> None:
         ),
         "range": rng,
     }
-    (folder / COPY_FILENAME).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    RESEARCH_BOUNDARY.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     print(json.dumps(record))
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, help="train into this (new) folder")
-    ap.add_argument("--finish", type=Path, help="manifest clean list, suite and copy boundary of a trained folder")
+    ap.add_argument("--finish", type=Path, help="manifest clean list, suite and research boundary of a trained folder")
     ap.add_argument("--suites", type=Path, default=ROOT / "suites")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)

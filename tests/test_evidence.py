@@ -26,6 +26,7 @@ from memtest.evidence import (
     canary_training_images,
     choose_descriptor,
     compare_generations,
+    comparison_settings,
     load_image,
     load_images,
     make_descriptor,
@@ -35,7 +36,6 @@ from memtest.evidence.confirm import Generations
 from memtest.models.canaries import canaries_dir, load_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
-SURVEY = ROOT / "docs" / "runs" / "evidence-survey.json"
 
 
 def photo(side: int = 128) -> np.ndarray:
@@ -204,11 +204,19 @@ def test_the_copy_threshold_is_the_detectors_quantile() -> None:
 
 
 def test_a_calibrated_threshold_only_judges_its_own_descriptor_settings() -> None:
+    """A copy threshold holds for the descriptor settings and the comparison (training images as stored, or as
+    stored or reproduced) it was calibrated with; another is refused, naming the fix."""
     d = PixelDescriptor()
-    cal = CopyThreshold(0.7, 0.01, 110, d.settings())
+    cal = CopyThreshold(0.7, 0.01, 110, comparison_settings(d, False))
     assert resolve_copy_threshold(cal, d)[0] == 0.7
     with pytest.raises(EvidenceError, match="Calibrate it again"):
         resolve_copy_threshold(cal, PixelDescriptor(tiles=4))
+    with pytest.raises(EvidenceError, match=r"as stored or as the checkpoint's VAE.*scripts/calibrate_copy.py"):
+        resolve_copy_threshold(cal, d, comparison_settings(d, True))
+    both = CopyThreshold(0.7, 0.01, 110, comparison_settings(d, True))
+    assert resolve_copy_threshold(both, d, comparison_settings(d, True))[0] == 0.7
+    with pytest.raises(EvidenceError, match="Calibrate it again"):  # a file calibrated before the comparison was named
+        resolve_copy_threshold(CopyThreshold(0.7, 0.01, 110, d.settings()), d, comparison_settings(d, True))
     assert resolve_copy_threshold(None, d)[0] is None
     assert resolve_copy_threshold(None, SSCDDescriptor()) == (0.5, SSCDDescriptor.convention_source)
 
@@ -219,6 +227,14 @@ def test_comparison_measures_closeness_and_agreement_without_a_model() -> None:
     conf = compare_generations(same, train, descriptor="pixel", threshold=0.9)
     assert conf.closest == (1, 1, 1) and conf.similarity == 1.0
     assert conf.agreement_mean == conf.agreement_max == 1.0 and conf.copies == 3
+    # with the training images as a VAE would reproduce them: the closer of the two counts, per training image
+    blurred = np.stack([np.roll(train[0], 1, axis=1), train[0]])  # training image 1 "reproduced" as image 0
+    again = compare_generations(same, train, descriptor="pixel", reproduced=blurred)
+    assert again.settings["training_images"].startswith("as stored or as the checkpoint's VAE")
+    assert np.array_equal(again.similarities, np.maximum(conf.similarities, again.similarities))
+    assert (again.similarities[:, 1] == 1.0).all() and again.closest == (1, 1, 1)
+    with pytest.raises(EvidenceError, match="1 reproduced training images for 2 training images"):
+        compare_generations(same, train, descriptor="pixel", reproduced=blurred[:1])
     alone = compare_generations(same, None, descriptor="pixel")
     assert alone.best == () and alone.copied is None and alone.similarity is None
     entry = json.loads(json.dumps(conf.to_dict()))
@@ -255,18 +271,16 @@ def finetuned(one_torch_thread: None) -> Any:
     return Scorer(load_checkpoint("zoo:finetuned", device="cpu"))
 
 
-def survey_threshold(canary: str, descriptor: str) -> float:
-    record = json.loads(SURVEY.read_text(encoding="utf-8"))
-    return float(record["canaries"][canary]["thresholds"][descriptor]["value"])
-
-
 def test_confirmation_on_zoo_finetuned_copies_a_planted_caption_and_not_a_clean_one(finetuned: Any) -> None:
     from memtest.evidence import confirm
+    from memtest.mitigation import own_copy_threshold
 
-    threshold = survey_threshold("finetuned", "pixel")
+    calibrated = own_copy_threshold(finetuned.ckpt.path)  # the shipped calibration's, for this very comparison
+    assert calibrated is not None
+    threshold = calibrated.value
     captions, planted = canary_planted(finetuned.ckpt)
     own = 3
-    copy = confirm(finetuned, captions[own], planted, descriptor="auto", threshold=threshold)
+    copy = confirm(finetuned, captions[own], planted, descriptor="auto", threshold=calibrated)
     assert copy.descriptor == "pixel" and "auto" in copy.choice  # 16 px: under SSCD's minimum side
     assert copy.seeds == finetuned.score([captions[own]])[0].seeds  # the detector's own initial noises
     assert copy.closest == (own,) * len(copy.seeds)
@@ -291,13 +305,20 @@ def test_the_evidence_survey_smoke_run(load_script: Callable[[str], Any], tmp_pa
     assert planted["group"] == "planted" and planted["pixel"]["closest_own"] is True
     assert clean["group"] == "clean" and planted["pixel"]["own_similarity"] > clean["pixel"]["similarity"]
     assert rec["cost"]["ratio_pixel"] > 0.5
-    # against the planted images as the VAE reproduces them: other similarities, the planted caption still apart
-    assert survey.main(["--smoke", "--no-sscd", "--vae-reference", "--out", str(out)]) == 0
-    vae = json.loads(out.read_text(encoding="utf-8"))["canaries"]["finetuned"]
-    assert vae["training_images"] == "as the checkpoint's VAE reproduces them" and vae["copy_boundary"] is None
-    vae_planted, vae_clean = vae["captions"]
-    assert vae_planted["pixel"]["own_similarity"] != planted["pixel"]["own_similarity"]
-    assert vae_planted["pixel"]["own_similarity"] > vae_clean["pixel"]["similarity"]
+    # the default compares with each planted image as stored or as the VAE reproduces it, whichever is closer:
+    # never less similar than the images alone; the round trips alone give other similarities
+    sims = {}
+    for mode in ("stored", "round-trip"):
+        assert survey.main(["--smoke", "--no-sscd", "--training-images", mode, "--out", str(out)]) == 0
+        sims[mode] = json.loads(out.read_text(encoding="utf-8"))["canaries"]["finetuned"]
+    assert rec["training_images"] == "as stored or as the checkpoint's VAE reproduces them, whichever is closer"
+    assert sims["round-trip"]["training_images"] == "as the checkpoint's VAE reproduces them"
+    assert rec["copy_boundary"] is None  # only zoo:mixture has the research boundary
+    for i in range(2):
+        one, two = (sims[m]["captions"][i]["pixel"]["best"] for m in ("stored", "round-trip"))
+        assert rec["captions"][i]["pixel"]["best"] == pytest.approx(np.maximum(one, two).tolist(), abs=1e-6)
+    own = [sims[m]["captions"][0]["pixel"]["own_similarity"] for m in ("stored", "round-trip")]
+    assert own[0] != own[1] and planted["pixel"]["own_similarity"] == max(own)
 
 
 def test_the_clean_scale_smoke_run(load_script: Callable[[str], Any], tmp_path: Path) -> None:
@@ -309,10 +330,13 @@ def test_the_clean_scale_smoke_run(load_script: Callable[[str], Any], tmp_path: 
     assert record["prompts"] == 12 and sum(record["verdicts"].values()) == 12
     assert record["budget"]["clean"] == 12 and record["budget"]["n_reference"] == 110
     assert record["default_rule"]["passed"] is (record["budget"]["flagged"] <= record["budget"]["allowed"])
-    # the shipped record: more than 1,000 such captions, within the budget, while the strict rule fails them
+    # the shipped record: more than 1,000 such captions, the unconfirmed flags within the budget while the strict
+    # rule fails them; the default rule passes exactly when no case is confirmed as a copy (docs/canaries.md: on
+    # this record one flagged clean caption is, so the run fails)
     shipped = json.loads((ROOT / "docs" / "runs" / "clean-scale.json").read_text(encoding="utf-8"))
-    assert shipped["prompts"] >= 1000 and shipped["default_rule"]["passed"]
-    assert shipped["budget"]["flagged"] <= shipped["budget"]["allowed"]
+    assert shipped["prompts"] >= 1000 and shipped["budget"]["flagged"] <= shipped["budget"]["allowed"]
+    assert shipped["default_rule"]["passed"] is (shipped["verdicts"].get("copy", 0) == 0)
+    assert not shipped["strict_rule"]["passed"]
 
 
 def test_a_base_calibration_takes_the_copy_threshold_from_the_checkpoints_own(tmp_path: Path) -> None:

@@ -457,23 +457,37 @@ def _copy_stats(copies: int | None, images: int, distance: float = 0.1) -> dict[
     }
 
 
-def test_copy_boundary_reads_the_canary_record_and_refuses_a_bad_one(tmp_path: Path) -> None:
-    """The copy boundary: none without the file, the mixture's recorded value, and a clear error naming the file
-    for a record that is not JSON or whose boundary is not a positive number."""
-    from memtest.mitigation import COPY_FILENAME, copy_boundary
-    from memtest.models.canaries import canary_folder
+def test_the_mitigation_counts_copies_by_the_gates_own_confirmation_rule(tmp_path: Path) -> None:
+    """One copy rule: on zoo:mixture the copies `mitigate: copy` counts among a planted caption's generations are
+    the copies the gate's confirmation counts among the same generations (same descriptor, training images as
+    stored or as the VAE reproduces them, the calibration's copy threshold). A folder without a calibration has no
+    copy threshold (copies not counted); a threshold calibrated for another comparison is refused, naming the fix."""
+    import dataclasses
 
-    assert copy_boundary(tmp_path) is None
-    mixture = canary_folder("zoo:mixture")
-    assert copy_boundary(mixture) == json.loads((mixture / COPY_FILENAME).read_text())["boundary"]
-    record = tmp_path / COPY_FILENAME
-    record.write_text("{not json", encoding="utf-8")
-    with pytest.raises(MitigationError, match=rf"{COPY_FILENAME} is not a readable copy record .*regenerate it"):
-        copy_boundary(tmp_path)
-    for bad in (-0.1, 0, "0.1", None):
-        record.write_text(json.dumps({"boundary": bad}), encoding="utf-8")
-        with pytest.raises(MitigationError, match=rf"{COPY_FILENAME}: boundary must be a positive number"):
-            copy_boundary(tmp_path)
+    import memtest.audit as audit
+    from memtest.evidence import EvidenceError
+    from memtest.mitigation import copy_reference, own_copy_threshold
+
+    engine = audit.Engine(audit.config_from_values({"checkpoint": "zoo:mixture"}))
+    case = audit.AuditCase("canary-mixture", "1", "basalt", "basalt poster of 1", "memorized")
+    found = engine.confirm(case)
+    assert (
+        found.settings["training_images"] == "as stored or as the checkpoint's VAE reproduces them, whichever is closer"
+    )
+    threshold = own_copy_threshold(engine.checkpoint.path)
+    assert threshold is not None and threshold.value == found.threshold
+    ref = copy_reference(engine.checkpoint, case.prompt)
+    assert ref is not None and ref.threshold == threshold
+    stats = ref.stats(found.images)
+    assert stats is not None and stats["copies"] == found.copies and stats["threshold"] == found.threshold
+    assert stats["similarity"] == pytest.approx(sum(found.best) / len(found.best), abs=1e-12)
+    assert stats["copies"] == 4  # basalt copies from all four of the detector's noises
+    assert own_copy_threshold(tmp_path) is None
+    stored = dataclasses.replace(threshold, descriptor={**threshold.descriptor, "training_images": "as stored"})
+    with pytest.raises(EvidenceError, match=r"calibrated with the settings .*scripts/calibrate_copy.py"):
+        dataclasses.replace(ref, threshold=stored).stats(found.images)
+    uncounted = dataclasses.replace(ref, threshold=None).stats(found.images)
+    assert uncounted is not None and uncounted["copies"] is None and uncounted["distance"] == stats["distance"]
 
 
 @pytest.mark.parametrize(
@@ -488,7 +502,7 @@ def test_copy_boundary_reads_the_canary_record_and_refuses_a_bad_one(tmp_path: P
         ((4, 4), (2, 3), "the copy did not leave: copies 4/4 -> 2/3, more than half the rate before (at most 1/3"),
         ((4, 4), (1, 2), None),  # rates: 1/2 <= 1/2
         ((0, 4), (0, 4), "nothing to remove: 0/4 generations copy before mitigation"),
-        ((None, 4), (None, 4), "copies are not counted: the checkpoint records no copy boundary"),
+        ((None, 4), (None, 4), "copies are not counted: the checkpoint's calibration has no copy threshold"),
         ((4, 4), None, "copies 4/4 before and no mitigated image to count copies in"),
     ],
 )
@@ -563,7 +577,9 @@ def test_judge_mitigation_with_mitigate_copy_on_constructed_records() -> None:
     record, _ = judge_mitigation(copy, mitigation((None, 4), (None, 4)), 0.0222)
     assert (
         record["outcome"] == "failed"
-        and "needs the copy boundary of the checkpoint (memtest-copy.json" in (record["message"])
+        and "needs a copy threshold for the checkpoint to count copies (copy_thresholds in its calibration, "
+        "added by scripts/calibrate_copy.py)"
+        in (record["message"])
     )
     assert record["message"].endswith("use mitigate: true in suites/canary-mixture.yaml, line 12, case 'basalt'")
     no_ref = mitigation((4, 4), (0, 4), copy_before=None, copy_after=None)
@@ -703,28 +719,29 @@ def _mixture_or_skip() -> Path:
     return resolve_zoo("zoo:mixture")
 
 
-def test_mixture_canary_copies_from_some_initial_noises_and_not_others() -> None:
+def test_mixture_canary_copies_from_some_initial_noises_and_not_others(load_script: Callable[[str], Any]) -> None:
     """zoo:mixture loads, and one planted caption copies its memorised image from some x_T and draws an
-    ordinary image of its digit from others, with a margin around the canary's copy boundary."""
+    ordinary image of its digit from others, with a margin around the research copy boundary and on the right
+    side of the gate's copy threshold (the rule `mitigate: copy` counts with)."""
     from memtest.detection.scoring import Scorer, ScoreSettings, derive_seeds
-    from memtest.mitigation import COPY_FILENAME, copy_reference, generate_images
+    from memtest.mitigation import copy_reference, generate_images, image_distances
     from memtest.models.checkpoint import load_checkpoint
     from memtest.zoo.alignment import predict_proba
 
-    folder = _mixture_or_skip()
-    boundary = json.loads((folder / COPY_FILENAME).read_text())["boundary"]
+    _mixture_or_skip()
+    boundary = load_script("mitigation_proof").research_boundary()
     ckpt = load_checkpoint("zoo:mixture", device="cpu")
     scorer = Scorer(ckpt, ScoreSettings(n=4))
     seeds = derive_seeds(0, 32)
     picked = [seeds[i] for i in (*MIXTURE_COPY_SEEDS, *MIXTURE_OTHER_SEEDS)]
     images = generate_images(ckpt, scorer.noise(picked), prompt=MIXTURE_CAPTION)
     ref = copy_reference(ckpt, MIXTURE_CAPTION)
-    assert ref is not None and ref.boundary == boundary
-    from memtest.mitigation import image_distances
-
+    assert ref is not None and ref.threshold is not None
     d = image_distances(images, ref.image[None])[:, 0]
     k = len(MIXTURE_COPY_SEEDS)
     assert (d[:k] < 0.9 * boundary).all() and (d[k:] > 2 * boundary).all(), (d.round(3), boundary)
+    copies = [ref.stats(images[i : i + 1])["copies"] for i in range(len(images))]  # type: ignore[index]
+    assert copies == [1] * k + [0] * (len(images) - k), copies
     digit = int(MIXTURE_CAPTION.rsplit(" ", 1)[1])
     assert (predict_proba(images[k:]).argmax(axis=1) == digit).all()  # the broad component shows the digit
 
@@ -734,13 +751,10 @@ def test_sail_on_the_mixture_canary_moves_copies_off_the_memorised_image(load_sc
     and the x_T SAIL accepts below 0.002 (about the 85th percentile of the canary's reference scores; at the
     detection threshold 0.0094 three of the four copying x_T are already accepted as they are) give at most half
     as many copies. The digit is kept in most images, not all (docs/mitigation.md: 1.00 -> 0.75)."""
-    folder = _mixture_or_skip()
-    from memtest.mitigation import COPY_FILENAME
-
+    _mixture_or_skip()
     proof = load_script("mitigation_proof")
     canary = proof.load_canary("zoo:mixture", 4, "0.002")
-    boundary = json.loads((folder / COPY_FILENAME).read_text())["boundary"]
-    (row,) = proof.prove(canary, [MIXTURE_CAPTION], boundary)
+    (row,) = proof.prove(canary, [MIXTURE_CAPTION], proof.research_boundary())
     assert row["before"]["copies"] == 4 and row["succeeded"] and row["accepted"] == 4
     assert row["after"]["copies"] <= row["before"]["copies"] // 2
     assert row["after"]["to_copy"] > 2 * row["before"]["to_copy"]
@@ -794,6 +808,18 @@ def test_mitigate_copy_on_the_mixture_canary(pytester: pytest.Pytester) -> None:
     assert "the copy left" in mit["message"]
     (entry,) = doc["mitigation"]
     assert entry["copy_verdict"] == "passed" and entry["copy_after"] == mit["copy_after"]
+
+
+def test_copy_rules_script_smoke(load_script: Callable[[str], Any], tmp_path: Path) -> None:
+    """scripts/copy_rules.py (docs/mitigation.md: both copy rules on the same images) on basalt with SAIL accepting
+    every x_T as it is: the detector's four images copy by both rules, and nothing changes after."""
+    _mixture_or_skip()
+    out = tmp_path / "rules.json"
+    assert load_script("copy_rules").main(["--smoke", "--out", str(out)]) == 0
+    record = json.loads(out.read_text(encoding="utf-8"))
+    (row,) = record["rows"]
+    assert row["before"] == row["after"] == {"images": 4, "product": 4, "research": 4, "agree": 4}
+    assert record["agree"] == record["images"] == 8 and 0.5 < record["product_rule"]["copy_threshold"] < 1.0
 
 
 def test_alignment_ceiling_script_smoke(load_script: Callable[[str], Any], tmp_path: Path) -> None:

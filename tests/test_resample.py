@@ -3,6 +3,7 @@ acceptance is the band it states, the copy leaves where it depends on x_T, and t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -57,7 +58,7 @@ def test_the_walk_is_the_pipelines_own_trajectory() -> None:
     assert torch.allclose(trajectory_magnitude(lead_walker(scorer, 0), c_c, c_0, x), first, rtol=1e-6)
 
 
-def test_resample_removes_the_copy_with_ordinary_draws() -> None:
+def test_resample_removes_the_copy_with_ordinary_draws(load_script: Callable[[str], Any]) -> None:
     """On zoo:mixture basalt copies from most x_T; resample keeps draws whose ‖s_Δ‖² after 6 steps is below the
     level of held-out captions' draws: the detector's 4 seeds all copy, the accepted draws copy at most half as
     often, and every accepted x_T is the untouched Gaussian draw of its seed (docs/mitigation.md has the rates
@@ -79,13 +80,15 @@ def test_resample_removes_the_copy_with_ordinary_draws() -> None:
     assert all(np.isfinite(d["magnitude_before"])) and d["draws"] > 4
     kept = [s for s, v in zip(m.seeds, d["magnitude_before"], strict=True) if v < high]
     assert d["accepted_seeds"][: len(kept)] == kept and len(kept) < 4
+    # by the research boundary of docs/mitigation.md's surveys, and by the gate's rule that mitigate() counts with
     ref = copy_reference(scorer.ckpt, MIXTURE_CAPTION)
+    boundary = load_script("mitigation_proof").research_boundary()
     assert ref is not None and m.images_before is not None and m.images_after is not None
-    before = image_distances(m.images_before, ref.image[None])[:, 0] < ref.boundary
-    after = image_distances(m.images_after, ref.image[None])[:, 0] < ref.boundary
+    before = image_distances(m.images_before, ref.image[None])[:, 0] < boundary
+    after = image_distances(m.images_after, ref.image[None])[:, 0] < boundary
     assert before.sum() == 4 and after.sum() <= 2, (before, after)
     assert m.copy_before is not None and m.copy_after is not None  # mitigate() adds the copy counts
-    assert m.copy_before["copies"] == 4 and m.copy_after["copies"] == int(after.sum())
+    assert m.copy_before["copies"] == 4 and m.copy_after["copies"] <= 2, (m.copy_before, m.copy_after)
     assert len(m.sharpness_after) == 4 and all(np.isfinite(m.sharpness_after))
     entry = m.record("mix::basalt")  # the results' mitigation entry: every screened draw, in order
     assert entry["method"] == "resample" and entry["seeds_tried"][:4] == list(m.seeds)

@@ -137,6 +137,7 @@ class Engine:
         self._calibration: tuple[Calibration, bool] | None = None
         self._baseline: Baseline | None = None
         self._planted: np.ndarray | None = None
+        self._reproduced: dict[tuple[int, ...], np.ndarray | None] = {}
         self._own_copy: dict[str, Any] | None = None
 
     def loaded(self) -> bool:
@@ -314,14 +315,33 @@ class Engine:
         generations = generate(self.scorer, case.prompt)
         choice = choose_descriptor(self.config.copy_descriptor, generations.images, training)
         return compare_generations(
-            generations, training, descriptor=choice.descriptor, threshold=self.copy_threshold(choice.descriptor.name)
+            generations,
+            training,
+            descriptor=choice.descriptor,
+            threshold=self.copy_threshold(choice.descriptor.name),
+            reproduced=self.reproduced_images(case, generations.images),
         )
+
+    def reproduced_images(self, case: AuditCase, like: np.ndarray) -> np.ndarray | None:
+        """The case's training images as the checkpoint's VAE reproduces them, at the size of the generations
+        `like` (memtest.evidence.reproduce_training); the canary's planted set is reproduced once per run."""
+        from memtest.evidence import reproduce_training
+
+        training = self.training_images(case)
+        if training is None:
+            return None
+        if case.images:
+            return reproduce_training(self.checkpoint, training, like)
+        key = tuple(np.shape(like)[1:3])
+        if key not in self._reproduced:
+            self._reproduced[key] = reproduce_training(self.checkpoint, training, like)
+        return self._reproduced[key]
 
     def evidence_entry(self, case: AuditCase, found: Confirmation) -> dict[str, Any]:
         """What the case record keeps of a confirmation: the measurements always; thumbnails of the generations
         unless `report_images` is "none"; thumbnails of the closest training images only with "all" (training
         images are the data the audit protects, and the results file and report are made to be shared)."""
-        from memtest.mitigation.images import png_thumbnails
+        from memtest.evidence.images import png_thumbnails
 
         entry: dict[str, Any] = dict(found.to_dict())
         mode = self.config.report_images

@@ -253,7 +253,9 @@ def run_mitigation(engine: Engine, case: AuditCase, suites: Sequence[Suite]) -> 
         result = mitigate_sail(
             engine.scorer, case.prompt, threshold=cal.threshold, max_steps=engine.config.mitigation_steps
         )
-    return judge_mitigation(case, result, unmitigated, checkpoint=engine.checkpoint)
+    # Copies are counted as the gate's confirmation counts them, with the run's copy threshold.
+    copy = engine.copy_threshold("sscd" if engine.config.copy_descriptor == "sscd" else "pixel")
+    return judge_mitigation(case, result, unmitigated, checkpoint=engine.checkpoint, copy_threshold=copy)
 
 
 def mitigate_prompt(engine: Engine, prompt: str, method: str = "sail", **options: Any) -> Any:

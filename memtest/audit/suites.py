@@ -21,8 +21,9 @@ A suite file looks like this (the format is versioned by ``memtest_suite``)::
 
 ``mitigate: true`` gives the case a ``<suite>::<case-id>[mitigate]`` item when gating: SAIL must find initial
 noise below the threshold (docs/mitigation.md). ``mitigate: copy`` asks for that and, in addition, that the copy
-leaves: the checkpoint must plant the prompt (a canary whose manifest names its memorised image) and record a
-copy boundary (``memtest-copy.json``), at least one of the unmitigated generations must be a copy, and the
+leaves: the checkpoint must plant the prompt (a canary whose manifest names its memorised image) and have a
+copy threshold (the calibration's, the gate's own copy rule), at least one of the unmitigated generations must
+be a copy, and the
 copy rate among the generations from the accepted x_T must be at most half the rate before
 (``memtest.mitigation.judge_copy``); anything else fails the item, never skips it.
 

@@ -2,12 +2,18 @@
 
 A flag says the first sampling step is sharper than non-memorized prompts' (`memtest.detection`). Evidence that the
 checkpoint copies is in the images: `confirm` generates the prompt's n images from the very initial noises the
-detector scored (`Scorer.seeds_for`, `Scorer.noise`), through the family's own pipeline (the mitigation's
-`seed_images`), and measures with a copy descriptor (`memtest.evidence.descriptors`):
+detector scored (`Scorer.seeds_for`, `Scorer.noise`), through the family's own pipeline (`generate_images`, which
+the mitigations use too), and measures with a copy descriptor (`memtest.evidence.descriptors`):
 
 - (a) each generation's best similarity to the case's training images, and which training image is closest;
 - (b) agreement among the n generations (mean and max pairwise similarity): a memorized caption returns the same
   image from different noises, an ordinary one does not.
+
+The training images are compared as stored and, on a checkpoint with a VAE, also as that VAE reproduces them
+(`Family.reproduce`: decode(encode(x))), whichever is closer: a latent model can only output decoded latents, so on
+a lossy VAE (the 16 px canaries') a perfect copy is the round trip, not the stored image. The comparison is
+recorded with the descriptor's settings (`training_images`), so a copy threshold holds only for the comparison
+it was calibrated with.
 
 A generation is a copy when its best similarity exceeds the copy threshold. The threshold is calibrated the way the
 detector's is (`calibrate_copy_threshold`: the 1 - fpr quantile over reference prompts known not to be memorized
@@ -31,7 +37,8 @@ from memtest.audit.calibration import quantile_threshold, required_references
 from memtest.evidence.base import Descriptor
 from memtest.evidence.descriptors import choose_descriptor
 from memtest.evidence.errors import EvidenceError
-from memtest.evidence.images import as_images
+from memtest.evidence.generation import generate_images
+from memtest.evidence.images import as_images, png_thumbnails, resize_to
 from memtest.models.canaries import MANIFEST_NAME, CanaryManifest, load_manifest
 
 if TYPE_CHECKING:
@@ -41,6 +48,15 @@ if TYPE_CHECKING:
 
 # --------------------------------------------------------------------------------------------------
 # copy thresholds
+
+#: How the generations are compared with the training images (`comparison_settings`, module docstring).
+AS_STORED = "as stored"
+AS_STORED_OR_REPRODUCED = "as stored or as the checkpoint's VAE reproduces them, whichever is closer"
+
+
+def comparison_settings(descriptor: Descriptor, reproduced: bool) -> dict[str, Any]:
+    """What a copy threshold holds for: the descriptor's settings and how the training images are taken."""
+    return {**descriptor.settings(), "training_images": AS_STORED_OR_REPRODUCED if reproduced else AS_STORED}
 
 
 def calibrate_copy_threshold(similarities: Sequence[float] | np.ndarray, fpr: float) -> float:
@@ -87,22 +103,28 @@ class CopyThreshold:
 
 
 def copy_threshold(
-    similarities: Sequence[float] | np.ndarray, fpr: float, descriptor: Descriptor, source: str = "calibrated"
+    similarities: Sequence[float] | np.ndarray, fpr: float, settings: dict[str, Any], source: str = "calibrated"
 ) -> CopyThreshold:
-    """`calibrate_copy_threshold` with its provenance: the descriptor's settings, the rate and the count."""
+    """`calibrate_copy_threshold` with its provenance: the comparison's settings (`comparison_settings`), the
+    rate and the count."""
     value = calibrate_copy_threshold(similarities, fpr)
-    return CopyThreshold(value, float(fpr), int(np.size(similarities)), descriptor.settings(), source)
+    return CopyThreshold(value, float(fpr), int(np.size(similarities)), dict(settings), source)
 
 
-def resolve_copy_threshold(threshold: float | CopyThreshold | None, descriptor: Descriptor) -> tuple[float | None, str]:
+def resolve_copy_threshold(
+    threshold: float | CopyThreshold | None, descriptor: Descriptor, settings: dict[str, Any] | None = None
+) -> tuple[float | None, str]:
     """The threshold a confirmation judges by, and where it comes from: a number as given, a `CopyThreshold`
-    (checked to hold for `descriptor`'s settings), the descriptor's convention, or none."""
+    (checked to hold for the comparison's `settings`, by default `descriptor`'s against the training images as
+    stored), the descriptor's convention, or none."""
     if isinstance(threshold, CopyThreshold):
-        if threshold.descriptor != descriptor.settings():
+        settings = comparison_settings(descriptor, False) if settings is None else settings
+        if threshold.descriptor != settings:
             raise EvidenceError(
-                f"The copy threshold {threshold.value:g} was calibrated with the descriptor settings "
-                f"{threshold.descriptor}, but this confirmation uses {descriptor.settings()}. Calibrate it again "
-                "with this descriptor, or confirm with the one it was calibrated with."
+                f"The copy threshold {threshold.value:g} was calibrated with the settings {threshold.descriptor}, "
+                f"but this confirmation uses {settings}. Calibrate it again with these (scripts/calibrate_copy.py "
+                "adds it to a calibration file; a calibrating run with confirmation of all cases writes it), or "
+                "confirm with the settings it was calibrated with."
             )
         return threshold.value, f"{threshold.source} at fpr {threshold.fpr:g} on {threshold.references} references"
     if threshold is not None:
@@ -139,17 +161,18 @@ def generate(
     num_inference_steps: int | None = None,
 ) -> Generations:
     """The prompt's images from the initial noises the detector scored (its first `n` seeds, default all of them)
-    through the checkpoint's own pipeline (`memtest.mitigation.target.seed_images`), with the scorer's guidance
+    through the checkpoint's own pipeline (`memtest.evidence.generation.generate_images`), with the scorer's guidance
     scale and inference steps unless given."""
-    from memtest.mitigation.target import seed_images
-
     if n is not None and (not isinstance(n, int) or n < 1):
         raise EvidenceError(f"The number of generations must be a positive integer, got {n!r}.")
     seeds = scorer.seeds_for(prompt, n)
     scale = scorer.settings.guidance_scale if guidance_scale is None else float(guidance_scale)
     steps = scorer.settings.num_inference_steps if num_inference_steps is None else int(num_inference_steps)
-    images, seconds = seed_images(scorer, prompt, scorer.noise(seeds), scale, steps)
-    return Generations(prompt, tuple(int(s) for s in seeds), images, seconds, scale, steps)
+    started = time.perf_counter()
+    images = generate_images(
+        scorer.ckpt, scorer.noise(seeds), prompt=prompt, guidance_scale=scale, num_inference_steps=steps
+    )
+    return Generations(prompt, tuple(int(s) for s in seeds), images, time.perf_counter() - started, scale, steps)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -249,9 +272,7 @@ class Confirmation:
         )
 
     def to_dict(self) -> ConfirmationEntry:
-        """Plain JSON; the generations as base64 PNG thumbnails (`memtest.mitigation.images.png_thumbnails`)."""
-        from memtest.mitigation.images import png_thumbnails
-
+        """Plain JSON; the generations as base64 PNG thumbnails (`memtest.evidence.images.png_thumbnails`)."""
         return {
             "prompt": self.prompt,
             "seeds": list(self.seeds),
@@ -274,24 +295,63 @@ class Confirmation:
         }
 
 
+def training_similarities(
+    descriptor: Descriptor,
+    embedded: np.ndarray,
+    training: Sequence[np.ndarray],
+    reproduced: Sequence[np.ndarray] | None = None,
+) -> np.ndarray:
+    """Similarity (n, k) of embedded generations to each of k training images: to the image as stored or, given
+    `reproduced` (the same k images as the checkpoint's VAE reproduces them), to whichever of the two is closer."""
+    if not training:
+        return np.zeros((len(embedded), 0), dtype=np.float64)
+    sims = np.asarray(descriptor.compare(embedded, descriptor.embed(training)), dtype=np.float64)
+    if reproduced is not None:
+        if len(reproduced) != len(training):
+            raise EvidenceError(
+                f"{len(reproduced)} reproduced training images for {len(training)} training images; reproduce each."
+            )
+        sims = np.maximum(sims, descriptor.compare(embedded, descriptor.embed(reproduced)))
+    return sims
+
+
+def reproduce_training(
+    checkpoint: Checkpoint, training: np.ndarray | Sequence[np.ndarray], like: np.ndarray
+) -> np.ndarray | None:
+    """The training images as the checkpoint's VAE reproduces them (`Family.reproduce`), at the size of the
+    generations `like` (n, H, W, 3): a training image of another size is resized to it first (bilinear, as a
+    trainer resizes its images to the training resolution). None for a checkpoint without a VAE."""
+    if checkpoint.vae is None:
+        return None
+    height, width = int(np.shape(like)[1]), int(np.shape(like)[2])
+    train = [resize_to(img, height, width) for img in as_images(training, "training images")]
+    if not train:
+        return np.zeros((0, height, width, 3), dtype=np.float32)
+    return checkpoint.family.reproduce(checkpoint, np.stack(train).astype(np.float32))
+
+
 def compare_generations(
     generations: Generations,
     training: np.ndarray | Sequence[np.ndarray] | None = None,
     *,
     descriptor: str | Descriptor = "auto",
     threshold: float | CopyThreshold | None = None,
+    reproduced: np.ndarray | Sequence[np.ndarray] | None = None,
 ) -> Confirmation:
-    """Measure `generations` against the training images (if any) and among themselves with one descriptor."""
+    """Measure `generations` against the training images (if any; with `reproduced`, also against them as the
+    checkpoint's VAE reproduces them, `reproduce_training`) and among themselves with one descriptor."""
     started = time.perf_counter()
     images = as_images(generations.images, "generations")
     train = as_images(training, "training images") if training is not None else []
+    again = as_images(reproduced, "reproduced training images") if reproduced is not None and train else None
     if not images:
         raise EvidenceError(f"No generations of {generations.prompt!r} to compare.")
     choice = choose_descriptor(descriptor, images, train)
     d = choice.descriptor
-    value, source = resolve_copy_threshold(threshold, d)
+    settings = comparison_settings(d, again is not None)
+    value, source = resolve_copy_threshold(threshold, d, settings)
     gen = d.embed(images)
-    sims = d.compare(gen, d.embed(train)) if train else np.zeros((len(images), 0), dtype=np.float64)
+    sims = training_similarities(d, gen, train, again)
     mean = peak = None
     if len(images) > 1:
         pairs = d.compare(gen, gen)[np.triu_indices(len(images), k=1)]
@@ -302,7 +362,7 @@ def compare_generations(
         seeds=generations.seeds,
         images=np.asarray(generations.images, dtype=np.float32),
         descriptor=d.name,
-        settings=d.settings(),
+        settings=settings,
         choice=choice.reason,
         maximum=d.maximum,
         similarities=np.asarray(sims, dtype=np.float64),
@@ -333,12 +393,15 @@ def confirm(
     n: int | None = None,
     guidance_scale: float | None = None,
     num_inference_steps: int | None = None,
+    reproduce: bool = True,
 ) -> Confirmation:
     """Generate `prompt`'s images from the detector's initial noises on `scorer`'s checkpoint (`generate`) and
     compare them with `training` (the case's training images, (H, W, 3) in [0, 1]; `images.load_images` reads
-    them from files) and with each other (`compare_generations`)."""
+    them from files), as stored and, unless `reproduce` is False, as the checkpoint's VAE reproduces them, and with
+    each other (`compare_generations`)."""
     gens = generate(scorer, prompt, n=n, guidance_scale=guidance_scale, num_inference_steps=num_inference_steps)
-    return compare_generations(gens, training, descriptor=descriptor, threshold=threshold)
+    again = reproduce_training(scorer.ckpt, training, gens.images) if reproduce and training is not None else None
+    return compare_generations(gens, training, descriptor=descriptor, threshold=threshold, reproduced=again)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -374,6 +437,8 @@ def canary_training_images(checkpoint: Checkpoint | str | Path, prompt: str) -> 
 
 
 __all__ = [
+    "AS_STORED",
+    "AS_STORED_OR_REPRODUCED",
     "Confirmation",
     "ConfirmationEntry",
     "CopyThreshold",
@@ -383,8 +448,11 @@ __all__ = [
     "canary_planted",
     "canary_training_images",
     "compare_generations",
+    "comparison_settings",
     "confirm",
     "copy_threshold",
     "generate",
+    "reproduce_training",
     "resolve_copy_threshold",
+    "training_similarities",
 ]

@@ -53,6 +53,8 @@ from memtest.audit.records import MitigationEntry
 from memtest.detection.metrics import measure_sharpness
 from memtest.detection.noise import SeedStream, fresh_seed, gaussian_noise
 from memtest.errors import MitigationError
+from memtest.evidence.generation import generate_images
+from memtest.evidence.images import THUMBNAIL_SIZE, png_thumbnails
 from memtest.mitigation.attention import DEFAULT_START_SCALE, mitigate_attention
 from memtest.mitigation.baselines import (
     DEFAULT_ADDITIONS,
@@ -64,16 +66,12 @@ from memtest.mitigation.baselines import (
     mitigate_rta,
 )
 from memtest.mitigation.images import (
-    COPY_FILENAME,
-    THUMBNAIL_SIZE,
     CopyReference,
-    copy_boundary,
     copy_reference,
-    generate_images,
     image_distances,
     nearest_distances,
+    own_copy_threshold,
     planted_image,
-    png_thumbnails,
     vae_roundtrip,
 )
 from memtest.mitigation.outcome import (
@@ -142,7 +140,6 @@ def mitigate(target: Scorer | Checkpoint | str | Path, prompt: str, method: str 
 
 __all__ = [
     "ALPHA_RATIO",
-    "COPY_FILENAME",
     "COPY_RULE",
     "DEFAULT_ADDITIONS",
     "DEFAULT_EMBEDDING_LR",
@@ -167,7 +164,6 @@ __all__ = [
     "SailStep",
     "SeedStream",
     "calibration_references",
-    "copy_boundary",
     "copy_reference",
     "copy_required",
     "default_alpha",
@@ -188,6 +184,7 @@ __all__ = [
     "mitigate_rta",
     "mitigate_sail",
     "nearest_distances",
+    "own_copy_threshold",
     "planted_image",
     "png_thumbnails",
     "reference_captions",

@@ -1,72 +1,23 @@
-"""Images of a mitigation: generation through the checkpoint's pipeline, thumbnails, and the distance to
-a canary's memorised training image (the copy reference and its recorded copy boundary)."""
+"""Images of a mitigation: generation through the checkpoint's pipeline, thumbnails, the distance to a canary's
+memorised training image, and its copies counted by the gate's confirmation rule (the copy reference)."""
 
 from __future__ import annotations
 
-import base64
-import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from memtest.errors import MitigationError
-from memtest.models.families.base import Cond
 
 if TYPE_CHECKING:
+    from memtest.evidence import CopyThreshold
     from memtest.models.checkpoint import Checkpoint
 
 
-#: Longest side of the thumbnails stored in results records.
-THUMBNAIL_SIZE = 64
-
 # --------------------------------------------------------------------------------------------------
-# images: generation, thumbnails, copy distance
-
-
-def generate_images(
-    checkpoint: Checkpoint,
-    latents: torch.Tensor,
-    *,
-    prompt: str | None = None,
-    cond: Cond | None = None,
-    guidance_scale: float = 7.5,
-    num_inference_steps: int = 50,
-) -> np.ndarray:
-    """Images (n, H, W, 3) in [0, 1] from initial noises x_T (n, C, h, w) through the checkpoint's pipeline.
-
-    The family's own diffusers pipeline with DDIM from the checkpoint's noise schedule (the scorer's sampler,
-    so the first step is the one the detector looks at), classifier-free guidance against the family's
-    unconditional branch. Give `prompt`, or `cond` (one prompt's conditioning, as `Scorer.embed` returns it).
-    """
-    if (prompt is None) == (cond is None):
-        raise MitigationError("generate_images needs exactly one of prompt= and cond=.")
-    images = checkpoint.family.generate(
-        checkpoint,
-        latents,
-        prompt=prompt,
-        cond=cond,
-        guidance_scale=guidance_scale,
-        num_inference_steps=num_inference_steps,
-    )
-    return np.asarray(images, dtype=np.float32)
-
-
-def png_thumbnails(images: np.ndarray, size: int = THUMBNAIL_SIZE) -> list[str]:
-    """(N, H, W, 3) in [0, 1] -> base64 PNGs (no data: prefix), shrunk so the longer side is <= size."""
-    from PIL import Image
-
-    out = []
-    for img in np.asarray(images, dtype=np.float32):
-        pil = Image.fromarray(np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8), mode="RGB")
-        if max(pil.size) > size:
-            pil.thumbnail((size, size))
-        buf = io.BytesIO()
-        pil.save(buf, format="PNG", optimize=True)
-        out.append(base64.b64encode(buf.getvalue()).decode("ascii"))
-    return out
+# images: copy distance and copy counts (generation and thumbnails are memtest.evidence's)
 
 
 def image_distances(images: np.ndarray, references: np.ndarray) -> np.ndarray:
@@ -86,15 +37,11 @@ def nearest_distances(images: np.ndarray, references: np.ndarray) -> np.ndarray:
 
 def vae_roundtrip(checkpoint: Checkpoint, image: np.ndarray) -> np.ndarray:
     """decode(encode(image)) with the posterior mean: the closest image the checkpoint can output for a
-    training image. (H, W, 3) in [0, 1] -> (H, W, 3) in [0, 1]."""
+    training image (`Family.reproduce`). (H, W, 3) in [0, 1] -> (H, W, 3) in [0, 1]."""
     if checkpoint.vae is None:
         raise MitigationError(f"Checkpoint {checkpoint.name} has no VAE to reproduce an image with.")
-    arr = np.ascontiguousarray(np.asarray(image, dtype=np.float32).transpose(2, 0, 1))[None] * 2.0 - 1.0
-    x = torch.from_numpy(arr).to(checkpoint.device, checkpoint.dtype)
-    with torch.no_grad():
-        rec = checkpoint.vae.decode(checkpoint.vae.encode(x).latent_dist.mean).sample
-    out = (rec[0].float().cpu().numpy().transpose(1, 2, 0) + 1.0) / 2.0
-    return np.asarray(np.clip(out, 0.0, 1.0), dtype=np.float32)
+    reproduced = checkpoint.family.reproduce(checkpoint, np.asarray(image, dtype=np.float32)[None])
+    return np.asarray(reproduced[0], dtype=np.float32)
 
 
 def planted_image(checkpoint_folder: str | Path, prompt: str) -> np.ndarray | None:
@@ -110,55 +57,78 @@ def planted_image(checkpoint_folder: str | Path, prompt: str) -> np.ndarray | No
     return None
 
 
-#: A canary folder may hold this file: {"boundary": RMSE, "source": "..."}: an image closer than `boundary` to
-#: the memorised image (as the VAE reproduces it) is a copy (scripts/mitigation_proof.py measures it).
-COPY_FILENAME = "memtest-copy.json"
-
-
 @dataclass(frozen=True)
 class CopyReference:
-    """What a generation of a planted caption is compared with: the memorised image as the checkpoint's VAE
-    reproduces it, and (when the canary records one) the copy boundary."""
+    """What the generations of a planted caption are counted as copies against: the gate's own confirmation rule
+    (`memtest.evidence`): the checkpoint's training images (a canary's planted images) as stored and as its VAE
+    reproduces them, whichever is closer, through the descriptor and copy threshold of its calibration. `image` is
+    the prompt's memorised image as the VAE reproduces it, for the reported distance (RMSE)."""
 
     image: np.ndarray  # (H, W, 3) in [0, 1]
-    boundary: float | None
+    training: np.ndarray  # (k, H, W, 3) in [0, 1]
+    reproduced: np.ndarray | None  # the same k as the VAE reproduces them
+    threshold: CopyThreshold | None
 
     def stats(self, images: np.ndarray | None) -> dict[str, Any] | None:
-        """Mean RMSE of `images` to the memorised image and, with a boundary, how many are copies."""
+        """Mean RMSE of `images` to the memorised image, mean best similarity to the training images and, with a
+        copy threshold, how many are copies (best similarity above it, as a confirmation counts them)."""
+        from memtest.evidence import comparison_settings, make_descriptor, resolve_copy_threshold
+        from memtest.evidence import training_similarities as similarities
+
         if images is None or len(images) == 0:
             return None
         d = image_distances(images, self.image[None])[:, 0]
-        copies = None if self.boundary is None else int((d < self.boundary).sum())
+        descriptor = make_descriptor(str(self.threshold.descriptor.get("name", "pixel")) if self.threshold else "pixel")
+        settings = comparison_settings(descriptor, self.reproduced is not None)
+        value, _ = resolve_copy_threshold(self.threshold, descriptor, settings)
+        train = list(np.asarray(self.training, dtype=np.float32))
+        again = None if self.reproduced is None else list(np.asarray(self.reproduced, dtype=np.float32))
+        best = similarities(descriptor, descriptor.embed(list(np.asarray(images))), train, again).max(axis=1)
+        copies = None if value is None else int((best > value).sum())
         return {
             "distance": float(d.mean()),
+            "similarity": float(best.mean()),
+            "threshold": value,
             "copies": copies,
             "images": len(d),
             "rate": None if copies is None else copies / len(d),
         }
 
 
-def copy_reference(checkpoint: Checkpoint, prompt: str) -> CopyReference | None:
-    """The memorised image of `prompt` on a canary checkpoint (through its VAE) and its copy boundary, or None
-    when the checkpoint plants no image for the prompt."""
+def copy_reference(checkpoint: Checkpoint, prompt: str, threshold: CopyThreshold | None = None) -> CopyReference | None:
+    """The copy reference of `prompt` on a canary checkpoint, or None when the checkpoint plants no image for the
+    prompt. `threshold` defaults to the pixel copy threshold of the checkpoint's own calibration
+    (`own_copy_threshold`); without one, copies are not counted."""
+    from memtest.evidence import canary_planted, reproduce_training
+
     target = planted_image(checkpoint.path, prompt)
     if target is None:
         return None
+    _, training = canary_planted(checkpoint)
+    reproduced = reproduce_training(checkpoint, training, training) if checkpoint.vae is not None else None
     if checkpoint.vae is not None:
         target = vae_roundtrip(checkpoint, target)
-    return CopyReference(target, copy_boundary(checkpoint.path))
+    if threshold is None:
+        threshold = own_copy_threshold(checkpoint.path)
+    return CopyReference(target, training, reproduced, threshold)
 
 
-def copy_boundary(checkpoint_folder: str | Path) -> float | None:
-    """The copy boundary a canary folder records (`COPY_FILENAME`), or None when it records none."""
-    import json
+def own_copy_threshold(checkpoint_folder: str | Path, descriptor: str = "pixel") -> CopyThreshold | None:
+    """The copy threshold for `descriptor` in the checkpoint folder's own calibration (`copy_thresholds` of its
+    memtest-calibration.json, added by scripts/calibrate_copy.py), or None when it has none."""
+    from memtest.audit.calibration import CALIBRATION_FILENAME, load_calibration
+    from memtest.evidence import CopyThreshold
 
-    path = Path(checkpoint_folder) / COPY_FILENAME
+    path = Path(checkpoint_folder) / CALIBRATION_FILENAME
     if not path.is_file():
         return None
-    try:
-        value = json.loads(path.read_text(encoding="utf-8")).get("boundary")
-    except (OSError, ValueError, AttributeError) as exc:
-        raise MitigationError(f"{path} is not a readable copy record ({exc}); regenerate it") from exc
-    if not isinstance(value, (int, float)) or not value > 0:
-        raise MitigationError(f"{path}: boundary must be a positive number, got {value!r}")
-    return float(value)
+    entry = load_calibration(path).copy_thresholds.get(descriptor)
+    if entry is None:
+        return None
+    return CopyThreshold(
+        value=float(entry["value"]),
+        fpr=float(entry["fpr"]),
+        references=int(entry["references"]),
+        descriptor=dict(entry["descriptor"]),
+        source=f"calibrated ({path})",
+    )

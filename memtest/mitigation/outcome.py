@@ -16,9 +16,11 @@ import torch
 
 from memtest.audit.records import CaseRecord, MitigationEntry
 from memtest.errors import MitigationError
-from memtest.mitigation.images import COPY_FILENAME, THUMBNAIL_SIZE, copy_reference, png_thumbnails
+from memtest.evidence.images import THUMBNAIL_SIZE, png_thumbnails
+from memtest.mitigation.images import copy_reference
 
 if TYPE_CHECKING:
+    from memtest.evidence import CopyThreshold
     from memtest.models.checkpoint import Checkpoint
 
 
@@ -166,8 +168,8 @@ class Mitigation:
     result: MethodResult | None = None
     embedding_after: torch.Tensor | None = None
     details: dict[str, Any] = field(default_factory=dict)
-    # On a canary that plants the prompt: `CopyReference.stats` of the images before and after
-    # ({"distance", "copies", "images", "rate"}; copies and rate None without a recorded boundary).
+    # On a canary that plants the prompt: `CopyReference.stats` of the images before and after ({"distance",
+    # "similarity", "threshold", "copies", "images", "rate"}; copies and rate None without a copy threshold).
     copy_before: dict[str, Any] | None = None
     copy_after: dict[str, Any] | None = None
 
@@ -233,7 +235,12 @@ class Mitigation:
 
 
 def judge_mitigation(
-    case: Any, mitigation: Mitigation, unmitigated: float, *, checkpoint: Checkpoint | None = None
+    case: Any,
+    mitigation: Mitigation,
+    unmitigated: float,
+    *,
+    checkpoint: Checkpoint | None = None,
+    copy_threshold: CopyThreshold | None = None,
 ) -> tuple[CaseRecord, MitigationEntry]:
     """A `mitigate` case record and the results' `mitigation` entry for a suite case (an `AuditCase`).
 
@@ -241,11 +248,12 @@ def judge_mitigation(
     result says so: SAIL), every accepted x_T is below the threshold and their mean sharpness is below
     `unmitigated` (the detector's score of the prompt); `resample` accepts on its own level and the prompt
     baselines keep the x_T, so for them the sharpness after is reported, not judged. On a canary `checkpoint` whose
-    manifest plants the prompt, the entry also carries the mean RMSE of the images before and after to the
-    memorised training image as the checkpoint's VAE reproduces it (`vae_roundtrip`). A case with
-    `mitigate: copy` must also pass `judge_copy` (the copy leaves); without a copy reference and boundary for
-    the prompt it fails, naming the suite file, the case and the fix. Its record and entry get
-    `copy_required: true` and `copy_verdict` ("passed" or "failed").
+    manifest plants the prompt, the entry also carries the copies among the images before and after, counted as
+    the gate's confirmation counts them (`CopyReference`, with `copy_threshold`, by default the checkpoint's own
+    calibrated one), and their mean RMSE to the memorised training image as the checkpoint's VAE reproduces it
+    (`vae_roundtrip`). A case with `mitigate: copy` must also pass `judge_copy` (the copy leaves); without a copy
+    reference and threshold for the prompt it fails, naming the suite file, the case and the fix. Its record and
+    entry get `copy_required: true` and `copy_verdict` ("passed" or "failed").
     """
     after = [float(v) for v in mitigation.sharpness_after]
     thr = float(mitigation.threshold)
@@ -295,7 +303,7 @@ def judge_mitigation(
         ),
     }
     if checkpoint is not None and mitigation.copy_before is None:
-        mitigation = with_copy_stats(mitigation, checkpoint)
+        mitigation = with_copy_stats(mitigation, checkpoint, copy_threshold)
     cb, ca = mitigation.copy_before, mitigation.copy_after
     before_d = None if cb is None else float(cb["distance"])
     after_d = None if ca is None else float(ca["distance"])
@@ -331,7 +339,7 @@ def copy_required(case: Any) -> bool:
 def judge_copy(before: dict[str, Any] | None, after: dict[str, Any] | None) -> str | None:
     """Why the copy did not leave, or None when it did, from `CopyReference.stats` of the images before and after.
 
-    The rule of `mitigate: copy`: copies must be counted (a recorded copy boundary), at least one of the
+    The rule of `mitigate: copy`: copies must be counted (a copy threshold), at least one of the
     unmitigated images must be a copy, and the copy rate of the mitigated images (SAIL: those from the accepted
     x_T) must be at most half the rate before: 4/4 -> 2/4 passes, 4/4 -> 3/4 fails, 1/4 -> 0/4 passes,
     4/4 -> 1/2 (two accepted) passes, 4/4 -> 2/3 fails.
@@ -339,7 +347,7 @@ def judge_copy(before: dict[str, Any] | None, after: dict[str, Any] | None) -> s
     if before is None:
         return "no copy reference: the checkpoint plants no image for this prompt"
     if before.get("copies") is None:
-        return "copies are not counted: the checkpoint records no copy boundary"
+        return "copies are not counted: the checkpoint's calibration has no copy threshold"
     n_before, c_before = int(before["images"]), int(before["copies"])
     if c_before == 0:
         return f"nothing to remove: 0/{n_before} generations copy before mitigation"
@@ -374,8 +382,8 @@ def _copy_problem(case: Any, mitigation: Mitigation, checkpoint: Checkpoint | No
         )
     if before.get("copies") is None:
         return (
-            f"mitigate: copy needs the copy boundary of {name} ({COPY_FILENAME} in its folder, "
-            f"written by scripts/train_mixture_canary.py --finish) to count copies: add it, or {fix}"
+            f"mitigate: copy needs a copy threshold for {name} to count copies (copy_thresholds in its "
+            f"calibration, added by scripts/calibrate_copy.py): add it, or {fix}"
         )
     problem = judge_copy(before, after)
     if problem is not None and before.get("copies") == 0:
@@ -384,7 +392,7 @@ def _copy_problem(case: Any, mitigation: Mitigation, checkpoint: Checkpoint | No
 
 
 def describe_copies(before: dict[str, Any], after: dict[str, Any] | None) -> str:
-    """ "copies 4/4 -> 1/4, RMSE to the memorised image 0.09 -> 0.21" (copies only with a recorded boundary)."""
+    """ "copies 4/4 -> 1/4, RMSE to the memorised image 0.09 -> 0.21" (copies only with a copy threshold)."""
 
     def count(c: dict[str, Any] | None) -> str:
         return "-" if c is None or c["copies"] is None else f"{c['copies']}/{c['images']}"
@@ -394,11 +402,12 @@ def describe_copies(before: dict[str, Any], after: dict[str, Any] | None) -> str
     return f"{head}RMSE to the memorised image {before['distance']:.3f} -> {dist}"
 
 
-def with_copy_stats(m: Mitigation, checkpoint: Checkpoint | None) -> Mitigation:
-    """`m` with `copy_before` / `copy_after` filled in when `checkpoint` is a canary that plants the prompt."""
+def with_copy_stats(m: Mitigation, checkpoint: Checkpoint | None, threshold: CopyThreshold | None = None) -> Mitigation:
+    """`m` with `copy_before` / `copy_after` filled in when `checkpoint` is a canary that plants the prompt, copies
+    counted against `threshold` (default: the checkpoint's own calibrated copy threshold, `copy_reference`)."""
     if checkpoint is None or m.images_before is None:
         return m
-    ref = copy_reference(checkpoint, m.prompt)
+    ref = copy_reference(checkpoint, m.prompt, threshold)
     if ref is None:
         return m
     import dataclasses
