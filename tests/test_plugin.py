@@ -349,7 +349,7 @@ def test_default_run_audits_the_embedded_canary(pytester: pytest.Pytester, xdist
     gated = [c for c in suite.cases if c.expectation in ("clean", "memorized")]
     planted = {c.id for c in gated if c.expectation == "memorized"}
     assert len(planted) >= 5 and len(gated) > len(planted)
-    result = run(pytester, xdist, "--memtest", "--memtest-json=r.json")
+    result = run(pytester, xdist, "--memtest", "--memtest-json=r.json", "--memtest-report=r.html")
     doc = json.loads((pytester.path / "r.json").read_text())
     detect = [c for c in doc["cases"] if c["kind"] == "detect"]
     # Every planted caption is flagged and every clean caption stays below the shipped calibration ...
@@ -361,6 +361,11 @@ def test_default_run_audits_the_embedded_canary(pytester: pytest.Pytester, xdist
     assert verdicts == {c.id: "copy" if c.id in planted else "clean" for c in gated}
     own = {p: i for i, p in enumerate(sorted(planted))}
     assert all(set(c["evidence"]["closest"]) == {own[c["case_id"]]} for c in detect if c["flagged"])
+    # the one copy rule: planted images as stored or as the VAE reproduces them, and the report says so
+    taken = "as stored or as the checkpoint's VAE reproduces them, whichever is closer"
+    assert all(c["evidence"]["descriptor"]["settings"]["training_images"] == taken for c in detect if c["flagged"])
+    html = (pytester.path / "r.html").read_text(encoding="utf-8")
+    assert "10 training images compared (as stored or as the checkpoint&#39;s VAE reproduces them" in html
     assert doc["budget"]["flagged"] == 0 and not doc["budget"]["exceeded"]
     # ... and SAIL finds flat initial noise for every planted caption marked `mitigate: true`.
     mitigated = {c["case_id"]: c["outcome"] for c in doc["cases"] if c["kind"] == "mitigate"}

@@ -372,6 +372,8 @@ def _evidence_model(cases: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, 
                     for k, v in sorted(training.items(), key=lambda kv: int(kv[0]))
                 ],
                 "training_images": int(ev.get("training_images") or 0),
+                # how they were taken (memtest.evidence.comparison_settings); absent in results before it was named
+                "taken": str(((ev.get("descriptor") or {}).get("settings") or {}).get("training_images", "")),
             }
         )
     return shown, left_out
