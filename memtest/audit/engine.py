@@ -265,13 +265,7 @@ class Engine:
             return None
         from memtest.evidence import CopyThreshold
 
-        return CopyThreshold(
-            value=float(entry["value"]),
-            fpr=float(entry["fpr"]),
-            references=int(entry["references"]),
-            descriptor=dict(entry["descriptor"]),
-            source=source,
-        )
+        return CopyThreshold.from_entry(entry, source)
 
     def _own_copy_thresholds(self) -> dict[str, Any]:
         if self._own_copy is None:

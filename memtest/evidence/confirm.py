@@ -92,6 +92,17 @@ class CopyThreshold:
     descriptor: dict[str, Any]
     source: str = "calibrated"
 
+    @classmethod
+    def from_entry(cls, entry: dict[str, Any], source: str) -> CopyThreshold:
+        """A calibration file's `copy_thresholds` entry (`to_dict`'s shape), with where it was found."""
+        return cls(
+            value=float(entry["value"]),
+            fpr=float(entry["fpr"]),
+            references=int(entry["references"]),
+            descriptor=dict(entry["descriptor"]),
+            source=source,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "value": self.value,

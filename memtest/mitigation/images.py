@@ -125,10 +125,4 @@ def own_copy_threshold(checkpoint_folder: str | Path, descriptor: str = "pixel")
     entry = load_calibration(path).copy_thresholds.get(descriptor)
     if entry is None:
         return None
-    return CopyThreshold(
-        value=float(entry["value"]),
-        fpr=float(entry["fpr"]),
-        references=int(entry["references"]),
-        descriptor=dict(entry["descriptor"]),
-        source=f"calibrated ({path})",
-    )
+    return CopyThreshold.from_entry(entry, f"calibrated ({path})")
