@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     for prompt in prompts:
         gens = generate(engine.scorer, prompt)
-        reproduced = engine.reproduced_images(probe, gens.images)  # as the gate's confirmation compares
+        reproduced = engine.reproduced_images(probe, training, gens.images)  # as the gate's confirmation compares
         for d in descriptors:
             found = compare_generations(gens, training, descriptor=d, reproduced=reproduced)
             assert found.similarity is not None

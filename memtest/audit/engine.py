@@ -28,7 +28,7 @@ from memtest.progress import ProgressFn
 if TYPE_CHECKING:
     from memtest.audit.baseline import Baseline
     from memtest.detection.scoring import Scorer
-    from memtest.evidence import Confirmation, CopyThreshold
+    from memtest.evidence import Confirmation, CopyThreshold, Descriptor
     from memtest.models.checkpoint import Checkpoint
 
 
@@ -301,27 +301,35 @@ class Engine:
 
     def confirm(self, case: AuditCase) -> Confirmation:
         """Generate the case's images from the detector's initial noises and compare them with its training
-        images and with each other (memtest.evidence), with the configured descriptor and the calibrated copy
-        threshold for it (else the descriptor's convention, else none)."""
-        from memtest.evidence import choose_descriptor, compare_generations, generate
+        images and with each other (memtest.evidence), by the run's copy rule (`copy_rule`)."""
+        from memtest.evidence import compare_generations, generate
 
         training = self.training_images(case)
         generations = generate(self.scorer, case.prompt)
-        choice = choose_descriptor(self.config.copy_descriptor, generations.images, training)
+        descriptor, threshold = self.copy_rule(generations.images, training)
         return compare_generations(
             generations,
             training,
-            descriptor=choice.descriptor,
-            threshold=self.copy_threshold(choice.descriptor.name),
-            reproduced=self.reproduced_images(case, generations.images),
+            descriptor=descriptor,
+            threshold=threshold,
+            reproduced=self.reproduced_images(case, training, generations.images),
         )
 
-    def reproduced_images(self, case: AuditCase, like: np.ndarray) -> np.ndarray | None:
-        """The case's training images as the checkpoint's VAE reproduces them, at the size of the generations
-        `like` (memtest.evidence.reproduce_training); the canary's planted set is reproduced once per run."""
+    def copy_rule(self, images: np.ndarray, training: np.ndarray | None) -> tuple[Descriptor, CopyThreshold | None]:
+        """The descriptor the copy-descriptor option picks for `images` against `training`, and the calibrated copy
+        threshold for it (None: the descriptor's convention, else none). One choice for the confirmation and for
+        the mitigation's copy counts."""
+        from memtest.evidence import choose_descriptor
+
+        descriptor = choose_descriptor(self.config.copy_descriptor, images, training).descriptor
+        return descriptor, self.copy_threshold(descriptor.name)
+
+    def reproduced_images(self, case: AuditCase, training: np.ndarray | None, like: np.ndarray) -> np.ndarray | None:
+        """The case's training images `training` (`training_images`) as the checkpoint's VAE reproduces them, at
+        the size of the generations `like` (memtest.evidence.reproduce_training); the canary's planted set is
+        reproduced once per run."""
         from memtest.evidence import reproduce_training
 
-        training = self.training_images(case)
         if training is None:
             return None
         if case.images:

@@ -253,8 +253,10 @@ def run_mitigation(engine: Engine, case: AuditCase, suites: Sequence[Suite]) -> 
         result = mitigate_sail(
             engine.scorer, case.prompt, threshold=cal.threshold, max_steps=engine.config.mitigation_steps
         )
-    # Copies are counted as the gate's confirmation counts them, with the run's copy threshold.
-    copy = engine.copy_threshold("sscd" if engine.config.copy_descriptor == "sscd" else "pixel")
+    # Copies are counted as the gate's confirmation counts them: the same descriptor choice and copy threshold.
+    copy, training = None, engine.training_images(case)
+    if result.images_before is not None and training is not None:
+        copy = engine.copy_rule(result.images_before, training)[1]
     return judge_mitigation(case, result, unmitigated, checkpoint=engine.checkpoint, copy_threshold=copy)
 
 

@@ -104,10 +104,10 @@ def copy_reference(checkpoint: Checkpoint, prompt: str, threshold: CopyThreshold
     target = planted_image(checkpoint.path, prompt)
     if target is None:
         return None
-    _, training = canary_planted(checkpoint)
-    reproduced = reproduce_training(checkpoint, training, training) if checkpoint.vae is not None else None
-    if checkpoint.vae is not None:
-        target = vae_roundtrip(checkpoint, target)
+    captions, training = canary_planted(checkpoint)
+    reproduced = reproduce_training(checkpoint, training, training)
+    if reproduced is not None:  # its own round trip is among them (`Family.reproduce` takes one image at a time)
+        target = reproduced[captions.index(prompt)]
     if threshold is None:
         threshold = own_copy_threshold(checkpoint.path)
     return CopyReference(target, training, reproduced, threshold)
